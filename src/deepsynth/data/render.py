@@ -1,0 +1,120 @@
+"""Render plain text onto a page image, so text-only documents can feed a vision model.
+
+DeepSeek-OCR-family models read documents as images. When a user only has text,
+we draw it on a white page the way a simple printed document looks.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import matplotlib
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["render_document", "FONT_PATH"]
+
+# Pillow's built-in bitmap font has no accented glyphs (é, à, ç would come out as
+# boxes), and system fonts differ between machines. matplotlib ships DejaVu Sans,
+# which covers Latin-1/Latin Extended, so pages render the same everywhere.
+FONT_PATH = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+
+_LINE_SPACING = 1.3  # line height as a multiple of the font size; close to print defaults
+
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    # Loading a TrueType face costs a few milliseconds; datasets render many pages.
+    return ImageFont.truetype(str(FONT_PATH), size=size)
+
+
+def _split_long_word(word: str, font: ImageFont.FreeTypeFont, max_width: float) -> list[str]:
+    """Cut a word wider than the line (a URL, a long number) into pieces that fit."""
+    pieces: list[str] = []
+    current = ""
+    for char in word:
+        if current and font.getlength(current + char) > max_width:
+            pieces.append(current)
+            current = char
+        else:
+            current += char
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _wrap_paragraph(paragraph: str, font: ImageFont.FreeTypeFont, max_width: float) -> list[str]:
+    """Greedy word wrap of one paragraph, measured with the real font."""
+    words = paragraph.split()
+    if not words:
+        return [""]  # an empty paragraph still takes one blank line
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        candidate = f"{current} {word}" if current else word
+        if font.getlength(candidate) <= max_width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        if font.getlength(word) <= max_width:
+            current = word
+        else:
+            *full, current = _split_long_word(word, font, max_width)
+            lines.extend(full)
+    lines.append(current)
+    return lines
+
+
+def wrap_text(text: str, *, width: int = 640, font_size: int = 20, margin: int = 24) -> list[str]:
+    """Return the lines `render_document` would draw (before cutting at the page bottom)."""
+    font = _font(font_size)
+    max_width = width - 2 * margin
+    normalized = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
+    lines: list[str] = []
+    for paragraph in normalized.split("\n"):
+        lines.extend(_wrap_paragraph(paragraph, font, max_width))
+    return lines
+
+
+def render_document(
+    text: str,
+    *,
+    width: int = 640,
+    height: int | None = None,
+    font_size: int = 20,
+    margin: int = 24,
+) -> Image.Image:
+    """Draw `text` as black words on a white RGB page.
+
+    Words are wrapped to fit between the margins (measured with the font, so
+    proportional glyphs wrap correctly); newlines start a new line and blank
+    lines are kept. `height` defaults to `width` (a square page, the input shape
+    these models expect). Text that does not fit is cut at the bottom margin
+    without error: the model sees the beginning of a long document.
+
+    The result is deterministic for a given text and Pillow version.
+    """
+    if height is None:
+        height = width
+    if width <= 2 * margin or height <= 2 * margin:
+        raise ValueError(f"page {width}x{height} leaves no room inside margins of {margin}px")
+    if font_size <= 0:
+        raise ValueError(f"font_size must be positive, got {font_size}")
+
+    page = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(page)
+    font = _font(font_size)
+    line_height = round(font_size * _LINE_SPACING)
+    ascent, descent = font.getmetrics()
+
+    y = margin
+    for line in wrap_text(text, width=width, font_size=font_size, margin=margin):
+        # Stop before a line whose glyphs would cross the bottom margin: a
+        # half-drawn line is worse for OCR than a cleanly missing one.
+        if y + ascent + descent > height - margin:
+            break
+        if line:
+            draw.text((margin, y), line, font=font, fill="black")
+        y += line_height
+    return page

@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+
+from deepsynth.cli import main
+from deepsynth.training.recommend import recommend
+
+V1 = "deepseek-ai/DeepSeek-OCR"
+
+
+def test_presets_table_and_json(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny_data" in out and "high_capacity_moe" in out and "rank" in out
+    assert main(["presets", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["router_focused"]["modules_to_save"] == ["router", "gate"]
+
+
+def test_recommend_json_equals_library(capsys):
+    assert main(["recommend", "--num-samples", "20", "--model", V1, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == recommend(20, model=V1).to_dict()
+
+
+def test_recommend_human_output(capsys):
+    assert main(["recommend", "--num-samples", "3", "--model", V1]) == 0
+    out = capsys.readouterr().out
+    assert "tiny_data" in out and "2,636,800" in out and "unknown" in out
+
+
+def test_inspect_deepseek_ocr_tiny_data_offline():
+    # The console script, as a user runs it (HF_HUB_OFFLINE=1 from conftest: no network).
+    result = subprocess.run([sys.executable, "-m", "deepsynth.cli", "inspect", "--model", V1, "--preset", "tiny_data"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "2,636,800" in result.stdout
+    assert "mlp.shared_experts.down_proj" in result.stdout
+    assert "router: frozen" in result.stdout
+
+
+def test_inspect_json_shows_router_group(capsys):
+    assert main(["inspect", "--model", V1, "--preset", "high_capacity_moe", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["by_group"]["router"] > 0
+    assert data["targets"]["router_mode"] == "lora"
+
+
+def test_bad_input_is_one_clear_error(capsys):
+    assert main(["recommend", "--num-samples", "0", "--model", V1]) == 2
+    assert "num_samples" in capsys.readouterr().err
+    assert main(["inspect", "--model", V1, "--preset", "nope"]) == 2
+    assert "preset" in capsys.readouterr().err

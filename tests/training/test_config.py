@@ -1,0 +1,151 @@
+import json
+
+import pytest
+import yaml
+
+from deepsynth.training.config import OptimizerConfig, TrainerConfig
+from deepsynth.training.errors import ConfigError
+
+SEED_TEST_1 = dict(
+    model_name="deepseek-ai/DeepSeek-OCR",
+    output_dir="/tmp/test_tiny_preset",
+    batch_size=1,
+    num_epochs=300,
+    max_train_samples=3,
+    gradient_accumulation_steps=16,
+    use_lora=True,
+    lora_rank=16,
+    lora_alpha=32,
+    lora_dropout=0.1,
+    lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
+)
+
+
+def test_seed_test_1_keywords_construct_the_config():
+    config = TrainerConfig(**SEED_TEST_1)
+    for key, value in SEED_TEST_1.items():
+        assert getattr(config, key) == value
+
+
+def test_every_seed_field_exists():
+    names = set(TrainerConfig.__dataclass_fields__)
+    for field in ("model_name", "output_dir", "batch_size", "num_epochs", "gradient_accumulation_steps",
+                  "max_train_samples", "max_eval_samples", "use_lora", "lora_rank", "lora_alpha", "lora_dropout",
+                  "lora_target_modules", "lora_modules_to_save", "gate_dropout_rate", "gate_dropout_keywords",
+                  "expert_dropout_rate", "expert_dropout_min_keep", "push_to_hub", "hub_model_id", "hub_private",
+                  "hub_token"):
+        assert field in names
+    assert set(OptimizerConfig.__dataclass_fields__) >= {
+        "learning_rate", "weight_decay", "warmup_steps", "warmup_ratio", "scheduler_type"}
+    assert OptimizerConfig().weight_decay == 0.01
+
+
+def _full_config() -> TrainerConfig:
+    return TrainerConfig(
+        **SEED_TEST_1, max_eval_samples=1, lora_modules_to_save=["gate"], gate_dropout_rate=0.1,
+        gate_dropout_keywords=("gate", "router"), expert_dropout_rate=0.05, expert_dropout_min_keep=2,
+        push_to_hub=True, hub_model_id="org/name", hub_private=True, hub_token="hf_secret_value",
+        optimizer=OptimizerConfig(learning_rate=3e-5, warmup_steps=7, scheduler_type="linear"),
+        preset="tiny_data",
+    )
+
+
+def test_round_trip_through_dict_json_and_yaml():
+    config = _full_config()
+    token = config.hub_token
+    assert TrainerConfig(**config.to_dict(), hub_token=token) == config  # upstream's form raised
+    assert TrainerConfig.from_dict(json.loads(config.to_json()), hub_token=token) == config
+    assert TrainerConfig.from_dict(yaml.safe_load(config.to_yaml()), hub_token=token) == config
+
+
+def test_round_trip_through_files(tmp_path):
+    config = _full_config()
+    for name in ("c.json", "c.yaml"):
+        path = config.save(tmp_path / name)
+        loaded = TrainerConfig.from_file(path)
+        assert loaded.to_dict() == config.to_dict()
+        assert loaded.hub_token is None
+
+
+def test_token_never_serialised(tmp_path):
+    config = _full_config()
+    assert "hf_secret_value" not in config.to_json()
+    assert "hf_secret_value" not in config.to_yaml()
+    assert "hf_secret_value" not in repr(config)
+    assert "hf_secret_value" not in config.save(tmp_path / "c.json").read_text()
+
+
+def test_flat_optimizer_fields_are_accepted():
+    config = TrainerConfig.from_dict({"learning_rate": 1e-4, "warmup_ratio": 0.2, "scheduler_type": "constant"})
+    assert config.optimizer == OptimizerConfig(learning_rate=1e-4, warmup_ratio=0.2, scheduler_type="constant")
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"lora_rank": 0}, "lora_rank"),
+        ({"lora_rank": -4}, "lora_rank"),
+        ({"lora_alpha": 0}, "lora_alpha"),
+        ({"lora_dropout": 1.0}, "lora_dropout"),
+        ({"lora_dropout": -0.1}, "lora_dropout"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"num_epochs": 1.5}, "num_epochs"),
+        ({"preset": "huge"}, "preset"),
+        ({"gate_dropout_rate": 1.2}, "gate_dropout_rate"),
+        ({"expert_dropout_min_keep": 0}, "expert_dropout_min_keep"),
+        ({"push_to_hub": True}, "hub_model_id"),
+        ({"lora_bias": "some"}, "lora_bias"),
+    ],
+)
+def test_invalid_values_name_the_field_and_range(kwargs, field):
+    with pytest.raises(ConfigError) as error:
+        TrainerConfig(**kwargs)
+    assert error.value.field == field
+    assert str(error.value).startswith(f"{field}: got")
+    assert "expected" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"learning_rate": -1e-5}, "learning_rate"),
+        ({"scheduler_type": "exponential"}, "scheduler_type"),
+        ({"warmup_steps": 10, "warmup_ratio": 0.1}, "warmup_steps"),
+        ({"warmup_ratio": 1.0}, "warmup_ratio"),
+    ],
+)
+def test_invalid_optimizer_values(kwargs, field):
+    with pytest.raises(ConfigError) as error:
+        OptimizerConfig(**kwargs)
+    assert error.value.field == field
+    assert "expected" in str(error.value)
+
+
+def test_unknown_fields_are_refused():
+    with pytest.raises(ConfigError, match="lora_rnak"):
+        TrainerConfig.from_dict({"lora_rnak": 8})
+
+
+def test_with_preset_copies_preset_fields():
+    config = TrainerConfig(batch_size=2).with_preset("balanced")
+    assert (config.preset, config.lora_rank, config.lora_alpha, config.lora_dropout) == ("balanced", 32, 64, 0.08)
+    assert config.batch_size == 2
+    assert config.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 10, 56, 300, 1000])
+@pytest.mark.parametrize("optimizer", [
+    OptimizerConfig(), OptimizerConfig(warmup_steps=50), OptimizerConfig(warmup_steps=10_000),
+    OptimizerConfig(warmup_ratio=0.5), OptimizerConfig(scheduler_type="none", warmup_steps=5)])
+def test_warmup_is_always_shorter_than_the_run(total, optimizer):
+    warmup = optimizer.resolve_warmup(total)
+    assert 0 <= warmup < total
+
+
+def test_warmup_rules():
+    assert OptimizerConfig().resolve_warmup(300) == 30  # default 10%
+    assert OptimizerConfig(warmup_steps=50).resolve_warmup(300) == 50
+    assert OptimizerConfig(warmup_steps=50).resolve_warmup(56) == 50
+    assert OptimizerConfig(warmup_steps=50).resolve_warmup(20) == 19
+    assert OptimizerConfig(scheduler_type="none", warmup_steps=5).resolve_warmup(100) == 0
