@@ -366,7 +366,9 @@ def _same_files(left: Path, right: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="directory to write (default: shipped assets)")
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="directory to write (default: the shipped assets)"
+    )
     parser.add_argument("--check", action="store_true", help="rebuild in a temp dir and compare with --output")
     args = parser.parse_args(argv)
     if args.check:

@@ -54,7 +54,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from deepsynth.training.recommend import recommend
 
-    rec = recommend(args.num_samples, model=args.model)
+    rec = recommend(args.num_samples, model=args.model, calibrate=args.calibrate)
     if args.json:
         _print_json(rec.to_dict())
         return 0
@@ -103,6 +103,127 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# Flags of `train` that map one-to-one onto TrainerConfig fields: flag → (field, type).
+TRAIN_FLAGS: dict[str, tuple[str, type]] = {
+    "--model": ("model_name", str),
+    "--output-dir": ("output_dir", str),
+    "--data": ("data_path", str),
+    "--eval-data": ("eval_data_path", str),
+    "--epochs": ("num_epochs", int),
+    "--batch-size": ("batch_size", int),
+    "--grad-accum": ("gradient_accumulation_steps", int),
+    "--learning-rate": ("learning_rate", float),
+    "--warmup-steps": ("warmup_steps", int),
+    "--scheduler": ("scheduler_type", str),
+    "--max-train-samples": ("max_train_samples", int),
+    "--max-eval-samples": ("max_eval_samples", int),
+    "--max-length": ("max_length", int),
+    "--instruction": ("instruction", str),
+    "--seed": ("seed", int),
+    "--resume": ("resume_from_checkpoint", str),
+    "--eval-every": ("eval_every_updates", int),
+    "--early-stopping-patience": ("early_stopping_patience", int),
+    "--max-new-tokens": ("max_new_tokens", int),
+    "--hub-model-id": ("hub_model_id", str),
+}
+
+
+def _train_config(args: argparse.Namespace):
+    from deepsynth.training.config import TrainerConfig
+
+    config = TrainerConfig.from_file(args.config) if args.config else TrainerConfig()
+    data = config.to_dict()
+    for flag, (field, _) in TRAIN_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            if field in data["optimizer"]:
+                data["optimizer"][field] = value
+                if field == "warmup_steps":
+                    data["optimizer"]["warmup_ratio"] = None
+            else:
+                data[field] = value
+    if args.column_mapping:
+        data["column_mapping"] = dict(pair.split("=", 1) for pair in args.column_mapping.split(","))
+    if args.push_to_hub:
+        data["push_to_hub"] = True
+    config = TrainerConfig.from_dict(data)
+    if args.preset:
+        config = config.with_preset(args.preset)
+    return config
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    before, after = metrics["eval"]["before"], metrics["eval"]["after"]
+    rows = [(name, f"{before[name]:.4f}", f"{after[name]:.4f}", f"{after[name] - before[name]:+.4f}") for name in before]
+    where = "training samples (no held-out data)" if metrics["eval_on_training_data"] else "held-out samples"
+    return f"Before/after on {metrics['num_eval_samples']} {where}:\n" + _table(rows, ("metric", "base", "adapted", "change"))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from deepsynth.training.production_trainer import UnifiedProductionTrainer
+    from deepsynth.training.recommend import recommend
+
+    config = _train_config(args)
+    trainer = UnifiedProductionTrainer(config)
+    if args.auto:
+        data = trainer.prepare_data()
+        rec = recommend(len(data.train), model=config.model_name)
+        config = rec.apply(config)
+        trainer = UnifiedProductionTrainer(config)
+        print(f"--auto: {len(data.train)} training samples → preset {rec.preset_name}, "
+              f"{rec.estimates['effective_updates']} optimizer updates")
+        for warning in rec.warnings:
+            print(f"warning: {warning}")
+    metrics, paths = trainer.train()
+    print()
+    print(_metrics_table(metrics))
+    print(f"\n{metrics['optimizer_updates']} optimizer updates ({metrics['estimated_updates']} estimated), "
+          f"{metrics['trainable_params']['total']:,} trainable parameters, "
+          f"{metrics['train']['runtime_seconds']:.1f} s of training")
+    print(f"adapter written to {paths['adapter']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from deepsynth.evaluation.compare import evaluate_adapter
+
+    metrics = evaluate_adapter(args.adapter, args.data, max_samples=args.max_eval_samples)
+    if args.json:
+        _print_json(metrics)
+    else:
+        print(_metrics_table(metrics))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from deepsynth.evaluation.compare import generate_from_adapter
+
+    print(generate_from_adapter(args.adapter, image=args.image, text=args.text, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from deepsynth.models.adapters import export_merged
+
+    print(f"merged model written to {export_merged(args.adapter, args.merge)}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from deepsynth.publishing import PushError, push_adapter
+
+    try:
+        report = push_adapter(args.adapter, args.repo_id, private=args.private, backend=args.backend)
+    except PushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        report = getattr(error, "report", None)
+        if report is not None:
+            _print_json(report.to_dict())
+        return 1
+    _print_json(report.to_dict())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepsynth", description="LoRA fine-tuning of DeepSeek-OCR-family models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="recommend a preset and settings for a dataset size")
     p.add_argument("--num-samples", type=int, required=True, help="number of training samples")
     p.add_argument("--model", default=None, help="model name or directory (default: the embedded model)")
+    p.add_argument("--calibrate", action="store_true", help="time a few real steps here to estimate the run's duration")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_recommend)
 
@@ -123,11 +245,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-routed-experts", action="store_true", help="also adapt every routed expert")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train", help="fine-tune with LoRA (default: embedded model, bundled French samples)")
+    p.add_argument("--config", help="YAML/JSON file of TrainerConfig fields (flags override it)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--preset", help="LoRA preset (see `deepsynth presets`)")
+    group.add_argument("--auto", action="store_true", help="apply `recommend` for the dataset's size")
+    for flag, (field, kind) in TRAIN_FLAGS.items():
+        p.add_argument(flag, type=kind, default=None, help=f"TrainerConfig.{field}")
+    p.add_argument("--column-mapping", help="canonical=yours pairs, e.g. summary=target,text=document")
+    p.add_argument("--push-to-hub", action="store_true", help="push the adapter to --hub-model-id when done")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="before/after metrics of an adapter on a dataset")
+    p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
+    p.add_argument("--data", default=None, help="data file or folder (default: bundled eval samples)")
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="generate with an adapter")
+    p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="page image file")
+    source.add_argument("--text", help="document text (rendered to a page for OCR models)")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="merge an adapter into its base model")
+    p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
+    p.add_argument("--merge", required=True, metavar="OUT", help="folder for the merged model")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("push", help="push an adapter folder to the Hugging Face Hub")
+    p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--backend", choices=("http", "git"), default=None, help="default: $DS_PUSH_BACKEND or http")
+    p.set_defaults(func=cmd_push)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deepsynth`` console script."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -106,7 +106,9 @@ class FakeHub:
         handler = type("BoundHandler", (_Handler,), {"hub": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-hub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -413,7 +415,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, answer, {"Content-Type": "application/vnd.git-lfs+json"})
 
     def _lfs_locks(self, body: bytes, repo: str) -> None:
-        self._send(200, json.dumps({"ours": [], "theirs": []}).encode(), {"Content-Type": "application/vnd.git-lfs+json"})
+        answer = json.dumps({"ours": [], "theirs": []}).encode()
+        self._send(200, answer, {"Content-Type": "application/vnd.git-lfs+json"})
 
     def _lfs_upload(self, body: bytes, oid: str) -> None:
         # Like a presigned S3 URL: no Authorization needed (and none is sent).

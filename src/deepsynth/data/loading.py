@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ FEATURES = datasets.Features(
 
 #: The bundled French sample set (JSON lines with id, text, summary, split).
 SAMPLE_DATA_PATH = Path(__file__).resolve().parent / "samples" / "french_documents.jsonl"
+
+_CSV_QUOTING_HINT = "put cells that contain the separator, quotes or line breaks in double quotes"
 
 _FILE_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
@@ -142,6 +145,8 @@ def load_documents(
     _check_header(table, mapping)
 
     split_filter = split if table.split_column_ok else None
+    if split_filter not in (None, "train") and table.columns is not None and "split" not in table.columns:
+        raise _no_split_column(table, split_filter)  # say so before rendering every row
     texts: list[str] = []
     summaries: list[str] = []
     images: list[dict[str, Any]] = []
@@ -162,19 +167,22 @@ def load_documents(
             break
 
     if split_filter not in (None, "train") and not saw_split_column:
-        raise DataError(
-            f"split {split_filter!r} was requested but the data has no 'split' column, "
-            "so it only holds one split ('train'); pass split=None or add a 'split' column",
-            source=table.label,
-        )
+        raise _no_split_column(table, split_filter)
     if not texts:
         if splits_seen and split_filter is not None:
             found = ", ".join(repr(s) for s in sorted(splits_seen))
             raise DataError(f"no rows with split {split_filter!r} (splits found: {found})", source=table.label)
         raise DataError("no rows: expected at least one document with a summary", source=table.label)
 
-    return datasets.Dataset.from_dict(
-        {"text": texts, "summary": summaries, "image": images}, features=FEATURES
+    return datasets.Dataset.from_dict({"text": texts, "summary": summaries, "image": images}, features=FEATURES)
+
+
+def _no_split_column(table: _Table, split: str) -> DataError:
+    return DataError(
+        f"split {split!r} was requested but the data has no 'split' column, "
+        "so it only holds one split ('train'); pass split=None or add a 'split' column",
+        source=table.label,
+        column="split",
     )
 
 
@@ -203,7 +211,7 @@ def _open(source: Any, *, split: str | None, base_dir: Path | None) -> _Table:
     path = Path(source).expanduser()
     label = str(source)
     if path.is_dir():
-        return _open_saved_dataset(path, label, split, base_dir or path.parent)
+        return _open_saved_dataset(path, label, split, base_dir or path.absolute().parent)
     if path.is_file():
         kind = _FILE_SUFFIXES.get(path.suffix.lower())
         if kind is None:
@@ -213,9 +221,9 @@ def _open(source: Any, *, split: str | None, base_dir: Path | None) -> _Table:
                 "or a folder written by Dataset.save_to_disk",
                 source=label,
             )
-        directory = base_dir or path.parent
+        directory = base_dir or path.absolute().parent
         if kind in ("jsonl", "json"):
-            return _json_table(path, label, directory)
+            return _json_table(path, label, directory, allow_array=kind == "json")
         if kind in ("csv", "tsv"):
             return _csv_table(path, label, directory, sep="," if kind == "csv" else "\t")
         return _parquet_table(path, label, directory)
@@ -326,8 +334,20 @@ def _csv_table(path: Path, label: str, base_dir: Path, *, sep: str) -> _Table:
             )
         except pd.errors.EmptyDataError as exc:
             raise DataError("no rows: the file is empty", source=label) from exc
-        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
-            raise DataError(f"is not a well-formed CSV file ({exc})", source=label) from exc
+        except pd.errors.ParserWarning as exc:
+            # pandas only warns (instead of failing) when the *first* data row is too long.
+            raise DataError(
+                f"has more cells than the header row ({_CSV_QUOTING_HINT})", source=label, location="row 2", row=2
+            ) from exc
+        except pd.errors.ParserError as exc:
+            detail = " ".join(str(exc).split())
+            line = re.search(r"\bline (\d+)", detail)
+            raise DataError(
+                f"is not a well-formed CSV file ({detail}; {_CSV_QUOTING_HINT})",
+                source=label,
+                location=f"line {line.group(1)}" if line else None,
+                row=int(line.group(1)) if line else None,
+            ) from exc
 
     columns = [str(c) for c in frame.columns]
     for column in columns:
@@ -344,19 +364,21 @@ def _csv_table(path: Path, label: str, base_dir: Path, *, sep: str) -> _Table:
     )
 
 
-def _json_table(path: Path, label: str, base_dir: Path) -> _Table:
+def _json_table(path: Path, label: str, base_dir: Path, *, allow_array: bool) -> _Table:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"could not be read ({exc})", source=label) from exc
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    if raw.lstrip()[:1] == b"[":
+    # A .json file may hold one JSON array instead of JSON lines; .jsonl never does.
+    if allow_array and raw.lstrip()[:1] == b"[":
         return _json_array_table(raw, label, base_dir)
-    return _Table(label=label, row_word="line", rows=_json_lines(raw, label), base_dir=base_dir)
+    expected = "one JSON object per line, or a JSON array of objects" if allow_array else "one JSON object per line"
+    return _Table(label=label, row_word="line", rows=_json_lines(raw, label, expected), base_dir=base_dir)
 
 
-def _json_lines(raw: bytes, label: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _json_lines(raw: bytes, label: str, expected: str) -> Iterator[tuple[int, dict[str, Any]]]:
     # Parsed line by line (not with datasets' JSON builder) because only this
     # gives the exact line of a bad record or a non-UTF-8 byte.
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
@@ -371,7 +393,7 @@ def _json_lines(raw: bytes, label: str) -> Iterator[tuple[int, dict[str, Any]]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(
-                f"is not valid JSON at character {exc.colno} ({exc.msg}); expected one JSON object per line",
+                f"is not valid JSON at character {exc.colno} ({exc.msg}); expected {expected}",
                 source=label,
                 location=location,
                 row=number,
@@ -459,7 +481,7 @@ def _resolve_mapping(column_mapping: Mapping[str, str] | None) -> dict[str, str]
 def _column_hint(canonical: str, user_column: str) -> str:
     if canonical == user_column:
         return f"pass column_mapping={{'{canonical}': '<your column>'}} if it has another name"
-    return f"column_mapping maps {canonical!r} to it"
+    return f"(column_mapping maps {canonical!r} to this column)"
 
 
 def _check_header(table: _Table, mapping: dict[str, str]) -> None:

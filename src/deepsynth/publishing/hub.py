@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import httpx2
+import httpx2  # huggingface_hub's HTTP client (a hard dependency of huggingface_hub 2.x)
 import huggingface_hub
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
@@ -56,10 +56,10 @@ DEFAULT_BACKEND = "http"
 
 # Files of an adapter output folder that are never published: intermediate checkpoints (weights plus
 # optimizer state, often larger than the adapter itself), per-epoch snapshots, tensorboard runs,
-# partial/temporary files, and Trainer state files (``training_args.bin`` pickles the arguments,
-# which may include a hub token). Both backends use this list; patterns follow
-# ``huggingface_hub.utils.filter_repo_objects`` (fnmatch on the folder-relative posix path, a
-# trailing ``/`` matches everything below a folder).
+# partial/temporary files, run logs (``progress.jsonl`` holds local paths), and Trainer state
+# files (``training_args.bin`` pickles the arguments, which may include a hub token). Both backends
+# use this list; patterns follow ``huggingface_hub.utils.filter_repo_objects`` (fnmatch on the
+# folder-relative posix path, a trailing ``/`` matches everything below a folder).
 PUBLISH_IGNORE_PATTERNS: tuple[str, ...] = (
     "checkpoint-*",
     "*/checkpoint-*",
@@ -74,6 +74,8 @@ PUBLISH_IGNORE_PATTERNS: tuple[str, ...] = (
     "*.partial",
     "*.incomplete",
     "*.lock",
+    "*.log",
+    "progress.jsonl",
     "*.pyc",
     ".DS_Store",
     "optimizer.pt",
@@ -97,6 +99,8 @@ _FATAL_STATUSES = frozenset({401, 403, 404, 407})
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
 _REPO_ID_FORM = re.compile(r"^[^/\s]+/[^/\s]+$")
+_URL_QUERY = re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*")
+_MDN_HINT = re.compile(r" For more information check: https://developer\.mozilla\.org/\S+")
 
 
 # --------------------------------------------------------------------------------------- results
@@ -159,6 +163,18 @@ def list_publishable_files(adapter_dir: str | Path) -> tuple[list[str], list[str
     published = list(filter_repo_objects(every, ignore_patterns=patterns))
     kept = set(published)
     return published, [path for path in every if path not in kept]
+
+
+def files_containing(folder: Path, files: list[str], secret: str | None, *, max_bytes: int = 16 * 2**20) -> list[str]:
+    """The ``files`` (up to ``max_bytes`` each: configs, logs, text) whose content includes ``secret``."""
+    if not secret:
+        return []
+    needle = secret.encode()
+    return [
+        path
+        for path in files
+        if (folder / path).stat().st_size <= max_bytes and needle in (folder / path).read_bytes()
+    ]
 
 
 def resolve_token(token: str | None = None) -> str | None:
@@ -232,6 +248,9 @@ def describe_error(exc: BaseException, token: str | None, *, had_token: bool = T
     elif status == 403:
         parts.append("the token has no write permission on this repository or namespace")
     message = " | ".join(" ".join(part.split()) for part in parts)
+    # Presigned storage URLs carry short-lived credentials in their query string: drop it.
+    message = _URL_QUERY.sub(r"\1?...", message)
+    message = _MDN_HINT.sub("", message)
     return scrub(message, token)
 
 
@@ -258,7 +277,7 @@ def call_with_retries(
                 raise
             delay = min(base_delay * (2**attempt), MAX_RETRY_DELAY)
             attempt += 1
-            logger.warning("%s failed with a transient error, retry %d/%d in %.2fs", what, attempt, max_retries, delay)
+            logger.warning("%s failed (transient), retry %d/%d in %.2fs", what, attempt, max_retries, delay)
             sleep(delay)
 
 
@@ -375,7 +394,8 @@ def push_adapter(
     if not folder.is_dir():
         raise _fail(report, f"adapter_dir: {str(folder)!r} is not a directory")
     if not (folder / "adapter_config.json").is_file():
-        raise _fail(report, f"adapter_dir: {str(folder)!r} has no adapter_config.json (not a PEFT adapter folder)")
+        message = f"adapter_dir: {str(folder)!r} has no adapter_config.json (not a PEFT adapter folder)"
+        raise _fail(report, message)
     if max_retries < 0:
         raise _fail(report, f"max_retries: must be >= 0, got {max_retries}")
     base_delay = _resolve_retry_delay(retry_base_delay)
@@ -395,26 +415,35 @@ def push_adapter(
 
     # 2. Model card, then the file list (so README.md is part of it).
     if write_card:
-        from deepsynth.publishing.model_card import write_model_card
+        from deepsynth.publishing.model_card import CARD_MARKER, write_model_card
 
         try:
             card = write_model_card(folder, repo_id=repo_id)
+            report.card_written = CARD_MARKER in card.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
-            raise _fail(report, f"could not write the model card into {str(folder)!r} ({exc}); pass write_card=False") from None
-        report.card_written = card is not None
+            message = f"could not write the model card into {str(folder)!r} ({exc}); pass write_card=False"
+            raise _fail(report, message) from None
     files, report.ignored = list_publishable_files(folder)
+    leaking = files_containing(folder, files, resolved_token)
+    if leaking:
+        # Last line of defence: a config or log that captured the token must not go public.
+        raise _fail(report, f"refusing to publish: the Hub token appears in {', '.join(leaking)}", files)
     message = commit_message or default_commit_message(folder)
     logger.info("Pushing %d file(s) from %s to %s via %s", len(files), folder, repo_id, backend_name)
 
     # 3. Upload.
     if backend_name == "http":
-        _push_http(folder, files, report, token=resolved_token, private=private, message=message,
-                   max_retries=max_retries, base_delay=base_delay)
+        _push_http(
+            folder, files, report, token=resolved_token, private=private, message=message,
+            max_retries=max_retries, base_delay=base_delay,
+        )
     else:
         from deepsynth.publishing import git_backend
 
-        git_backend.push_with_git(folder, files, report, token=resolved_token, private=private, message=message,
-                                  max_retries=max_retries, base_delay=base_delay, remote_url=remote_override)
+        git_backend.push_with_git(
+            folder, files, report, token=resolved_token, private=private, message=message,
+            max_retries=max_retries, base_delay=base_delay, remote_url=remote_override,
+        )
     logger.info("Pushed %d file(s) to %s (%s)", len(report.uploaded), repo_id, report.commit_url or report.revision)
     return report
 

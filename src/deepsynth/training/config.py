@@ -19,8 +19,20 @@ from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import LORA_PRESETS, LoRAConfig, get_lora_preset
 
 SCHEDULER_TYPES = ("cosine", "linear", "constant", "none")
+DTYPES = (None, "float32", "bfloat16", "float16")
 # Fields never serialised.
 SECRET_FIELDS = ("hub_token",)
+
+
+def _preset_fields(name: str) -> dict[str, Any]:
+    """TrainerConfig LoRA fields of preset ``name``."""
+    preset = get_lora_preset(name)
+    return dict(
+        use_lora=preset.enabled, lora_rank=preset.rank, lora_alpha=preset.alpha, lora_dropout=preset.dropout,
+        lora_target_modules=preset.target_modules, lora_modules_to_save=preset.modules_to_save,
+        lora_bias=preset.bias, lora_include_routed_experts=preset.include_routed_experts,
+        lora_quantization=preset.quantization,
+    )
 
 
 def _is_number(value: Any) -> bool:
@@ -108,12 +120,34 @@ class TrainerConfig:
     lora_modules_to_save: list[str] | None = None
     lora_bias: str = "none"
     lora_include_routed_experts: bool = False
+    lora_quantization: str | None = None  # "4bit" / "8bit": QLoRA, CUDA + bitsandbytes only
 
     # MoE regularisation (see deepsynth.training.moe).
     gate_dropout_rate: float = 0.0
     gate_dropout_keywords: tuple[str, ...] = ("gate", "router")
     expert_dropout_rate: float = 0.0
     expert_dropout_min_keep: int = 1
+
+    # Data (deepsynth.data): None = the bundled French samples (train / eval splits).
+    data_path: str | None = None
+    eval_data_path: str | None = None
+    column_mapping: dict[str, str] | None = None
+    instruction: str | None = None  # None: the summarisation instruction of deepsynth.data.collate
+    max_length: int = 512
+
+    # Run control.
+    seed: int = 42
+    dtype: str | None = None  # None: bf16 on GPUs that support it, fp32 on CPU
+    gradient_checkpointing: bool = False
+    save_total_limit: int = 2
+    checkpoint_every_updates: int | None = None  # None: about 5 checkpoints per run
+    resume_from_checkpoint: str | None = "auto"  # "auto": latest in output_dir if any; "never"; or a path
+    eval_every_updates: int | None = None  # held-out loss during training; needed by early stopping
+    early_stopping_patience: int | None = None
+
+    # Generation for before/after metrics.
+    max_new_tokens: int = 96
+    no_repeat_ngram_size: int = 6  # repetition guard: OCR-family models loop without it
 
     push_to_hub: bool = False
     hub_model_id: str | None = None
@@ -152,6 +186,27 @@ class TrainerConfig:
                 raise ConfigError(name, value, "a number in [0, 1)")
         if not _is_int(self.expert_dropout_min_keep) or self.expert_dropout_min_keep < 1:
             raise ConfigError("expert_dropout_min_keep", self.expert_dropout_min_keep, "an integer >= 1")
+        for name in ("max_length", "save_total_limit", "max_new_tokens"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ConfigError(name, value, "an integer > 0")
+        for name in ("checkpoint_every_updates", "eval_every_updates", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ConfigError(name, value, "null or an integer > 0")
+        if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
+            raise ConfigError("no_repeat_ngram_size", self.no_repeat_ngram_size, "an integer >= 0 (0 disables)")
+        if not _is_int(self.seed):
+            raise ConfigError("seed", self.seed, "an integer")
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", self.dtype, "null (auto), 'float32', 'bfloat16' or 'float16'")
+        if self.early_stopping_patience is not None and self.eval_every_updates is None:
+            raise ConfigError("eval_every_updates", None, "an integer > 0 when early_stopping_patience is set")
+        if self.column_mapping is not None and not (
+            isinstance(self.column_mapping, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.column_mapping.items())
+        ):
+            raise ConfigError("column_mapping", self.column_mapping, "a mapping of canonical column to your column")
         if self.preset is not None and self.preset not in LORA_PRESETS:
             raise ConfigError("preset", self.preset, f"null or one of {', '.join(LORA_PRESETS)}")
         if self.push_to_hub and not self.hub_model_id:
@@ -173,18 +228,13 @@ class TrainerConfig:
             modules_to_save=list(self.lora_modules_to_save or []),
             bias=self.lora_bias,
             include_routed_experts=self.lora_include_routed_experts,
+            quantization=self.lora_quantization,
         )
 
     def with_preset(self, name: str) -> "TrainerConfig":
         """A copy whose LoRA fields come from preset ``name``."""
-        preset = get_lora_preset(name)
         data = self.to_dict()
-        data.update(
-            preset=name, use_lora=preset.enabled, lora_rank=preset.rank, lora_alpha=preset.alpha,
-            lora_dropout=preset.dropout, lora_target_modules=preset.target_modules,
-            lora_modules_to_save=preset.modules_to_save, lora_bias=preset.bias,
-            lora_include_routed_experts=preset.include_routed_experts,
-        )
+        data.update(preset=name, **_preset_fields(name))
         return TrainerConfig.from_dict(data, hub_token=self.hub_token)
 
     # --- serialisation -------------------------------------------------------------------------
@@ -209,7 +259,8 @@ class TrainerConfig:
         if not isinstance(data, dict):
             raise ConfigError("config", type(data).__name__, "a mapping of field names to values")
         data = copy.deepcopy(data)
-        optimizer = dict(data.pop("optimizer", None) or {})
+        optimizer = data.pop("optimizer", None) or {}
+        optimizer = optimizer.to_dict() if isinstance(optimizer, OptimizerConfig) else dict(optimizer)
         optimizer_fields = {f.name for f in fields(OptimizerConfig)}
         for name in list(data):
             if name in optimizer_fields:
@@ -218,6 +269,10 @@ class TrainerConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError("config", unknown, "known TrainerConfig fields; see `deepsynth train --help`")
+        if data.get("preset") is not None:
+            # A preset fills the LoRA fields the mapping does not set itself.
+            for name, value in _preset_fields(data["preset"]).items():
+                data.setdefault(name, value)
         if hub_token is not None:
             data["hub_token"] = hub_token
         return cls(optimizer=OptimizerConfig(**optimizer), **data)

@@ -114,10 +114,14 @@ class Recommendation:
         return TrainerConfig.from_dict(data, hub_token=config.hub_token)
 
 
-def recommend(num_samples: int, model: str | None = None, *, world_size: int = 1) -> Recommendation:
+def recommend(
+    num_samples: int, model: str | None = None, *, world_size: int = 1, calibrate: bool = False
+) -> Recommendation:
     """Recommend a preset and settings for ``num_samples`` training samples on ``model``.
 
-    ``model`` None is the embedded default. ``trainable_params`` is exact for that model.
+    ``model`` None is the embedded default. ``trainable_params`` is exact for that model. With
+    ``calibrate``, a few real training steps are timed on this machine (loading the model's weights)
+    and ``estimated_time_minutes`` is extrapolated from them; otherwise it is None (unknown).
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 0 < num_samples <= MAX_SAMPLES:
         raise ConfigError("num_samples", num_samples, f"an integer between 1 and {MAX_SAMPLES:,}")
@@ -158,13 +162,23 @@ def recommend(num_samples: int, model: str | None = None, *, world_size: int = 1
         "warmup_steps": warmup,
         "scheduler_type": recipe.scheduler_type,
     }
+    minutes = None
+    if calibrate:
+        from deepsynth.training.calibrate import measure_seconds_per_step
+
+        seconds = measure_seconds_per_step(model, lora, recipe.batch_size)
+        minutes = round(seconds * estimate.total_steps / 60, 2)
+        warnings.append(
+            f"time estimate measured here: {seconds:.3f} s per forward/backward step x {estimate.total_steps} "
+            "steps; training only, evaluation and checkpoint writes come on top"
+        )
     estimates = {
         "total_steps": estimate.total_steps,
         "effective_updates": estimate.effective_updates,
         "warmup_steps": warmup,
         "trainable_params": report.trainable,
         # Measured only by calibration (deepsynth recommend --calibrate); never guessed.
-        "estimated_time_minutes": None,
+        "estimated_time_minutes": minutes,
     }
     return Recommendation(
         num_samples=num_samples,

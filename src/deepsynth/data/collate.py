@@ -1,0 +1,270 @@
+"""Turn (document, target) pairs into model inputs with exact label masking, and batch them.
+
+Prompt formats:
+
+* DeepSeek-OCR families: ``<image>\\n`` + instruction, exactly as DeepSeek-OCR is prompted
+  (``<image>\\nFree OCR.``). The processor expands ``<image>`` into the number of vision tokens the
+  model consumes and prepends BOS.
+* Text causal LMs: the tokenizer's chat template when it has one (the user turn holds
+  instruction + blank line + text), else the plain prompt ``instruction + "\\n\\n" + text + "\\n\\n"``.
+
+The target is tokenized on its own (no special tokens) and appended after the prompt, then EOS.
+Labels are -100 on every prompt and image position, so only the target (and EOS) is learned.
+Because prompt and target are tokenized separately, :func:`build_generation_inputs` reproduces the
+training prompt token for token.
+
+Length rules (upstream trained silently on all-masked labels — loss 0 — when ``max_length`` was
+shorter than the image tokens):
+
+* if ``max_length`` leaves no room for at least one target token plus EOS after the prompt, a
+  ``ValueError`` names ``max_length``, the prompt length and the minimum needed;
+* a target longer than the room left is cut to fill it, **without** EOS: the text does go on, and
+  an EOS after a cut would teach the model to stop mid-sentence. A warning says how much was cut.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+__all__ = [
+    "DEFAULT_SUMMARY_INSTRUCTION",
+    "IGNORE_INDEX",
+    "OCR_INSTRUCTION",
+    "DataCollator",
+    "build_example",
+    "build_generation_inputs",
+    "build_prompt",
+    "is_multimodal_processor",
+]
+
+IGNORE_INDEX = -100
+DEFAULT_SUMMARY_INSTRUCTION = "Résume ce document."
+OCR_INSTRUCTION = "Free OCR."
+IMAGE_TOKEN = "<image>"
+
+_TEXT_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def is_multimodal_processor(processor: Any) -> bool:
+    """True for an OCR-family processor (it has an image processor), False for a bare tokenizer."""
+    return getattr(processor, "image_processor", None) is not None
+
+
+def _tokenizer(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def build_prompt(instruction: str, text: str | None = None) -> str:
+    """The prompt string: ``<image>\\n<instruction>`` (OCR families) or the plain text-LM prompt."""
+    if text is None:
+        return f"{IMAGE_TOKEN}\n{instruction}"
+    return f"{instruction}\n\n{text}\n\n"
+
+
+def _open_image(image: Image.Image | str | Path) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    with Image.open(image) as opened:
+        return opened.convert("RGB")
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a long document is not a valid path
+        return False
+
+
+def _chat_prompt_ids(tokenizer: Any, instruction: str, text: str) -> list[int] | None:
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    messages = [{"role": "user", "content": f"{instruction}\n\n{text}"}]
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
+    if ids and isinstance(ids[0], list):  # some versions return a batch of one
+        ids = ids[0]
+    return list(ids)
+
+
+def _encode_prompt(
+    processor: Any, source: Image.Image | str | Path, instruction: str, use_chat_template: bool | None
+) -> tuple[list[int], dict[str, Any]]:
+    """Prompt token ids and the extra model inputs (pixel values…) with their batch dim of 1."""
+    if is_multimodal_processor(processor):
+        if isinstance(source, str) and not _is_file(source):
+            raise TypeError("build_example: the OCR families need a page image (PIL image or image file), got text")
+        # DeepseekOcr2Processor's call defaults to crop_to_patches=True whatever its image processor
+        # says; pass the image processor's own setting so a no-tiles processor stays no-tiles.
+        image_kwargs = {}
+        if hasattr(processor.image_processor, "crop_to_patches"):
+            image_kwargs["crop_to_patches"] = processor.image_processor.crop_to_patches
+        inputs = processor(images=_open_image(source), text=build_prompt(instruction), return_tensors="pt",
+                           **image_kwargs)
+        ids = inputs["input_ids"][0].tolist()
+        extras = {key: value for key, value in inputs.items() if key not in _TEXT_KEYS}
+        return ids, extras
+    if not isinstance(source, str):
+        raise TypeError("build_example: a text causal LM takes the document as a string, got an image")
+    tokenizer = processor
+    ids = _chat_prompt_ids(tokenizer, instruction, source) if use_chat_template is not False else None
+    if ids is None:
+        if use_chat_template:
+            raise ValueError("build_example: use_chat_template=True but the tokenizer has no chat template")
+        ids = tokenizer(build_prompt(instruction, source), add_special_tokens=True)["input_ids"]
+    return list(ids), {}
+
+
+def _eos_id(tokenizer: Any) -> int:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("build_example: the tokenizer has no EOS token; targets could never end")
+    return int(eos)
+
+
+def build_example(
+    processor: Any,
+    image: Image.Image | str | Path,
+    target: str,
+    *,
+    instruction: str = DEFAULT_SUMMARY_INSTRUCTION,
+    max_length: int = 2048,
+    use_chat_template: bool | None = None,
+) -> dict[str, Any]:
+    """One training example: ``input_ids``, ``attention_mask``, ``labels`` (1-D) + image inputs.
+
+    Args:
+        processor: an OCR-family processor, or a tokenizer for text causal LMs.
+        image: the page (PIL image or image file) for OCR families; the document text for text LMs.
+        target: what the model should produce (summary or transcription). EOS is appended.
+        instruction: :data:`DEFAULT_SUMMARY_INSTRUCTION` for summaries, :data:`OCR_INSTRUCTION` for
+            transcription, or any text.
+        max_length: longest sequence, prompt and image tokens included.
+        use_chat_template: text LMs only; None = use the tokenizer's chat template when it has one.
+
+    Image inputs (``pixel_values``, ``num_local_patches``…) keep the processor's batch dimension of
+    one, so :class:`DataCollator` concatenates them.
+
+    Raises:
+        ValueError: empty target, or ``max_length`` too short for prompt + one target token + EOS.
+    """
+    tokenizer = _tokenizer(processor)
+    prompt_ids, extras = _encode_prompt(processor, image, instruction, use_chat_template)
+    eos_id = _eos_id(tokenizer)
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if not target_ids:
+        raise ValueError("build_example: the target is empty; there would be nothing to learn")
+
+    prompt_length = len(prompt_ids)
+    room = max_length - prompt_length
+    if room < 2:
+        image_tokens = sum(1 for token in prompt_ids if token == getattr(processor, "image_token_id", None))
+        detail = f" ({image_tokens} image tokens)" if image_tokens else ""
+        raise ValueError(
+            f"max_length={max_length} leaves no room for the target: the prompt takes {prompt_length} tokens"
+            f"{detail}, so max_length must be at least {prompt_length + 2} (prompt + 1 target token + EOS)"
+        )
+    if len(target_ids) + 1 <= room:
+        completion = [*target_ids, eos_id]
+    else:
+        completion = target_ids[:room]
+        warnings.warn(
+            f"build_example: target of {len(target_ids)} tokens cut to {room} to fit max_length={max_length} "
+            f"(prompt {prompt_length} tokens); no EOS is added to a cut target",
+            stacklevel=2,
+        )
+
+    input_ids = prompt_ids + completion
+    example: dict[str, Any] = {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
+        "labels": torch.tensor([IGNORE_INDEX] * prompt_length + completion, dtype=torch.long),
+    }
+    example.update(extras)
+    return example
+
+
+def _cast_floats(values: dict[str, Any], dtype: torch.dtype | None) -> dict[str, Any]:
+    # The vision towers do not cast their input: fp32 pixels into a bf16 model fail in the first conv.
+    if dtype is None:
+        return values
+    return {
+        key: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+        for key, value in values.items()
+    }
+
+
+def build_generation_inputs(
+    processor: Any,
+    image_or_text: Image.Image | str | Path,
+    instruction: str = DEFAULT_SUMMARY_INSTRUCTION,
+    *,
+    use_chat_template: bool | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Inputs for ``model.generate(**inputs)``: the training prompt exactly, batch of one.
+
+    ``dtype`` (the model's) casts the pixel values; ``.to(device)`` is left to the caller.
+    """
+    prompt_ids, extras = _encode_prompt(processor, image_or_text, instruction, use_chat_template)
+    inputs: dict[str, Any] = {
+        "input_ids": torch.tensor([prompt_ids], dtype=torch.long),
+        "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long),
+    }
+    inputs.update(_cast_floats(extras, dtype))
+    return inputs
+
+
+class DataCollator:
+    """Pad a list of :func:`build_example` outputs into a batch.
+
+    Text fields are right-padded: ``input_ids`` with the pad id, ``attention_mask`` with 0 and
+    ``labels`` with -100, so padding never counts in the loss. Image inputs are concatenated along
+    their batch dimension (tensors) or joined (lists such as ``patches_grid``). With ``dtype`` (the
+    model's dtype), floating-point image inputs are cast to it.
+    """
+
+    def __init__(
+        self, processor: Any, *, pad_to_multiple_of: int | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        tokenizer = _tokenizer(processor)
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = tokenizer.eos_token_id  # padded positions are masked, any valid id works
+        if pad_id is None:
+            raise ValueError("DataCollator: the tokenizer has neither a pad nor an EOS token")
+        self.pad_token_id = int(pad_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.dtype = dtype
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if not features:
+            raise ValueError("DataCollator: empty batch")
+        length = max(len(feature["input_ids"]) for feature in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        batch: dict[str, Any] = {}
+        for key, value in fill.items():
+            if key not in features[0]:
+                continue
+            padded = torch.full((len(features), length), value, dtype=torch.long)
+            for row, feature in enumerate(features):
+                sequence = torch.as_tensor(feature[key], dtype=torch.long)
+                padded[row, : len(sequence)] = sequence
+            batch[key] = padded
+        for key in features[0]:
+            if key in fill:
+                continue
+            values = [feature[key] for feature in features]
+            if any(value is None for value in values):
+                raise ValueError(f"DataCollator: {key!r} is missing from some examples")
+            if isinstance(values[0], torch.Tensor):
+                batch[key] = torch.cat(values, dim=0)
+            else:
+                batch[key] = [item for value in values for item in value]
+        return _cast_floats(batch, self.dtype)

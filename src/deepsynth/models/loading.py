@@ -1,0 +1,400 @@
+"""Load a model and its processor from a name or a directory, for training or inference.
+
+One entry point, :func:`load_model_and_processor`, for every family:
+
+* ``deepseek_ocr2`` — the embedded tiny model (default), DeepSeek-OCR-2 hub names or local
+  directories, through transformers' native ``DeepseekOcr2ForConditionalGeneration``;
+* ``deepseek_ocr`` — DeepSeek-OCR v1 checkpoints (their ``config.json`` says
+  ``model_type: deepseek_vl_v2``) through transformers' native ``UnlimitedOcrForConditionalGeneration``,
+  never the checkpoint's remote code (it needs transformers < 4.48 and calls ``.cuda()``);
+* ``causal_lm`` — any text causal LM (``AutoModelForCausalLM`` + ``AutoTokenizer``) for text-only
+  summarisation.
+
+What a name means (family, config, class) is decided once, by
+:func:`deepsynth.models.configs.resolve_config`; this module only loads weights, builds processors,
+places the model and freezes the vision side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    UnlimitedOcrProcessor,
+)
+from transformers.image_utils import SizeDict
+from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
+
+from deepsynth.models import tiny
+from deepsynth.models.configs import EMBEDDED_MODEL_NAME, ResolvedConfig, resolve_config
+from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR, DEEPSEEK_OCR2, family_names
+
+__all__ = [
+    "LoadedModel",
+    "ModelLoadError",
+    "UnlimitedOcrGlobalViewImageProcessor",
+    "build_deepseek_ocr_processor",
+    "freeze_vision_modules",
+    "load_model_and_processor",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+logger = logging.getLogger(__name__)
+
+# unlimited_ocr keeps DeepSeek-OCR's learned row separator in ``model.image_newline``; it is part of
+# the vision path like the view separator.
+_EXTRA_FROZEN_PREFIXES = {DEEPSEEK_OCR: ("model.image_newline",)}
+
+# DeepSeek-OCR v1 processing defaults (shared/reference/deepseek-ocr/processor_config.json):
+# "Base" mode, one 1024 px global view = 16×16 vision tokens + 16 row newlines + 1 separator.
+_V1_DEFAULTS = {"image_size": 1024, "patch_size": 16, "downsample_ratio": 4, "mean": [0.5] * 3, "std": [0.5] * 3}
+
+_DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+class ModelLoadError(ValueError):
+    """A model name or directory could not be loaded; the message says what was tried."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for training or inference, with what prepares its inputs.
+
+    ``processor`` is a multimodal processor for the OCR families and the tokenizer for
+    ``causal_lm``. ``loading_info`` holds transformers' report (missing / unexpected keys) when
+    weights were read from a checkpoint.
+    """
+
+    model: PreTrainedModel
+    processor: Any
+    family: str
+    name: str
+    loading_info: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer, whichever family (a processor's ``tokenizer`` or the processor itself)."""
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.family in (DEEPSEEK_OCR2, DEEPSEEK_OCR)
+
+
+# ------------------------------------------------------------------------------------------------
+# Device, dtype, freezing
+# ------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given, else CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """An explicit ``dtype`` (a torch dtype or a name such as ``"bf16"``) wins; otherwise bfloat16
+    on CUDA GPUs that support it and float32 everywhere else (CPU, older GPUs — float16 training of
+    MoE routers overflows too easily to be a silent default)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        if key == "auto":
+            dtype = None
+        elif key in _DTYPE_NAMES:
+            return _DTYPE_NAMES[key]
+        else:
+            raise ValueError(f"dtype: unknown {dtype!r}; expected one of {', '.join(sorted(_DTYPE_NAMES))} or 'auto'")
+    if dtype is None:
+        if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    raise TypeError(f"dtype: expected a torch.dtype, a name or None, got {type(dtype).__name__}")
+
+
+def freeze_vision_modules(model: torch.nn.Module, family: str) -> int:
+    """Freeze the vision encoder, projector and separators of an OCR-family model.
+
+    Returns how many parameters were frozen (0 for text-only families). The language model is
+    left as it was.
+    """
+    if family not in (DEEPSEEK_OCR2, DEEPSEEK_OCR):
+        return 0
+    prefixes = tuple(family_names(family).frozen_prefixes) + _EXTRA_FROZEN_PREFIXES.get(family, ())
+    frozen = 0
+    for name, parameter in model.named_parameters():
+        if name.startswith(prefixes):
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    return frozen
+
+
+# ------------------------------------------------------------------------------------------------
+# DeepSeek-OCR v1 processor
+# ------------------------------------------------------------------------------------------------
+
+
+class UnlimitedOcrGlobalViewImageProcessor(DeepseekOcr2ImageProcessorPil):
+    """DeepSeek-OCR v1's single global view, with Pillow instead of torchvision.
+
+    transformers' ``UnlimitedOcrImageProcessor`` only has a torchvision backend, and torchvision is
+    not a dependency of DeepSynth (its PyPI wheels are CUDA builds that do not import against the
+    CPU torch). This reuses DeepSeek-OCR-2's Pillow processor, whose global view is the same
+    operation, and adds what ``UnlimitedOcrProcessor`` reads: ``patches_grid`` (always 1×1: no
+    local tiles, i.e. DeepSeek-OCR's Tiny/Small/Base/Large modes, not Gundam). As upstream, views of
+    at most ``maximum_pad_value`` px are resized to a square directly, larger ones keep their aspect
+    ratio and are padded.
+    """
+
+    model_input_names = ["pixel_values", "num_local_patches", "patches_grid"]
+    maximum_pad_value = 640
+
+    def _preprocess(self, images, size: SizeDict, resample, *args, **kwargs):  # type: ignore[override]
+        target = max(size.height, size.width)
+        if target <= self.maximum_pad_value:
+            images = [self.resize(image, SizeDict(height=target, width=target), resample=resample) for image in images]
+        kwargs["crop_to_patches"] = False  # tiles need the torchvision processor
+        kwargs["tile_size"] = target  # without tiles, the parent resizes the global view to tile_size
+        outputs = super()._preprocess(images, size, resample, *args, **kwargs)
+        outputs["patches_grid"] = [[1, 1] for _ in images]
+        return outputs
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def build_deepseek_ocr_processor(
+    tokenizer: PreTrainedTokenizerBase, processor_config: dict | None = None
+) -> UnlimitedOcrProcessor:
+    """transformers' ``UnlimitedOcrProcessor`` set up from DeepSeek-OCR's ``processor_config.json``.
+
+    Reads the view size (``candidate_resolutions``, or ``image_processor.size`` in a config saved by
+    transformers), ``patch_size``, ``downsample_ratio`` and the normalisation; missing fields take
+    DeepSeek-OCR's Base-mode values (1024 px, 273 vision tokens).
+    """
+    settings = processor_config or {}
+    # transformers' own UnlimitedOcrProcessor saves the image settings nested under "image_processor".
+    nested = settings.get("image_processor") or {}
+    resolutions = settings.get("candidate_resolutions")
+    if resolutions:
+        image_size = int(max(resolutions[0]))
+    elif nested.get("size"):
+        image_size = int(max(nested["size"].get("height", 0), nested["size"].get("width", 0)))
+    else:
+        image_size = _V1_DEFAULTS["image_size"]
+    image_processor = UnlimitedOcrGlobalViewImageProcessor(
+        size={"height": image_size, "width": image_size},
+        tile_size=image_size,
+        crop_to_patches=False,
+        image_mean=settings.get("image_mean", nested.get("image_mean", _V1_DEFAULTS["mean"])),
+        image_std=settings.get("image_std", nested.get("image_std", _V1_DEFAULTS["std"])),
+    )
+    return UnlimitedOcrProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=int(settings.get("patch_size", _V1_DEFAULTS["patch_size"])),
+        downsample_ratio=int(settings.get("downsample_ratio", _V1_DEFAULTS["downsample_ratio"])),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are exactly "org/name"; anything else with a separator or a path prefix is a path.
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _from_source(loader, source: str, is_local: bool, what: str, **kwargs):
+    """Call ``loader(source, ...)`` locally first; go to the Hub only for a hub name and when online."""
+    try:
+        return loader(source, local_files_only=True, **kwargs)
+    except Exception as local_error:  # transformers raises OSError, ValueError or RuntimeError
+        not_found = isinstance(local_error, (OSError, ValueError)) and not is_local
+        if not not_found:
+            where = f"directory {source}" if is_local else f"the cached copy of {source!r}"
+            raise ModelLoadError(
+                f"model: could not load the {what} from {where}: {type(local_error).__name__}: {local_error}"
+            ) from local_error
+        if _hub_offline():
+            raise ModelLoadError(
+                f"model: {source!r} — the {what} is not in the local Hugging Face cache and the Hub is offline "
+                "(HF_HUB_OFFLINE=1); pass a local directory or download it first"
+            ) from local_error
+    try:
+        return loader(source, **kwargs)
+    except Exception as hub_error:  # any download failure becomes one clear error for the user
+        raise ModelLoadError(
+            f"model: {source!r} — tried the local Hugging Face cache and the Hub; the {what} could not be "
+            f"loaded ({type(hub_error).__name__}: {hub_error})"
+        ) from hub_error
+
+
+def _load_weights(resolved: ResolvedConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, dict[str, list[str]]]:
+    source = str(resolved.local_dir or resolved.name)
+    is_local = resolved.local_dir is not None
+    model_class = resolved.model_class
+
+    def loader(src: str, **kwargs):
+        return model_class.from_pretrained(src, config=resolved.config, dtype=dtype, output_loading_info=True, **kwargs)
+
+    model, info = _from_source(loader, source, is_local, "weights")
+    keys = ("missing_keys", "unexpected_keys", "mismatched_keys")
+    info = {key: sorted(str(name) for name in info.get(key, ())) for key in keys}
+    # A missing tensor would be silently random: refuse rather than fine-tune garbage.
+    problems = {key: names for key, names in info.items() if names}
+    if problems:
+        details = "; ".join(
+            f"{key}: {', '.join(names[:8])}{' …' if len(names) > 8 else ''}" for key, names in problems.items()
+        )
+        raise ModelLoadError(
+            f"model: checkpoint {source} does not match its {resolved.family} architecture ({details})"
+        )
+    return model, info
+
+
+def _load_tokenizer(resolved: ResolvedConfig) -> PreTrainedTokenizerBase:
+    source = str(resolved.local_dir or resolved.name)
+    # config= keeps AutoTokenizer from re-reading config.json (DeepSeek-OCR's says deepseek_vl_v2,
+    # which transformers does not know and warns about).
+    return _from_source(
+        AutoTokenizer.from_pretrained, source, resolved.local_dir is not None, "tokenizer", config=resolved.config
+    )
+
+
+def _ocr_processor(resolved: ResolvedConfig) -> Any:
+    source = str(resolved.local_dir or resolved.name)
+    is_local = resolved.local_dir is not None
+    if resolved.family == DEEPSEEK_OCR2:
+        return _from_source(AutoProcessor.from_pretrained, source, is_local, "processor")
+    # DeepSeek-OCR v1: its own processor_config names the remote-code DeepseekVLV2Processor, so build
+    # transformers' UnlimitedOcrProcessor from the tokenizer and the checkpoint's settings.
+    tokenizer = _load_tokenizer(resolved)
+    settings: dict = {}
+    if is_local:
+        settings = _read_json(Path(source) / "processor_config.json")
+    return build_deepseek_ocr_processor(tokenizer, settings)
+
+
+def _align_image_token(resolved: ResolvedConfig, processor: Any) -> None:
+    """Use the tokenizer's ``<image>`` id: DeepSeek-OCR's config.json does not record it."""
+    token_id = getattr(processor, "image_token_id", None)
+    if token_id is None or getattr(resolved.config, "image_token_id", token_id) == token_id:
+        return
+    vocab_size = resolved.config.text_config.vocab_size
+    if not 0 <= token_id < vocab_size:
+        raise ModelLoadError(
+            f"model: {resolved.name} — the tokenizer's image token id {token_id} "
+            f"is outside the vocabulary ({vocab_size})"
+        )
+    logger.info(
+        "model %s: image_token_id %s → %s (from the tokenizer)", resolved.name, resolved.config.image_token_id, token_id
+    )
+    resolved.config.image_token_id = token_id
+
+
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    # Non-reentrant checkpointing: works with frozen inputs (no enable_input_require_grads hack)
+    # and with PEFT. transformers >= 5.2x renamed the API; keep the old name as a fallback.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for config in (model.config, getattr(model.config, "text_config", None)):
+        if config is not None and hasattr(config, "use_cache"):
+            config.use_cache = False  # a KV cache is useless under checkpointing and warns every step
+
+
+def _resolve(name_or_path: str | None) -> ResolvedConfig:
+    if name_or_path is not None:
+        name = str(name_or_path)
+        if _looks_like_path(name) and not Path(name).expanduser().exists():
+            raise ModelLoadError(f"model: {name!r} looks like a local path but does not exist")
+    try:
+        return resolve_config(name_or_path)
+    except ModelLoadError:
+        raise
+    except (ValueError, OSError) as error:
+        message = str(error) if str(error).startswith("model:") else f"model: {name_or_path!r}: {error}"
+        raise ModelLoadError(message) from error
+
+
+def load_model_and_processor(
+    name_or_path: str | Path | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    gradient_checkpointing: bool = False,
+    freeze_vision: bool = True,
+) -> LoadedModel:
+    """Load ``name_or_path`` (None = the embedded tiny DeepSeek-OCR-2) with its processor.
+
+    Args:
+        name_or_path: ``deepsynth/tiny-ocr2`` or None, a hub name (``deepseek-community/DeepSeek-OCR-2``…)
+            or a local checkpoint directory of any supported family.
+        dtype: explicit dtype (``torch.bfloat16`` or ``"bf16"``…); default bfloat16 on CUDA GPUs that
+            support it, float32 otherwise.
+        device: default CUDA when available, else CPU.
+        gradient_checkpointing: enable transformers' non-reentrant activation checkpointing (and
+            turn the KV cache off, which checkpointing cannot use).
+        freeze_vision: set ``requires_grad=False`` on the vision encoder, projector and separators.
+
+    Raises:
+        ModelLoadError: (a ValueError) naming the ``model`` argument and what was tried.
+    """
+    resolved = _resolve(None if name_or_path is None else str(name_or_path))
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, target_device)
+
+    loading_info: dict[str, list[str]] = {}
+    if resolved.name == EMBEDDED_MODEL_NAME:
+        model, processor = tiny.load_embedded()
+        model = model.to(dtype=target_dtype)
+    elif resolved.family == CAUSAL_LM:
+        processor = _load_tokenizer(resolved)
+        if processor.pad_token is None:
+            # Batches need a pad id; labels mask padding with -100, so reusing EOS is harmless.
+            processor.pad_token = processor.eos_token
+        model, loading_info = _load_weights(resolved, target_dtype)
+    else:
+        processor = _ocr_processor(resolved)
+        _align_image_token(resolved, processor)
+        model, loading_info = _load_weights(resolved, target_dtype)
+
+    model = model.to(device=target_device)
+    if freeze_vision:
+        freeze_vision_modules(model, resolved.family)
+    if gradient_checkpointing:
+        _enable_checkpointing(model)
+    return LoadedModel(
+        model=model, processor=processor, family=resolved.family, name=resolved.name, loading_info=loading_info
+    )

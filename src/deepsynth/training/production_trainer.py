@@ -1,0 +1,355 @@
+"""``UnifiedProductionTrainer``: one fine-tuning run, top to bottom, on transformers' ``Trainer``.
+
+data → model → LoRA targets → baseline evaluation → Trainer.train (schedule per optimizer update,
+rotating checkpoints, resume) → adapted evaluation → adapter, config, metrics, loss curve → Hub.
+
+Everything written goes to ``config.output_dir``; only the main process writes. Progress events
+are appended to ``progress.jsonl`` (one JSON object per line) for the web UI and other watchers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from accelerate import PartialState
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from deepsynth.data import DataError, load_documents, load_sample_dataset
+from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, DataCollator, build_example
+from deepsynth.evaluation.compare import METRIC_NAMES, evaluate_model
+from deepsynth.models.families import CAUSAL_LM, family_names
+from deepsynth.models.adapters import load_adapter_weights
+from deepsynth.models.loading import LoadedModel, load_model_and_processor
+from deepsynth.publishing import push_adapter, write_model_card
+from deepsynth.training.config import TrainerConfig
+from deepsynth.training.errors import ConfigError
+from deepsynth.training.recommend import estimate_updates
+from deepsynth.training.scheduler import HF_SCHEDULER_NAMES
+from deepsynth.training.targets import ResolvedTargets, apply_lora, count_by_group, resolve_targets
+
+LOGGER = logging.getLogger("deepsynth")
+# Samples whose generations are kept in metrics.json for a human to read.
+SHOWN_SAMPLES = 3
+
+
+class ProgressLog(TrainerCallback):
+    """Appends progress events to ``progress.jsonl`` and keeps the loss history in memory."""
+
+    def __init__(self, path: Path | None, listener: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.path = path
+        self.listener = listener
+        self.history: list[dict[str, Any]] = []
+
+    def emit(self, event: str, **fields: Any) -> None:
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as stream:
+                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.listener is not None:
+            self.listener(record)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 (TrainerCallback API)
+        logs = logs or {}
+        if "loss" in logs:
+            entry = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": float(logs["loss"]),
+                     "learning_rate": float(logs.get("learning_rate", 0.0))}
+            self.history.append(entry)
+            self.emit("log", **entry)
+        if "eval_loss" in logs:
+            entry = {"step": state.global_step, "eval_loss": float(logs["eval_loss"])}
+            self.history.append(entry)
+            self.emit("eval", **entry)
+
+
+class RestoreAdapterOnResume(TrainerCallback):
+    """Loads the checkpoint's adapter weights by exact name when a resumed run begins.
+
+    Trainer restores a PEFT checkpoint through PEFT's loader, which (transformers 5) mangles
+    DeepSeek-OCR adapter keys and leaves the adapter at its initial value; see
+    ``deepsynth.models.adapters.load_adapter_weights``. This runs after that, before the first update.
+    """
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: D102 (TrainerCallback API)
+        load_adapter_weights(model, self.checkpoint)
+
+
+@dataclass
+class PreparedData:
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    eval_on_training_data: bool
+
+
+class UnifiedProductionTrainer:
+    """Fine-tune a DeepSeek-OCR-family model (or a text causal LM) with LoRA from a TrainerConfig."""
+
+    def __init__(
+        self,
+        config: TrainerConfig,
+        *,
+        callbacks: Sequence[TrainerCallback] = (),
+        progress_listener: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.progress_listener = progress_listener
+
+    # --- the run ----------------------------------------------------------------------------------
+
+    def train(
+        self,
+        dataset: datasets.Dataset | str | Path | None = None,
+        eval_dataset: datasets.Dataset | str | Path | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Path]]:
+        """Run the fine-tuning; returns (metrics, paths of what was written)."""
+        config = self.config
+        output_dir = Path(config.output_dir)
+        data = self.prepare_data(dataset, eval_dataset)  # validated before anything is written
+        set_seed(config.seed)  # LoRA init, dropout and data order all follow the run's seed
+        loaded = load_model_and_processor(
+            config.model_name, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing
+        )
+        base_class = type(loaded.model).__name__
+        model, targets = self._adapt(loaded)
+        instruction = config.instruction or DEFAULT_SUMMARY_INSTRUCTION
+        train_examples = self._encode(loaded, data.train, instruction)
+        eval_examples = self._encode(loaded, data.eval, instruction)
+
+        estimate = estimate_updates(len(train_examples), config.batch_size, config.gradient_accumulation_steps,
+                                    config.num_epochs, PartialState().num_processes)
+        args = self._training_arguments(output_dir, estimate.effective_updates)
+        is_main = args.process_index == 0
+        progress = ProgressLog(output_dir / "progress.jsonl" if is_main else None, self.progress_listener)
+        if is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        resume = self._checkpoint_to_resume(output_dir)
+        progress.emit("start", total_updates=estimate.effective_updates, total_steps=estimate.total_steps,
+                      num_train_samples=len(train_examples), resumed_from=str(resume) if resume else None)
+        for warning in targets.warnings:
+            LOGGER.warning("LoRA targets: %s", warning)
+        if data.eval_on_training_data:
+            LOGGER.warning("no held-out data: before/after metrics are computed on the training samples")
+
+        eval_kwargs = dict(
+            sources=self._sources(loaded, data.eval), references=list(data.eval["summary"]), instruction=instruction,
+            max_new_tokens=config.max_new_tokens, no_repeat_ngram_size=config.no_repeat_ngram_size,
+        )
+        before = predictions_before = None
+        if is_main:
+            progress.emit("phase", name="baseline_eval")
+            before, predictions_before = evaluate_model(model, loaded.processor, eval_examples,
+                                                        adapter_disabled=config.use_lora, **eval_kwargs)
+
+        callbacks: list[TrainerCallback] = [progress, *self.callbacks]
+        if resume and config.use_lora:
+            callbacks.append(RestoreAdapterOnResume(resume))
+        if config.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_examples,
+            eval_dataset=eval_examples if config.eval_every_updates else None,
+            data_collator=DataCollator(loaded.processor),
+            callbacks=callbacks,
+        )
+        progress.emit("phase", name="training")
+        started = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        train_seconds = time.perf_counter() - started
+        if not is_main:
+            return {}, {}
+
+        progress.emit("phase", name="final_eval")
+        after, predictions_after = evaluate_model(model, loaded.processor, eval_examples, **eval_kwargs)
+        by_group = count_by_group(model, loaded.family)
+        metrics = {
+            "base_model": loaded.name,
+            "model_family": loaded.family,
+            "model_class": "AutoModelForCausalLM" if loaded.family == CAUSAL_LM else base_class,
+            "preset": config.preset,
+            "num_train_samples": len(train_examples),
+            "num_eval_samples": len(eval_examples),
+            "eval_on_training_data": data.eval_on_training_data,
+            "estimated_updates": estimate.effective_updates,
+            "optimizer_updates": trainer.state.global_step,
+            "total_steps": estimate.total_steps,
+            "warmup_steps": args.warmup_steps,
+            "early_stopped": trainer.state.global_step < estimate.effective_updates,
+            "trainable_params": {"total": sum(by_group.values()), "by_group": by_group},
+            "resolved_targets": targets.to_dict(),
+            "train": {"train_loss": float(result.training_loss), "runtime_seconds": round(train_seconds, 2),
+                      "resumed_from": str(resume) if resume else None},
+            "eval": {"before": before, "after": after,
+                     "delta": {k: after[k] - before[k] for k in METRIC_NAMES}},
+            "samples": [
+                {"reference": ref, "before": b, "after": a}
+                for ref, b, a in list(zip(data.eval["summary"], predictions_before, predictions_after))[:SHOWN_SAMPLES]
+            ],
+            "history": progress.history,
+        }
+        progress.emit("phase", name="saving")
+        paths = self._save(model, loaded, metrics, output_dir)
+        if config.push_to_hub:
+            progress.emit("phase", name="pushing")
+            report = push_adapter(output_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token)
+            metrics["push"] = report.to_dict()
+            paths["metrics"].write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+        progress.emit("done", metrics_path=str(paths["metrics"]))
+        return metrics, paths
+
+    # --- steps ------------------------------------------------------------------------------------
+
+    def prepare_data(self, dataset: Any = None, eval_dataset: Any = None) -> PreparedData:
+        """Load and validate train and eval samples (raises DataError before anything is written).
+
+        Without a dataset the bundled French samples are used (train / eval splits). Without eval
+        data, a source with a ``split`` column provides its ``eval`` rows; otherwise the training
+        samples are scored and the metrics say so.
+        """
+        config = self.config
+        mapping = config.column_mapping
+        source = dataset if dataset is not None else config.data_path
+        eval_source = eval_dataset if eval_dataset is not None else config.eval_data_path
+        if source is None:
+            train = load_sample_dataset("train", max_samples=config.max_train_samples)
+            evaluation = (load_documents(eval_source, column_mapping=mapping, max_samples=config.max_eval_samples)
+                          if eval_source is not None else load_sample_dataset("eval", max_samples=config.max_eval_samples))
+            return PreparedData(train, evaluation, False)
+        train = load_documents(source, column_mapping=mapping, split="train", max_samples=config.max_train_samples)
+        if eval_source is not None:
+            evaluation = load_documents(eval_source, column_mapping=mapping, max_samples=config.max_eval_samples)
+            return PreparedData(train, evaluation, False)
+        if not isinstance(source, datasets.Dataset):
+            try:
+                evaluation = load_documents(source, column_mapping=mapping, split="eval",
+                                            max_samples=config.max_eval_samples)
+                return PreparedData(train, evaluation, False)
+            except DataError as error:
+                LOGGER.info("no eval split in %s (%s)", source, error.problem if hasattr(error, "problem") else error)
+        count = min(len(train), config.max_eval_samples or len(train))
+        return PreparedData(train, train.select(range(count)), True)
+
+    def _adapt(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:
+        lora = self.config.lora_config()
+        targets = resolve_targets(loaded.model, lora, loaded.family)
+        if self.config.use_lora:
+            return apply_lora(loaded.model, targets), targets
+        frozen = family_names(loaded.family).frozen_prefixes
+        for name, parameter in loaded.model.named_parameters():
+            parameter.requires_grad_(not name.startswith(frozen))
+        return loaded.model, targets
+
+    def _sources(self, loaded: LoadedModel, rows: datasets.Dataset) -> list[Any]:
+        return list(rows["image"] if loaded.is_multimodal else rows["text"])
+
+    def _encode(self, loaded: LoadedModel, rows: datasets.Dataset, instruction: str) -> list[dict[str, Any]]:
+        examples = []
+        for index, (source, target) in enumerate(zip(self._sources(loaded, rows), rows["summary"])):
+            try:
+                examples.append(build_example(loaded.processor, source, target, instruction=instruction,
+                                              max_length=self.config.max_length))
+            except ValueError as error:
+                raise ConfigError("max_length", self.config.max_length, f"room for the targets (sample {index + 1}: {error})") from None
+        return examples
+
+    def _training_arguments(self, output_dir: Path, total: int) -> TrainingArguments:
+        config = self.config
+        save_every = config.eval_every_updates if config.early_stopping_patience else (
+            config.checkpoint_every_updates or max(1, -(-total // 5)))
+        early = bool(config.early_stopping_patience)
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            per_device_train_batch_size=config.batch_size,
+            per_device_eval_batch_size=1,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            num_train_epochs=config.num_epochs,
+            learning_rate=config.optimizer.learning_rate,
+            weight_decay=config.optimizer.weight_decay,
+            lr_scheduler_type=HF_SCHEDULER_NAMES[config.optimizer.scheduler_type],
+            warmup_steps=config.optimizer.resolve_warmup(total),
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=save_every,
+            save_total_limit=config.save_total_limit,
+            eval_strategy="steps" if config.eval_every_updates else "no",
+            eval_steps=config.eval_every_updates,
+            load_best_model_at_end=early,
+            metric_for_best_model="eval_loss" if early else None,
+            greater_is_better=False if early else None,
+            seed=config.seed,
+            data_seed=config.seed,
+            remove_unused_columns=False,
+            report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_pin_memory=torch.cuda.is_available(),
+            ddp_find_unused_parameters=False,
+        )
+
+    def _checkpoint_to_resume(self, output_dir: Path) -> Path | None:
+        choice = self.config.resume_from_checkpoint
+        if choice in (None, "never"):
+            return None
+        if choice == "auto":
+            last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+            if last:
+                LOGGER.info("resuming from %s", last)
+            return Path(last) if last else None
+        path = Path(choice)
+        if not (path / "trainer_state.json").is_file():
+            raise ConfigError("resume_from_checkpoint", choice, "'auto', 'never' or a checkpoint-* directory")
+        return path
+
+    def _save(self, model: torch.nn.Module, loaded: LoadedModel, metrics: dict[str, Any], output_dir: Path) -> dict[str, Path]:
+        model.save_pretrained(output_dir)
+        loaded.processor.save_pretrained(output_dir)
+        paths = {
+            "output_dir": output_dir,
+            "adapter": output_dir,
+            "training_config": self.config.save(output_dir / "training_config.json"),
+            "metrics": output_dir / "metrics.json",
+            "loss_curve": output_dir / "loss_curve.png",
+            "progress": output_dir / "progress.jsonl",
+        }
+        paths["metrics"].write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+        plot_loss_curve(metrics["history"], paths["loss_curve"])
+        # Replace PEFT's placeholder README with DeepSynth's model card (settings, counts, metrics).
+        paths["model_card"] = write_model_card(output_dir, repo_id=self.config.hub_model_id, overwrite=True)
+        return paths
+
+
+def plot_loss_curve(history: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Training (and held-out) loss per optimizer update, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    held_out = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if train:
+        axis.plot(*zip(*train), label="training loss")
+    if held_out:
+        axis.plot(*zip(*held_out), "o-", label="held-out loss")
+    axis.set_xlabel("optimizer update")
+    axis.set_ylabel("loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
