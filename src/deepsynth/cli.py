@@ -159,22 +159,27 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return f"Before/after on {metrics['num_eval_samples']} {where}:\n" + _table(rows, ("metric", "base", "adapted", "change"))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _auto_configure(config):
+    """``config`` with the recommendation for its training-set size applied (``--auto``)."""
     from deepsynth.training.production_trainer import UnifiedProductionTrainer
     from deepsynth.training.recommend import recommend
 
+    num_samples = len(UnifiedProductionTrainer(config).prepare_data().train)
+    rec = recommend(num_samples, model=config.model_name)
+    print(f"--auto: {num_samples} training samples → preset {rec.preset_name}, "
+          f"{rec.estimates['effective_updates']} optimizer updates")
+    for warning in rec.warnings:
+        print(f"warning: {warning}")
+    return rec.apply(config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from deepsynth.training.production_trainer import UnifiedProductionTrainer
+
     config = _train_config(args)
-    trainer = UnifiedProductionTrainer(config)
     if args.auto:
-        data = trainer.prepare_data()
-        rec = recommend(len(data.train), model=config.model_name)
-        config = rec.apply(config)
-        trainer = UnifiedProductionTrainer(config)
-        print(f"--auto: {len(data.train)} training samples → preset {rec.preset_name}, "
-              f"{rec.estimates['effective_updates']} optimizer updates")
-        for warning in rec.warnings:
-            print(f"warning: {warning}")
-    metrics, paths = trainer.train()
+        config = _auto_configure(config)
+    metrics, paths = UnifiedProductionTrainer(config).train()
     print()
     print(_metrics_table(metrics))
     print(f"\n{metrics['optimizer_updates']} optimizer updates ({metrics['estimated_updates']} estimated), "
@@ -295,8 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
+    from deepsynth.publishing import PushError
+
     try:
         return args.func(args)
+    except PushError as error:  # the run's files are written; the upload is what failed
+        print(f"error: push failed: {error}", file=sys.stderr)
+        return 1
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -73,14 +73,15 @@ FAMILY_NAMES: dict[str, FamilyNames] = {
         router="gate",
         frozen_prefixes=_OCR_VISION,
     ),
-    # DeepSeek-OCR v1 through transformers' native unlimited_ocr classes: same naming.
+    # DeepSeek-OCR v1 through transformers' native unlimited_ocr classes: same naming, plus the
+    # learned row separator of the vision path.
     DEEPSEEK_OCR: FamilyNames(
         family=DEEPSEEK_OCR,
         layer_prefix=r"model\.language_model\.layers\.\d+\.",
         shared_experts="shared_experts",
         routed_experts="experts",
         router="gate",
-        frozen_prefixes=_OCR_VISION,
+        frozen_prefixes=(*_OCR_VISION, "model.image_newline"),
     ),
     # Llama / Qwen / Mistral style decoders: dense MLP only.
     CAUSAL_LM: FamilyNames(family=CAUSAL_LM, layer_prefix=r"model\.layers\.\d+\."),
