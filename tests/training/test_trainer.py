@@ -1,6 +1,7 @@
 """End-to-end training runs on the embedded tiny DeepSeek-OCR-2 and the bundled French samples."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,33 @@ def test_user_data_without_eval_split_is_scored_on_training_samples(tmp_path):
     metrics, _ = UnifiedProductionTrainer(small(tmp_path, data_path=str(data), max_eval_samples=None)).train()
     assert metrics["eval_on_training_data"] is True
     assert metrics["num_train_samples"] == 2 and metrics["num_eval_samples"] == 2
+
+
+def test_early_stopping_stops_when_held_out_loss_stops_improving(tmp_path):
+    # A learning rate far too high makes the held-out loss worse after the first updates.
+    config = small(tmp_path, max_train_samples=2, num_epochs=30, gradient_accumulation_steps=2, eval_every_updates=1,
+                   early_stopping_patience=2, optimizer=OptimizerConfig(learning_rate=3.0, warmup_steps=0))
+    metrics, _ = UnifiedProductionTrainer(config).train()
+    assert metrics["early_stopped"] is True
+    assert metrics["optimizer_updates"] < metrics["estimated_updates"] == 30
+    assert any("eval_loss" in entry for entry in metrics["history"])
+
+
+def test_tensorboard_logs_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    _, paths = UnifiedProductionTrainer(small(tmp_path)).train()
+    assert list(paths["output_dir"].rglob("events.out.tfevents.*"))
+
+
+def test_calibrated_time_estimate_is_measured(capsys):
+    rec = recommend(3, calibrate=True)
+    minutes = rec.estimates["estimated_time_minutes"]
+    assert minutes is not None and 0 < minutes < 60
+    assert any("measured here" in w for w in rec.warnings)
+    assert recommend(3).estimates["estimated_time_minutes"] is None
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parents[2] / "examples").glob("*.yaml")))
+def test_example_configs_load(example):
+    config = TrainerConfig.from_file(Path(__file__).parents[2] / "examples" / example)
+    assert config.preset is not None
