@@ -288,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--backend", choices=("http", "git"), default=None, help="default: $DS_PUSH_BACKEND or http")
     p.set_defaults(func=cmd_push)
+
+    from deepsynth.web.server import add_serve_arguments, run_serve
+
+    p = sub.add_parser("serve", help="run the web UI and API (loopback by default)")
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
     return parser
 
 

@@ -47,6 +47,8 @@ from huggingface_hub.utils import (
     validate_repo_id,
 )
 
+from deepsynth.publishing.model_card import read_run_json
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -451,15 +453,18 @@ def push_adapter(
 def _resolve_retry_delay(value: float | None) -> float:
     if value is not None:
         return max(0.0, float(value))
-    try:
-        return max(0.0, float(os.environ.get(RETRY_DELAY_ENV, DEFAULT_RETRY_BASE_DELAY)))
-    except ValueError:
+    raw = os.environ.get(RETRY_DELAY_ENV)
+    if raw is None:
         return DEFAULT_RETRY_BASE_DELAY
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ValueError(f"{RETRY_DELAY_ENV}: got {raw!r}, expected a number of seconds") from None
 
 
 def default_commit_message(adapter_dir: Path) -> str:
     """``Upload DeepSynth LoRA adapter (preset X, base org/model)`` from the folder's metadata."""
-    config, metrics = _read_json(adapter_dir / "training_config.json"), _read_json(adapter_dir / "metrics.json")
+    config, metrics = read_run_json(adapter_dir / "training_config.json"), read_run_json(adapter_dir / "metrics.json")
     preset = metrics.get("preset") or config.get("preset")
     base = metrics.get("base_model") or config.get("model_name")
     details = []
@@ -468,14 +473,6 @@ def default_commit_message(adapter_dir: Path) -> str:
     if isinstance(base, str) and base:
         details.append(f"base {base}")
     return "Upload DeepSynth LoRA adapter" + (f" ({', '.join(details)})" if details else "")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 # --------------------------------------------------------------------------------------- HTTP backend

@@ -158,8 +158,8 @@ def write_model_card(adapter_dir: str | Path, *, repo_id: str | None = None, ove
     readme = folder / "README.md"
     if readme.is_file() and not overwrite and CARD_MARKER not in readme.read_text(encoding="utf-8", errors="replace"):
         return readme
-    training_config = _read_json(folder / "training_config.json")
-    metrics = _read_json(folder / "metrics.json")
+    training_config = read_run_json(folder / "training_config.json")
+    metrics = read_run_json(folder / "metrics.json")
     adapter_id = repo_id or _str(training_config.get("hub_model_id"))
     family = resolve_family(metrics, training_config)
     wanted = _PROCESSOR_FILES if _FAMILIES[family]["preprocessor"] == "AutoProcessor" else _TOKENIZER_FILES
@@ -384,9 +384,17 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_run_json(path: Path) -> dict[str, Any]:
+    """A run file (training_config.json, metrics.json) as a dict; {} when the run did not write it.
+
+    A file that exists but is not a JSON object is an error naming the file, not an empty card.
+    """
+    if not path.is_file():
+        return {}
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(loaded).__name__}")
+    return loaded

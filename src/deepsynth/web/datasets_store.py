@@ -1,0 +1,337 @@
+"""Uploaded datasets of the web app: validated with :func:`deepsynth.data.load_documents`, one folder each.
+
+Layout: ``<state_dir>/datasets/<id>/`` holds ``meta.json`` and the uploaded data file (or the
+extracted zip: one data file plus the images it names, resolved relative to the data file as
+:func:`load_documents` does). The bundled French samples are offered as the read-only dataset
+``sample``.
+
+Everything a client names is checked before it touches the disk: display names and file names may
+not contain path separators or ``..``; zip members may not be absolute, climb out with ``..``, be
+links, or add up to more than the extraction limit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from deepsynth.data import SAMPLE_DATA_PATH, DataError, load_documents
+from deepsynth.web.settings import DEFAULT_MAX_UPLOAD_BYTES
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+UPLOAD_SUFFIXES = (*DATA_SUFFIXES, ".zip")
+MAX_ZIP_MEMBERS = 5_000
+SAMPLE_ID = "sample"
+SAMPLE_NAME = "Bundled French samples"
+_SAMPLE_INFO: "DatasetInfo | None" = None
+_SAMPLE_LOCK = threading.Lock()
+_ID_FORM = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class DatasetRequestError(ValueError):
+    """A client request the store refuses before reading data (bad name, traversal, size): HTTP 400/413."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class DatasetNotFound(KeyError):
+    """No dataset with that id."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument
+        return str(self.args[0]) if self.args else "dataset not found"
+
+
+@dataclass
+class DatasetInfo:
+    """What the API lists about one dataset."""
+
+    id: str
+    name: str
+    filename: str
+    rows: int
+    created: float
+    data_file: str  # relative to the dataset folder (absolute for the bundled sample)
+    splits: dict[str, int] = field(default_factory=dict)  # rows per value of a 'split' column, if any
+    train_rows: int = 0  # rows the trainer trains on: the 'train' split when there is one, else all
+    size_bytes: int = 0
+    builtin: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("data_file")
+        return data
+
+
+def human_size(size: int | float) -> str:
+    """``52428800`` → ``"50 MB"``; small limits in KB."""
+    if size >= 2**20:
+        return f"{size / 2**20:.3g} MB"
+    return f"{size / 1024:.3g} KB"
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Return ``value`` stripped if it is a plain name (no separators, no ``..``), else raise 400."""
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetRequestError(f"{what}: expected a non-empty name")
+    value = value.strip()
+    if len(value) > 200:
+        raise DatasetRequestError(f"{what}: at most 200 characters, got {len(value)}")
+    if "/" in value or "\\" in value or value in (".", "..") or _CONTROL.search(value):
+        raise DatasetRequestError(f"{what}: {value!r} is not a plain name (no path separators, '..' or control characters)")
+    return value
+
+
+def check_id(dataset_id: str) -> str:
+    if not isinstance(dataset_id, str) or not _ID_FORM.match(dataset_id):
+        raise DatasetRequestError(f"dataset_id: {dataset_id!r} is not a dataset id (lower-case letters, digits, - and _)")
+    return dataset_id
+
+
+def _slug(name: str) -> str:
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:40].strip("-")
+    return slug or "dataset"
+
+
+class DatasetStore:
+    """Datasets under ``<state_dir>/datasets``; safe to use from several threads."""
+
+    def __init__(self, state_dir: Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+                 max_extracted_bytes: int | None = None) -> None:
+        self.root = Path(state_dir) / "datasets"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.max_extracted_bytes = int(max_extracted_bytes or 4 * self.max_upload_bytes)
+        self._lock = threading.Lock()
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def sample(self) -> DatasetInfo:
+        """The bundled French samples (validated and counted once per process)."""
+        global _SAMPLE_INFO
+        with _SAMPLE_LOCK:
+            if _SAMPLE_INFO is None:
+                rows, splits, train_rows = _count(SAMPLE_DATA_PATH)
+                _SAMPLE_INFO = DatasetInfo(
+                    id=SAMPLE_ID, name=SAMPLE_NAME, filename=SAMPLE_DATA_PATH.name, rows=rows,
+                    created=0.0, data_file=str(SAMPLE_DATA_PATH), splits=splits, train_rows=train_rows,
+                    size_bytes=SAMPLE_DATA_PATH.stat().st_size, builtin=True,
+                )
+            return DatasetInfo(**asdict(_SAMPLE_INFO))
+
+    def list(self) -> list[DatasetInfo]:
+        found = []
+        for meta in sorted(self.root.glob("*/meta.json")):
+            try:
+                found.append(DatasetInfo(**json.loads(meta.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, TypeError):
+                continue  # a half-written or foreign folder is not a dataset
+        found.sort(key=lambda info: info.created, reverse=True)
+        return [self.sample(), *found]
+
+    def get(self, dataset_id: str) -> DatasetInfo:
+        check_id(dataset_id)
+        if dataset_id == SAMPLE_ID:
+            return self.sample()
+        meta = self.root / dataset_id / "meta.json"
+        if not meta.is_file():
+            raise DatasetNotFound(f"dataset_id: no dataset {dataset_id!r}")
+        return DatasetInfo(**json.loads(meta.read_text(encoding="utf-8")))
+
+    def name_of(self, dataset_id: str) -> str | None:
+        """Display name of a dataset (None if it is gone), without counting the sample."""
+        if dataset_id == SAMPLE_ID:
+            return SAMPLE_NAME
+        try:
+            return self.get(dataset_id).name
+        except (DatasetNotFound, DatasetRequestError, OSError, ValueError, TypeError):
+            return None
+
+    def data_path(self, dataset_id: str) -> Path:
+        """Absolute path of the dataset's data file (what ``deepsynth train --data`` gets)."""
+        if dataset_id == SAMPLE_ID:
+            return SAMPLE_DATA_PATH
+        info = self.get(dataset_id)
+        return Path(info.data_file) if info.builtin else self.root / info.id / info.data_file
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def new_upload_dir(self) -> Path:
+        """A private folder for an upload in progress (renamed into place once validated)."""
+        path = self.root / f".upload-{uuid.uuid4().hex}"
+        path.mkdir()
+        return path
+
+    def add(self, upload_dir: Path, filename: str, name: str | None = None) -> DatasetInfo:
+        """Validate the file ``upload_dir/upload`` uploaded as ``filename``; keep it as a new dataset.
+
+        Raises DatasetRequestError (bad names, zip members) or DataError (the data itself); the
+        upload folder is removed in every case.
+        """
+        try:
+            filename = check_name(filename, "filename")
+            display = check_name(name, "name") if name not in (None, "") else filename
+            suffix = PurePosixPath(filename.lower()).suffix
+            if suffix not in UPLOAD_SUFFIXES:
+                raise DatasetRequestError(
+                    f"filename: {filename!r} has an unsupported type; expected one of {', '.join(UPLOAD_SUFFIXES)}"
+                )
+            raw = upload_dir / "upload"
+            size = raw.stat().st_size
+            content = upload_dir / "content"
+            content.mkdir()
+            if suffix == ".zip":
+                data_rel = self._extract_zip(raw, content, filename)
+            else:
+                data_rel = filename
+                raw.rename(content / filename)
+            data_file = content / data_rel
+            # Messages name the file as the user knows it, not our folder.
+            try:
+                rows, splits, train_rows = _count(data_file)
+            except DataError as error:
+                raise DataError(
+                    error.problem, source=filename if suffix != ".zip" else f"{filename}: {data_rel}",
+                    location=error.location, row=error.row, column=error.column,
+                ) from None
+            with self._lock:
+                dataset_id = f"{_slug(display)}-{uuid.uuid4().hex[:8]}"
+                final = self.root / dataset_id
+                info = DatasetInfo(
+                    id=dataset_id, name=display, filename=filename, rows=rows, created=time.time(),
+                    data_file=data_rel, splits=splits, train_rows=train_rows, size_bytes=size,
+                )
+                (content / "meta.json").write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+                content.rename(final)
+            return info
+        finally:
+            shutil.rmtree(upload_dir, ignore_errors=True)
+
+    def delete(self, dataset_id: str) -> DatasetInfo:
+        info = self.get(dataset_id)
+        if info.builtin:
+            raise DatasetRequestError(f"dataset_id: {dataset_id!r} is the bundled sample set and cannot be deleted")
+        with self._lock:
+            folder = self.root / info.id
+            trash = self.root / f".deleted-{uuid.uuid4().hex}"
+            folder.rename(trash)  # atomic: the dataset disappears at once
+            shutil.rmtree(trash, ignore_errors=True)
+        return info
+
+    def _extract_zip(self, archive: Path, dest: Path, filename: str) -> str:
+        """Extract a zip safely into ``dest``; return the data file's path relative to it."""
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError) as error:
+            raise DatasetRequestError(f"file: {filename!r} is not a valid zip archive ({error})") from None
+        with zf:
+            members = zf.infolist()
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise DatasetRequestError(f"file: the zip holds {len(members)} entries; at most {MAX_ZIP_MEMBERS}")
+            total = 0
+            data_files: list[str] = []
+            plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+            for member in members:
+                name = member.filename
+                path = PurePosixPath(name)
+                if ("\\" in name or name.startswith("/") or path.is_absolute() or ".." in path.parts
+                        or re.match(r"^[A-Za-z]:", name) or _CONTROL.search(name)):
+                    raise DatasetRequestError(f"file: zip member {name!r} points outside the archive; refused")
+                mode = member.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise DatasetRequestError(f"file: zip member {name!r} is a symbolic link; refused")
+                if member.flag_bits & 0x1:
+                    raise DatasetRequestError(f"file: zip member {name!r} is encrypted")
+                if member.is_dir():
+                    continue
+                if path.parts[0] == "__MACOSX" or path.name.startswith("."):
+                    continue  # Finder's resource forks and hidden files
+                total += member.file_size
+                if total > self.max_extracted_bytes:
+                    raise DatasetRequestError(
+                        f"file: the zip expands to more than {human_size(self.max_extracted_bytes)}", status_code=413
+                    )
+                plan.append((member, path))
+                if path.suffix.lower() in DATA_SUFFIXES:
+                    data_files.append(path.as_posix())
+            if not data_files:
+                raise DataError(
+                    f"the zip holds no data file; expected one of {', '.join(DATA_SUFFIXES)} next to the images",
+                    source=filename,
+                )
+            if len(data_files) > 1:
+                raise DataError(
+                    f"the zip holds several data files ({', '.join(sorted(data_files))}); keep exactly one",
+                    source=filename,
+                )
+            root = dest.resolve()
+            for member, path in plan:
+                target = (dest / Path(*path.parts)).resolve()
+                if root not in target.parents:
+                    raise DatasetRequestError(f"file: zip member {member.filename!r} points outside the archive; refused")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                written = 0
+                with zf.open(member) as source, open(target, "wb") as out:
+                    while chunk := source.read(1 << 20):
+                        written += len(chunk)
+                        if written > member.file_size:  # a lying header: stop at what it announced
+                            raise DatasetRequestError(f"file: zip member {member.filename!r} is larger than declared")
+                        out.write(chunk)
+            return data_files[0]
+
+
+def _count(data_file: Path) -> tuple[int, dict[str, int], int]:
+    """Validate every row; return (rows, rows per split, training rows)."""
+    rows = len(load_documents(data_file))
+    splits: dict[str, int] = {}
+    train_rows = rows
+    split_values = _split_values(data_file)
+    if split_values:
+        for value in split_values:
+            splits[value] = splits.get(value, 0) + 1
+        if "train" in splits:
+            train_rows = splits["train"]
+    return rows, splits, train_rows
+
+
+def _split_values(data_file: Path) -> list[str]:
+    """The values of a 'split' column, read the way load_documents reads the file (empty when none)."""
+    suffix = data_file.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".json"):
+            text = data_file.read_text(encoding="utf-8-sig")
+            if suffix == ".json" and text.lstrip().startswith("["):
+                records = json.loads(text)
+            else:
+                records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            if not any(isinstance(r, dict) and "split" in r for r in records):
+                return []
+            return ["" if r.get("split") is None else str(r.get("split")) for r in records if isinstance(r, dict)]
+        if suffix in (".csv", ".tsv"):
+            import pandas as pd
+
+            frame = pd.read_csv(data_file, sep="," if suffix == ".csv" else "\t", dtype=object,
+                                keep_default_na=False, index_col=False, encoding="utf-8-sig")
+            return [str(v) for v in frame["split"]] if "split" in frame.columns else []
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(data_file)
+            if "split" not in table.column_names:
+                return []
+            return ["" if v is None else str(v) for v in table.column("split").to_pylist()]
+    except Exception:  # already validated by load_documents; the split count is informative only
+        return []
+    return []

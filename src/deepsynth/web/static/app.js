@@ -1,0 +1,647 @@
+"use strict";
+// DeepSynth web UI: plain JS over the JSON API. Every decision (presets, recommendation, parameter
+// counts, validation) is the server's; this file only fills forms and draws.
+
+const $ = (id) => document.getElementById(id);
+
+// Form fields: TrainerConfig name → kind. Only the names the server lists in /api/trainer/defaults are sent.
+const FIELDS = {
+  model_name: "str?", lora_rank: "int", lora_alpha: "num", lora_dropout: "num",
+  lora_target_modules: "list", lora_modules_to_save: "list?", lora_bias: "str", lora_quantization: "str?",
+  lora_include_routed_experts: "bool",
+  batch_size: "int", num_epochs: "int", gradient_accumulation_steps: "int", learning_rate: "num",
+  weight_decay: "num", warmup_steps: "int?", scheduler_type: "str", max_train_samples: "int?", max_eval_samples: "int?",
+  max_new_tokens: "int", max_length: "int", seed: "int", eval_every_updates: "int?", early_stopping_patience: "int?",
+  checkpoint_every_updates: "int?", gate_dropout_rate: "num", expert_dropout_rate: "num", dtype: "str?",
+  instruction: "str?", gradient_checkpointing: "bool", push_to_hub: "bool", hub_model_id: "str?", hub_private: "bool",
+};
+const LORA_FIELDS = ["model_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules",
+  "lora_modules_to_save", "lora_bias", "lora_include_routed_experts", "lora_quantization"];
+const TERMINAL = ["succeeded", "failed", "cancelled"];
+
+const state = {
+  presets: [], datasets: [], defaults: {}, optimizerDefaults: {}, jobs: [],
+  selectedJob: null, source: null, loss: [], evals: [], expert: null, estimateTimer: null, estimateSeq: 0,
+  applying: false,
+};
+
+// --- helpers ----------------------------------------------------------------------------------
+
+async function api(path, options = {}) {
+  const init = { ...options, headers: { ...(options.headers || {}) } };
+  if (init.json !== undefined) {
+    init.body = JSON.stringify(init.json);
+    init.headers["Content-Type"] = "application/json";
+    delete init.json;
+  }
+  const response = await fetch(path, init);
+  const text = await response.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch (_) { body = { error: text }; }
+  if (!response.ok) {
+    const error = new Error((body && body.error) || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    error.body = body;
+    throw error;
+  }
+  return body;
+}
+
+const fmtInt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
+const fmtNum = (n, digits = 4) => (typeof n === "number" ? Number(n.toPrecision(digits)).toString() : "–");
+const fmtDate = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+function fieldInput(name) { return $("f-" + name); }
+
+function setField(name, value) {
+  const input = fieldInput(name);
+  if (!input) return;
+  const kind = FIELDS[name];
+  if (kind === "bool") input.checked = Boolean(value);
+  else if (kind.startsWith("list")) input.value = (value || []).join(", ");
+  else input.value = value === null || value === undefined ? "" : String(value);
+}
+
+function readField(name) {
+  const input = fieldInput(name);
+  const kind = FIELDS[name];
+  if (kind === "bool") return input.checked;
+  const raw = input.value.trim();
+  const optional = kind.endsWith("?");
+  if (kind.startsWith("list")) {
+    const items = raw.split(",").map((s) => s.trim()).filter(Boolean);
+    return items.length || !optional ? items : null;
+  }
+  if (raw === "") return optional ? null : (kind.startsWith("str") ? "" : null);
+  if (kind.startsWith("int")) return /^-?\d+$/.test(raw) ? parseInt(raw, 10) : raw;  // the server names a bad value
+  if (kind.startsWith("num")) return Number.isFinite(Number(raw)) ? Number(raw) : raw;
+  return raw;
+}
+
+function knownField(name) {
+  return name in state.defaults || name in state.optimizerDefaults;
+}
+
+// --- presets and defaults ---------------------------------------------------------------------
+
+async function loadPresets() {
+  const data = await api("/api/lora/presets");
+  state.presets = data.presets;
+  const select = $("preset-select");
+  for (const preset of data.presets) select.append(el("option", { value: preset.name }, preset.name));
+  select.addEventListener("change", onPresetChosen);
+  describePreset();
+}
+
+function describePreset() {
+  const name = $("preset-select").value;
+  const preset = state.presets.find((p) => p.name === name);
+  $("preset-description").textContent = preset
+    ? `${preset.description} rank ${preset.settings.rank}, alpha ${preset.settings.alpha}, dropout ${preset.settings.dropout}; targets ${preset.settings.target_modules.join(", ")}` +
+      (preset.settings.modules_to_save.length ? `; fully trained ${preset.settings.modules_to_save.join(", ")}` : "")
+    : "Custom: set every field yourself.";
+}
+
+function applyLoraSettings(settings) {
+  setField("lora_rank", settings.rank);
+  setField("lora_alpha", settings.alpha);
+  setField("lora_dropout", settings.dropout);
+  setField("lora_target_modules", settings.target_modules);
+  setField("lora_modules_to_save", settings.modules_to_save);
+  setField("lora_bias", settings.bias);
+  setField("lora_include_routed_experts", settings.include_routed_experts);
+  setField("lora_quantization", settings.quantization);
+}
+
+function onPresetChosen() {
+  describePreset();
+  const preset = state.presets.find((p) => p.name === $("preset-select").value);
+  if (preset) {
+    applyLoraSettings(preset.settings);
+    scheduleEstimate();
+  }
+}
+
+async function loadDefaults() {
+  const data = await api("/api/trainer/defaults");
+  state.defaults = data.defaults;
+  state.optimizerDefaults = data.defaults.optimizer || {};
+  for (const name of Object.keys(FIELDS)) {
+    if (!fieldInput(name)) continue;
+    if (!knownField(name)) { fieldInput(name).closest("label").hidden = true; continue; }
+    const value = name in state.defaults ? state.defaults[name] : state.optimizerDefaults[name];
+    setField(name, value);
+  }
+}
+
+// --- datasets ---------------------------------------------------------------------------------
+
+async function loadDatasets(selectId) {
+  const data = await api("/api/datasets");
+  state.datasets = data.datasets;
+  const select = $("dataset-select");
+  const evalSelect = $("eval-dataset-select");
+  const keep = selectId || select.value;
+  const keepEval = evalSelect.value;
+  select.replaceChildren();
+  evalSelect.replaceChildren(el("option", { value: "" }, "none: the dataset's eval split, else its training rows"));
+  for (const info of state.datasets) {
+    const label = `${info.name} (${info.rows} rows)`;
+    select.append(el("option", { value: info.id }, label));
+    evalSelect.append(el("option", { value: info.id }, label));
+  }
+  if (keep && state.datasets.some((d) => d.id === keep)) select.value = keep;
+  if (keepEval && state.datasets.some((d) => d.id === keepEval)) evalSelect.value = keepEval;
+  renderDatasetTable();
+  describeDataset();
+}
+
+function selectedDataset() {
+  return state.datasets.find((d) => d.id === $("dataset-select").value) || null;
+}
+
+function describeDataset() {
+  const info = selectedDataset();
+  if (!info) { $("dataset-info").textContent = "No dataset."; return; }
+  const splits = Object.entries(info.splits || {}).map(([k, v]) => `${v} ${k}`).join(", ");
+  $("dataset-info").textContent = `${info.name}: ${info.rows} rows` + (splits ? ` (${splits}); ` : "; ") +
+    `${info.train_rows} used for training.`;
+}
+
+function renderDatasetTable() {
+  const body = $("datasets-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const info of state.datasets) {
+    const splits = Object.entries(info.splits || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
+    const actions = info.builtin ? el("span", { class: "muted" }, "bundled")
+      : el("button", { class: "small delete-dataset", type: "button", dataset: { datasetId: info.id },
+        onclick: () => deleteDataset(info.id) }, "Delete");
+    body.append(el("tr", { dataset: { datasetId: info.id } }, el("td", {}, info.name), el("td", { class: "num" }, info.rows),
+      el("td", {}, splits || "–"), el("td", {}, info.builtin ? "" : fmtDate(info.created)), el("td", {}, actions)));
+  }
+}
+
+async function uploadDataset(event) {
+  event.preventDefault();
+  const file = $("dataset-file").files[0];
+  const status = $("upload-status");
+  if (!file) { status.className = "error"; status.textContent = "Choose a file first."; return; }
+  const form = new FormData();
+  form.append("file", file);
+  if ($("dataset-name").value.trim()) form.append("name", $("dataset-name").value.trim());
+  status.className = "muted";
+  status.textContent = `Uploading and checking ${file.name}…`;
+  $("dataset-upload").disabled = true;
+  try {
+    const info = await api("/api/datasets", { method: "POST", body: form });
+    status.className = "ok";
+    status.textContent = `Uploaded “${info.name}”: ${info.rows} rows, all valid.`;
+    $("dataset-file").value = "";
+    $("dataset-name").value = "";
+    await loadDatasets(info.id);
+  } catch (error) {
+    status.className = "error";
+    status.textContent = error.message;
+  } finally {
+    $("dataset-upload").disabled = false;
+  }
+}
+
+async function deleteDataset(id) {
+  const status = $("upload-status");
+  try {
+    await api(`/api/datasets/${encodeURIComponent(id)}`, { method: "DELETE" });
+    status.className = "muted";
+    status.textContent = "Dataset deleted.";
+    await loadDatasets();
+  } catch (error) {
+    status.className = "error";
+    status.textContent = error.message;
+  }
+}
+
+// --- recommendation and estimates -------------------------------------------------------------
+
+function trainingSampleCount() {
+  const info = selectedDataset();
+  if (!info) return null;
+  let count = info.train_rows || info.rows;
+  const limit = readField("max_train_samples");
+  if (Number.isInteger(limit) && limit > 0 && limit < count) count = limit;
+  return count;
+}
+
+async function applyRecommendation() {
+  const count = trainingSampleCount();
+  const note = $("apply-note");
+  $("recommendation").hidden = false;
+  if (!count) { note.className = "error"; note.textContent = "Choose or upload a dataset first."; return; }
+  const chosen = $("preset-select").value;
+  $("apply-preset").disabled = true;
+  try {
+    const rec = await api("/api/lora/presets/recommended", {
+      method: "POST", json: { num_samples: count, model: readField("model_name") },
+    });
+    state.applying = true;
+    applyLoraSettings(rec.lora_config);
+    const training = rec.training_config;
+    for (const name of ["batch_size", "num_epochs", "gradient_accumulation_steps", "learning_rate",
+      "weight_decay", "warmup_steps", "scheduler_type"]) setField(name, training[name]);
+    $("preset-select").value = rec.preset_name;
+    describePreset();
+    state.applying = false;
+    $("est-preset").textContent = rec.preset_name;
+    $("est-samples").textContent = fmtInt(rec.num_samples);
+    $("est-total-steps").textContent = fmtInt(rec.estimates.total_steps);
+    $("est-updates").textContent = fmtInt(rec.estimates.effective_updates);
+    $("est-warmup").textContent = fmtInt(rec.estimates.warmup_steps);
+    $("est-trainable").textContent = fmtInt(rec.estimates.trainable_params);
+    $("est-time").textContent = rec.estimates.estimated_time_minutes === null
+      ? "unknown (measure it with `deepsynth recommend --calibrate`)"
+      : `${rec.estimates.estimated_time_minutes} min`;
+    const warnings = $("warnings");
+    warnings.replaceChildren(...rec.warnings.map((w) => el("li", {}, w)));
+    note.className = "ok";
+    note.textContent = `Applied ${rec.preset_name}, recommended for ${rec.num_samples} training samples on ${rec.model}.` +
+      (chosen !== "custom" && chosen !== rec.preset_name
+        ? ` (You had chosen ${chosen}: choose it again to use its LoRA settings with these training settings.)` : "");
+    scheduleEstimate(0);
+  } catch (error) {
+    note.className = "error";
+    note.textContent = error.message;
+  } finally {
+    state.applying = false;
+    $("apply-preset").disabled = false;
+  }
+}
+
+function scheduleEstimate(delay = 350) {
+  clearTimeout(state.estimateTimer);
+  state.estimateTimer = setTimeout(runEstimate, delay);
+}
+
+async function runEstimate() {
+  const seq = ++state.estimateSeq;
+  const body = {
+    model: readField("model_name"), rank: readField("lora_rank"), alpha: readField("lora_alpha"),
+    dropout: readField("lora_dropout"), target_modules: readField("lora_target_modules"),
+    modules_to_save: readField("lora_modules_to_save") || [], bias: readField("lora_bias"),
+    include_routed_experts: readField("lora_include_routed_experts"),
+  };
+  $("trainable-params").dataset.pending = "1";
+  try {
+    const report = await api("/api/lora/estimate", { method: "POST", json: body });
+    if (seq !== state.estimateSeq) return;
+    $("trainable-params").textContent = fmtInt(report.trainable);
+    const groups = Object.entries(report.by_group).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${fmtInt(v)}`);
+    const warnings = (report.targets && report.targets.warnings) || [];
+    $("trainable-by-group").textContent = `(${groups.join(", ") || "none"} · ${fmtNum(100 * report.trainable / report.total_params, 3)}% of ${fmtInt(report.total_params)})`;
+    $("estimate-warnings").replaceChildren(...warnings.map((w) => el("li", {}, w)));
+    $("estimate-status").textContent = "";
+  } catch (error) {
+    if (seq !== state.estimateSeq) return;
+    $("trainable-params").textContent = "–";
+    $("trainable-by-group").textContent = "";
+    $("estimate-warnings").replaceChildren();
+    $("estimate-status").textContent = error.message;
+  } finally {
+    if (seq === state.estimateSeq) delete $("trainable-params").dataset.pending;
+  }
+}
+
+function onFieldEdited(event) {
+  const name = event.target.id.replace(/^f-/, "");
+  if (!LORA_FIELDS.includes(name) || state.applying) return;
+  // Hand edits that leave the preset's values make the settings custom.
+  const preset = state.presets.find((p) => p.name === $("preset-select").value);
+  if (preset && name !== "model_name") {
+    const s = preset.settings;
+    const same = readField("lora_rank") === s.rank && readField("lora_alpha") === s.alpha &&
+      readField("lora_dropout") === s.dropout &&
+      JSON.stringify(readField("lora_target_modules")) === JSON.stringify(s.target_modules) &&
+      JSON.stringify(readField("lora_modules_to_save") || []) === JSON.stringify(s.modules_to_save) &&
+      readField("lora_include_routed_experts") === s.include_routed_experts;
+    if (!same) { $("preset-select").value = "custom"; describePreset(); }
+  }
+  scheduleEstimate();
+}
+
+// --- jobs -------------------------------------------------------------------------------------
+
+function jobPayload() {
+  const payload = { dataset_id: $("dataset-select").value };
+  if ($("eval-dataset-select").value) payload.eval_dataset_id = $("eval-dataset-select").value;
+  const preset = $("preset-select").value;
+  if (knownField("preset")) payload.preset = preset === "custom" ? null : preset;
+  for (const name of Object.keys(FIELDS)) {
+    if (fieldInput(name) && knownField(name)) payload[name] = readField(name);
+  }
+  return payload;
+}
+
+async function startJob(event) {
+  event.preventDefault();
+  const error = $("job-form-error");
+  error.textContent = "";
+  $("start-job").disabled = true;
+  try {
+    const job = await api("/api/jobs", { method: "POST", json: jobPayload() });
+    await refreshJobs();
+    await selectJob(job.id);
+  } catch (err) {
+    error.textContent = err.message;
+  } finally {
+    $("start-job").disabled = false;
+  }
+}
+
+async function refreshJobs() {
+  const data = await api("/api/jobs");
+  state.jobs = data.jobs;
+  const body = $("jobs-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const job of state.jobs) {
+    const actions = el("td", {});
+    if (!TERMINAL.includes(job.status)) {
+      actions.append(el("button", { class: "small cancel-job", type: "button", dataset: { jobId: job.id },
+        onclick: (e) => { e.stopPropagation(); cancelJob(job.id); } }, job.cancel_requested ? "Stopping…" : "Cancel"));
+    }
+    if (job.has_adapter) {
+      actions.append(" ", el("a", { class: "download-job", href: `/api/jobs/${job.id}/artifacts`, dataset: { jobId: job.id },
+        onclick: (e) => e.stopPropagation() }, "Download"));
+    }
+    const step = job.total_updates ? `${job.step} / ${job.total_updates}` : String(job.step || 0);
+    const row = el("tr", { class: "clickable" + (job.id === state.selectedJob ? " selected" : ""), dataset: { jobId: job.id },
+      onclick: () => selectJob(job.id) },
+      el("td", {}, el("code", {}, job.id)), el("td", {}, job.dataset_name || job.dataset_id),
+      el("td", { class: "status-" + job.status }, job.status), el("td", { class: "num" }, step),
+      el("td", {}, fmtDate(job.created_at)), actions);
+    body.append(row);
+  }
+  const current = state.jobs.find((j) => j.id === state.selectedJob);
+  if (current) showJobStatus(current);
+}
+
+async function cancelJob(id) {
+  try {
+    await api(`/api/jobs/${id}/cancel`, { method: "POST" });
+  } catch (error) {
+    $("job-error").textContent = error.message;
+  }
+  await refreshJobs();
+}
+
+function showJobStatus(job) {
+  $("job-status").textContent = job.status;
+  $("job-status").className = "status-" + job.status;
+  const phase = job.status === "running" ? (job.cancel_requested ? "stopping" : job.phase || "starting")
+    : job.status === "queued" ? "waiting for the running job" : "";
+  $("job-phase").textContent = phase;
+  $("job-phase").hidden = !phase;
+  $("job-step").textContent = job.step || 0;
+  $("job-total").textContent = job.total_updates || "?";
+  $("job-loss").textContent = typeof job.last_loss === "number" ? `loss ${fmtNum(job.last_loss)}` : "";
+  $("job-error").textContent = job.error || "";
+}
+
+async function selectJob(id) {
+  if (state.source) { state.source.close(); state.source = null; }
+  state.selectedJob = id;
+  for (const row of $("jobs-table").querySelectorAll("tbody tr")) row.classList.toggle("selected", row.dataset.jobId === id);
+  $("job-detail").hidden = false;
+  $("job-id").textContent = id;
+  const job = await api(`/api/jobs/${id}`);
+  if (state.selectedJob !== id) return;
+  renderJobDetail(job);
+  if (!TERMINAL.includes(job.status)) openStream(id);
+}
+
+function renderJobDetail(job) {
+  showJobStatus(job);
+  state.loss = job.loss_history.map((p) => [p.step, p.loss]);
+  state.evals = job.eval_history.map((p) => [p.step, p.eval_loss]);
+  drawLoss();
+  renderMetrics(job.metrics);
+  renderExperts(job.expert_utilization);
+  $("job-log").textContent = (job.log_tail || []).join("\n");
+  $("push-form").hidden = job.status !== "succeeded";
+  if (job.config && job.config.hub_model_id && !$("push-repo-id").value) $("push-repo-id").value = job.config.hub_model_id;
+}
+
+function openStream(id) {
+  state.loss = [];
+  state.evals = [];
+  const source = new EventSource(`/api/jobs/${id}/events`);
+  state.source = source;
+  source.addEventListener("progress", (event) => {
+    const data = JSON.parse(event.data);
+    if (data.event === "log" && typeof data.loss === "number") state.loss.push([data.step, data.loss]);
+    if (data.event === "eval" && typeof data.eval_loss === "number") state.evals.push([data.step, data.eval_loss]);
+    if (data.event === "start") $("job-total").textContent = data.total_updates;
+    drawLoss();
+  });
+  source.addEventListener("status", (event) => showJobStatus(JSON.parse(event.data)));
+  source.addEventListener("end", async () => {
+    source.close();
+    if (state.source === source) state.source = null;
+    await refreshJobs();
+    if (state.selectedJob === id) renderJobDetail(await api(`/api/jobs/${id}`));
+  });
+}
+
+// --- charts -----------------------------------------------------------------------------------
+
+function drawLoss() {
+  const canvas = $("loss-chart");
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth || 640;
+  const height = canvas.clientHeight || 260;
+  canvas.width = width * ratio;
+  canvas.height = height * ratio;
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  const pad = { l: 52, r: 12, t: 12, b: 28 };
+  const points = state.loss.concat(state.evals);
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#667085";
+  if (!points.length) {
+    ctx.fillText("waiting for the first logged update…", pad.l, height / 2);
+    return;
+  }
+  const xs = points.map((p) => p[0]);
+  const ys = points.map((p) => p[1]);
+  const xMin = Math.min(...xs, 0), xMax = Math.max(...xs, 1);
+  let yMin = Math.min(...ys), yMax = Math.max(...ys);
+  if (yMax - yMin < 1e-9) { yMin -= 0.5; yMax += 0.5; }
+  const x = (v) => pad.l + (v - xMin) / (xMax - xMin || 1) * (width - pad.l - pad.r);
+  const y = (v) => height - pad.b - (v - yMin) / (yMax - yMin) * (height - pad.t - pad.b);
+  ctx.strokeStyle = "#d9dee7";
+  ctx.beginPath();
+  ctx.moveTo(pad.l, pad.t); ctx.lineTo(pad.l, height - pad.b); ctx.lineTo(width - pad.r, height - pad.b);
+  ctx.stroke();
+  for (let i = 0; i <= 4; i++) {
+    const v = yMin + (yMax - yMin) * i / 4;
+    ctx.fillText(fmtNum(v, 3), 4, y(v) + 4);
+  }
+  ctx.fillText("0", pad.l - 3, height - 10);
+  ctx.fillText(String(xMax), width - pad.r - 20, height - 10);
+  ctx.fillText("update", (width) / 2, height - 6);
+  if (state.loss.length) {
+    ctx.strokeStyle = "#2f5bea";
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    state.loss.forEach(([sx, sy], i) => (i ? ctx.lineTo(x(sx), y(sy)) : ctx.moveTo(x(sx), y(sy))));
+    ctx.stroke();
+    ctx.fillStyle = "#2f5bea";
+    for (const [sx, sy] of state.loss) { ctx.beginPath(); ctx.arc(x(sx), y(sy), 2.5, 0, 2 * Math.PI); ctx.fill(); }
+  }
+  ctx.fillStyle = "#e8772e";
+  for (const [sx, sy] of state.evals) { ctx.beginPath(); ctx.arc(x(sx), y(sy), 4, 0, 2 * Math.PI); ctx.fill(); }
+}
+
+function renderExperts(util) {
+  state.expert = util && util.layers && Object.keys(util.layers).length ? util : null;
+  $("expert-section").hidden = !state.expert;
+  if (!state.expert) return;
+  const select = $("expert-layer-select");
+  select.replaceChildren(el("option", { value: "" }, "all layers (sum)"));
+  for (const name of Object.keys(state.expert.layers)) select.append(el("option", { value: name }, name));
+  select.onchange = drawExperts;
+  const summary = state.expert.summary || {};
+  $("expert-summary").textContent = Object.entries(summary)
+    .filter(([, v]) => typeof v !== "object").map(([k, v]) => `· ${k}: ${typeof v === "number" ? fmtNum(v) : v}`).join(" ");
+  drawExperts();
+}
+
+function drawExperts() {
+  const svg = $("expert-chart");
+  const ns = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  const layer = $("expert-layer-select").value;
+  const layers = state.expert.layers;
+  let counts;
+  if (layer) counts = layers[layer];
+  else {
+    counts = [];
+    for (const values of Object.values(layers)) values.forEach((v, i) => { counts[i] = (counts[i] || 0) + v; });
+  }
+  const total = counts.reduce((a, b) => a + b, 0) || 1;
+  const width = 640, height = 260, pad = { l: 40, r: 10, t: 14, b: 30 };
+  const max = Math.max(...counts, 1) / total;
+  const band = (width - pad.l - pad.r) / counts.length;
+  const mk = (tag, attrs, text) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    svg.append(node);
+    return node;
+  };
+  mk("line", { x1: pad.l, y1: height - pad.b, x2: width - pad.r, y2: height - pad.b, stroke: "#d9dee7" });
+  const even = 1 / counts.length;
+  const evenY = height - pad.b - even / max * (height - pad.t - pad.b);
+  counts.forEach((count, i) => {
+    const share = count / total;
+    const h = share / max * (height - pad.t - pad.b);
+    const rect = mk("rect", { x: pad.l + i * band + band * 0.1, y: height - pad.b - h, width: band * 0.8, height: h,
+      fill: "#2f5bea", class: "expert-bar", "data-expert": i, "data-count": count });
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `expert ${i}: ${fmtInt(count)} tokens (${fmtNum(100 * share, 3)}%)`;
+    rect.append(title);
+    mk("text", { x: pad.l + i * band + band / 2, y: height - pad.b + 14, "text-anchor": "middle", "font-size": 10, fill: "#667085" }, i);
+  });
+  mk("line", { x1: pad.l, y1: evenY, x2: width - pad.r, y2: evenY, stroke: "#e8772e", "stroke-dasharray": "4 3" });
+  mk("text", { x: width - pad.r, y: evenY - 4, "text-anchor": "end", "font-size": 10, fill: "#e8772e" }, "even split");
+  mk("text", { x: 4, y: pad.t + 4, "font-size": 10, fill: "#667085" }, `${fmtNum(100 * max, 3)}%`);
+  mk("text", { x: width / 2, y: height - 4, "text-anchor": "middle", "font-size": 10, fill: "#667085" }, "expert");
+}
+
+function renderMetrics(metrics) {
+  const section = $("metrics-section");
+  const evaluation = metrics && metrics.eval;
+  section.hidden = !(evaluation && evaluation.before && evaluation.after);
+  if (section.hidden) return;
+  const body = $("metrics-table").querySelector("tbody");
+  body.replaceChildren();
+  const lowerIsBetter = new Set(["loss", "cer", "loop_rate", "wer"]);
+  for (const name of Object.keys(evaluation.before)) {
+    const before = evaluation.before[name];
+    const after = evaluation.after[name];
+    const delta = typeof before === "number" && typeof after === "number" ? after - before : null;
+    const better = delta === null || delta === 0 ? "" : ((delta < 0) === lowerIsBetter.has(name) ? "delta-good" : "delta-bad");
+    body.append(el("tr", { dataset: { metric: name } }, el("td", {}, name), el("td", { class: "num" }, fmtNum(before)),
+      el("td", { class: "num" }, fmtNum(after)),
+      el("td", { class: "num " + better }, delta === null ? "–" : (delta > 0 ? "+" : "") + fmtNum(delta))));
+  }
+  $("metrics-note").textContent = metrics.eval_on_training_data ? "(on training samples: no held-out data)"
+    : (metrics.num_eval_samples ? `(on ${metrics.num_eval_samples} held-out samples)` : "");
+  const parts = [];
+  if (metrics.optimizer_updates !== undefined) parts.push(`${fmtInt(metrics.optimizer_updates)} optimizer updates`);
+  if (metrics.trainable_params && metrics.trainable_params.total !== undefined) parts.push(`${fmtInt(metrics.trainable_params.total)} trainable parameters`);
+  if (metrics.train && metrics.train.runtime_seconds !== undefined) parts.push(`${fmtNum(metrics.train.runtime_seconds, 3)} s of training`);
+  $("metrics-extra").textContent = parts.join(" · ");
+}
+
+async function pushAdapter(event) {
+  event.preventDefault();
+  const status = $("push-status");
+  status.className = "muted";
+  status.textContent = "Pushing…";
+  $("push-button").disabled = true;
+  try {
+    const report = await api(`/api/jobs/${state.selectedJob}/push`, {
+      method: "POST", json: { repo_id: $("push-repo-id").value.trim(), private: $("push-private").checked },
+    });
+    status.className = "ok";
+    status.textContent = `Pushed ${report.uploaded.length} file(s)` + (report.commit_url ? `: ${report.commit_url}` : ".");
+  } catch (error) {
+    status.className = "error";
+    status.textContent = error.message;
+  } finally {
+    $("push-button").disabled = false;
+  }
+}
+
+async function loadHubStatus() {
+  try {
+    const hub = await api("/api/hub");
+    $("hub-status").textContent = hub.token_available ? `Hub token: ${hub.source}` : "No Hub token (set HF_TOKEN to push)";
+  } catch (_) { /* informative only */ }
+}
+
+// --- start ------------------------------------------------------------------------------------
+
+async function main() {
+  $("upload-form").addEventListener("submit", uploadDataset);
+  $("dataset-select").addEventListener("change", describeDataset);
+  $("apply-preset").addEventListener("click", applyRecommendation);
+  $("config-form").addEventListener("submit", startJob);
+  $("push-form").addEventListener("submit", pushAdapter);
+  for (const name of Object.keys(FIELDS)) {
+    const input = fieldInput(name);
+    if (input) input.addEventListener(input.type === "checkbox" || input.tagName === "SELECT" ? "change" : "input", onFieldEdited);
+  }
+  await Promise.all([loadDefaults(), loadPresets(), loadDatasets(), loadHubStatus()]);
+  scheduleEstimate(0);
+  await refreshJobs();
+  if (state.jobs.length) await selectJob(state.jobs[0].id);
+  setInterval(() => refreshJobs().catch(() => {}), 2000);
+  document.body.dataset.ready = "1";
+}
+
+main().catch((error) => {
+  const note = el("p", { class: "error", id: "fatal-error" }, `The page could not load: ${error.message}`);
+  document.querySelector("main").prepend(note);
+});

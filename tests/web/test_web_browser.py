@@ -1,0 +1,163 @@
+"""End to end in a real browser (Debian's headless Chromium): upload a dataset, choose a preset,
+Apply & Auto-Configure, start a real training job on the embedded model, watch it finish, read the
+before/after metrics; the Hub token appears in no file, response or page."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+import os
+from pathlib import Path
+
+import pytest
+from web_support import HUB_TOKEN, JSONL_ROWS, files_containing
+
+from deepsynth.training.lora_config import LoRAConfig
+from deepsynth.training.recommend import recommend
+from deepsynth.training.targets import count_trainable_params
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The docs screenshot is refreshed on request only, so a test run never dirties the checkout:
+# DEEPSYNTH_UPDATE_SCREENSHOT=1 python -m pytest tests/web/test_web_browser.py
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "web-ui.png"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+
+
+@pytest.fixture
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def value(page, name: str) -> str:
+    return page.input_value(f"#f-{name}")
+
+
+def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, live_server, state_dir, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    data_file = tmp_path / "notes-e2e.jsonl"
+    data_file.write_bytes(JSONL_ROWS)
+    with live_server() as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url)
+        page.wait_for_selector("body[data-ready='1']")
+        # Every preset of the library is offered, after Custom.
+        options = page.eval_on_selector_all("#preset-select option", "els => els.map(e => e.value)")
+        presets = [p["name"] for p in server.http.get("/api/lora/presets").json()["presets"]]
+        assert options == ["custom", *presets]
+
+        # Upload a dataset; it becomes the selected one.
+        page.set_input_files("#dataset-file", str(data_file))
+        page.fill("#dataset-name", "E2E notes")
+        page.click("#dataset-upload")
+        page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('Uploaded')")
+        uploaded = next(d for d in server.http.get("/api/datasets").json()["datasets"] if d["name"] == "E2E notes")
+        assert page.input_value("#dataset-select") == uploaded["id"] and uploaded["rows"] == 3
+
+        # Choosing a preset fills its LoRA settings.
+        page.select_option("#preset-select", "balanced")
+        assert value(page, "lora_rank") == "32" and value(page, "lora_target_modules").startswith("q_proj")
+
+        # Apply & Auto-Configure for the training rows, capped by max_train_samples.
+        page.fill("#f-max_train_samples", "2")
+        page.click("#apply-preset")
+        page.wait_for_function("document.getElementById('est-preset').textContent !== ''")
+        rec = recommend(2)
+        assert rec.to_dict() == server.http.post("/api/lora/presets/recommended", json={"num_samples": 2}).json()
+        lora, training = rec.lora_config, rec.training_config
+        assert page.input_value("#preset-select") == rec.preset_name
+        assert int(value(page, "lora_rank")) == lora["rank"]
+        assert float(value(page, "lora_alpha")) == lora["alpha"]
+        assert float(value(page, "lora_dropout")) == lora["dropout"]
+        assert [t.strip() for t in value(page, "lora_target_modules").split(",")] == lora["target_modules"]
+        for name in ("batch_size", "num_epochs", "gradient_accumulation_steps", "warmup_steps"):
+            assert int(value(page, name)) == training[name], name
+        for name in ("learning_rate", "weight_decay"):
+            assert float(value(page, name)) == training[name], name
+        assert value(page, "scheduler_type") == training["scheduler_type"]
+        assert page.text_content("#est-updates") == f"{rec.estimates['effective_updates']:,}"
+        assert page.text_content("#est-total-steps") == f"{rec.estimates['total_steps']:,}"
+        assert page.text_content("#est-samples") == "2"
+        assert page.eval_on_selector_all("#warnings li", "els => els.map(e => e.textContent)") == rec.warnings
+        exact = f"{rec.estimates['trainable_params']:,}"
+        page.wait_for_function(f"document.getElementById('trainable-params').textContent === '{exact}'")
+
+        # Editing a LoRA field updates the exact count live and makes the settings custom.
+        page.fill("#f-lora_rank", "4")
+        lora_4 = LoRAConfig(**{**lora, "rank": 4})
+        exact_4 = f"{count_trainable_params(None, lora_4).trainable:,}"
+        page.wait_for_function(f"document.getElementById('trainable-params').textContent === '{exact_4}'")
+        assert page.input_value("#preset-select") == "custom"
+
+        # A run that takes seconds: 2 samples, 2 epochs, 1 eval sample, short generations.
+        page.fill("#f-num_epochs", "2")
+        page.fill("#f-gradient_accumulation_steps", "1")
+        page.fill("#f-warmup_steps", "")
+        page.fill("#f-max_eval_samples", "1")
+        page.click("details summary")
+        page.fill("#f-max_new_tokens", "4")
+        page.click("#start-job")
+        page.wait_for_function("document.getElementById('job-id').textContent !== ''")
+        job_id = page.text_content("#job-id")
+        # Live progress from the event stream, then the final status.
+        page.wait_for_function("Number(document.getElementById('job-step').textContent) >= 1", timeout=120_000)
+        page.wait_for_function("['succeeded', 'failed', 'cancelled'].includes("
+                               "document.getElementById('job-status').textContent)", timeout=120_000)
+        job = server.http.get(f"/api/jobs/{job_id}").json()
+        assert page.text_content("#job-status") == "succeeded", (job["error"], job["log_tail"][-15:])
+        assert page.evaluate("state.loss.length") == len(job["loss_history"]) == 4
+
+        # The job ran exactly what the form said.
+        config = job["config"]
+        assert (config["lora_rank"], config["num_epochs"], config["max_train_samples"], config["max_eval_samples"],
+                config["max_new_tokens"], config["preset"]) == (4, 2, 2, 1, 4, None)
+        assert config["data_path"].endswith("notes-e2e.jsonl")
+
+        # Before/after metrics table.
+        page.wait_for_selector("#metrics-section:not([hidden])")
+        metrics = job["metrics"]
+        rows = page.eval_on_selector_all("#metrics-table tbody tr", "els => els.map(e => e.dataset.metric)")
+        assert rows == list(metrics["eval"]["before"]) and {"loss", "rougeL", "cer"} <= set(rows)
+        loss_cells = page.eval_on_selector_all("#metrics-table tbody tr[data-metric='loss'] td",
+                                               "els => els.map(e => e.textContent)")
+        assert abs(float(loss_cells[1]) - metrics["eval"]["before"]["loss"]) < 1e-3
+        assert abs(float(loss_cells[2]) - metrics["eval"]["after"]["loss"]) < 1e-3
+        utilization = metrics.get("expert_utilization")
+        if utilization and utilization.get("layers"):
+            page.wait_for_selector("#expert-section:not([hidden])")
+            bars = page.eval_on_selector_all("#expert-chart rect.expert-bar", "els => els.length")
+            assert bars == len(next(iter(utilization["layers"].values())))
+        else:
+            assert page.is_hidden("#expert-section")
+
+        # The job list offers the adapter download.
+        href = page.get_attribute(f"#jobs-table tr[data-job-id='{job_id}'] a.download-job", "href")
+        archive = server.http.get(href)
+        assert archive.status_code == 200
+        assert "adapter_config.json" in zipfile.ZipFile(io.BytesIO(archive.content)).namelist()
+
+        page.evaluate("window.scrollTo(0, 0)")
+        screenshot = DOCS_SCREENSHOT if os.environ.get("DEEPSYNTH_UPDATE_SCREENSHOT") else tmp_path / "web-ui.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        assert screenshot.stat().st_size > 10_000
+
+        # The Hub token was in the server's environment: it shows nowhere.
+        seen = [page.content(), server.http.get("/api/jobs").text, json.dumps(job),
+                server.http.get("/api/hub").text, server.http.get(f"/api/jobs/{job_id}/events").text]
+        assert not [text for text in seen if HUB_TOKEN in text]
+        assert not dialogs and not errors
+    assert files_containing(state_dir, HUB_TOKEN) == []
