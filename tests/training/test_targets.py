@@ -28,10 +28,10 @@ REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "deep
     ],
 )
 def test_reference_counts_at_deepseek_ocr_real_dims(lora, expected):
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: what the count costs, whatever else the machine runs
     report = count_trainable_params(V1, lora)
     assert report.trainable == expected
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert report.by_group["attention"] > 0 or lora.target_modules == ["router"]
 
 
