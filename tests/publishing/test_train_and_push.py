@@ -34,3 +34,20 @@ def test_train_then_push_uploads_the_adapter_and_never_leaks_the_token(fake_hub:
     captured = capsys.readouterr()
     assert_no_token(paths=(out,), texts=(caplog.text, captured.out, captured.err, json.dumps(metrics)))
     assert_no_token(texts=tuple(content.decode("utf-8", "replace") for content in uploaded.values()))
+
+
+def test_push_command_exit_codes(fake_hub: FakeHub, make_adapter, monkeypatch, capsys):
+    from deepsynth.cli import main
+
+    folder = make_adapter()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert main(["push", "--adapter", str(folder), "--repo-id", REPO_ID, "--private"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["repo_id"] == REPO_ID and "adapter_model.safetensors" in report["uploaded"]
+
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_token_value")
+    assert main(["push", "--adapter", str(folder), "--repo-id", REPO_ID]) == 1  # failure is an exit code
+    captured = capsys.readouterr()
+    assert "401" in captured.err
+    assert json.loads(captured.out)["failed"]
+    assert TOKEN not in captured.out + captured.err
