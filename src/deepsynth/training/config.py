@@ -122,11 +122,17 @@ class TrainerConfig:
     lora_include_routed_experts: bool = False
     lora_quantization: str | None = None  # "4bit" / "8bit": QLoRA, CUDA + bitsandbytes only
 
-    # MoE regularisation (see deepsynth.training.moe).
+    # MoE regularisation (see deepsynth.training.moe and docs/moe.md).
+    # gate_dropout_rate: dropout on the gradient of the trainable router tensors (router LoRA or full
+    # copy); inactive, with a warning, when the router is frozen. Keywords only ever select the router.
     gate_dropout_rate: float = 0.0
     gate_dropout_keywords: tuple[str, ...] = ("gate", "router")
+    # expert_dropout_rate: in training forwards, each routed expert is withheld per token with this
+    # probability; at least max(expert_dropout_min_keep, top_k) experts stay selectable.
     expert_dropout_rate: float = 0.0
     expert_dropout_min_keep: int = 1
+    # router_aux_loss_coef: weight of the load-balancing loss on the router logits (0 = off).
+    router_aux_loss_coef: float = 0.0
 
     # Data (deepsynth.data): None = the bundled French samples (train / eval splits).
     data_path: str | None = None
@@ -186,6 +192,8 @@ class TrainerConfig:
                 raise ConfigError(name, value, "a number in [0, 1)")
         if not _is_int(self.expert_dropout_min_keep) or self.expert_dropout_min_keep < 1:
             raise ConfigError("expert_dropout_min_keep", self.expert_dropout_min_keep, "an integer >= 1")
+        if not _is_number(self.router_aux_loss_coef) or self.router_aux_loss_coef < 0:
+            raise ConfigError("router_aux_loss_coef", self.router_aux_loss_coef, "a number >= 0 (0 disables)")
         for name in ("max_length", "save_total_limit", "max_new_tokens"):
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:

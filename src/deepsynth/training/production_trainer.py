@@ -21,7 +21,7 @@ from typing import Any
 import datasets
 import torch
 from accelerate import PartialState
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from deepsynth.data import DataError, load_documents, load_sample_dataset
@@ -33,6 +33,7 @@ from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.errors import ConfigError
+from deepsynth.training.moe import MoeTrainer, install_moe, plot_expert_utilization
 from deepsynth.training.recommend import estimate_updates
 from deepsynth.training.scheduler import HF_SCHEDULER_NAMES
 from deepsynth.training.targets import ResolvedTargets, apply_lora, count_by_group, resolve_targets
@@ -63,6 +64,8 @@ class ProgressLog(TrainerCallback):
         if "loss" in logs:
             entry = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": float(logs["loss"]),
                      "learning_rate": float(logs.get("learning_rate", 0.0))}
+            if "aux_loss" in logs:  # router load-balancing term (MoeTrainer), logged on its own
+                entry["aux_loss"] = float(logs["aux_loss"])
             self.history.append(entry)
             self.emit("log", **entry)
         if "eval_loss" in logs:
@@ -153,12 +156,21 @@ class UnifiedProductionTrainer:
             before, predictions_before = evaluate_model(model, loaded.processor, eval_examples,
                                                         adapter_disabled=config.use_lora, **eval_kwargs)
 
+        # MoE knobs and expert-utilization telemetry (docs/moe.md); installed after the baseline so
+        # that "eval" utilization describes the adapted model.
+        moe = install_moe(model, loaded.family, gate_dropout_rate=config.gate_dropout_rate,
+                          gate_dropout_keywords=config.gate_dropout_keywords,
+                          expert_dropout_rate=config.expert_dropout_rate,
+                          expert_dropout_min_keep=config.expert_dropout_min_keep,
+                          router_aux_loss_coef=config.router_aux_loss_coef, seed=config.seed,
+                          router_mode=targets.router_mode)
         callbacks: list[TrainerCallback] = [progress, *self.callbacks]
         if resume and config.use_lora:
             callbacks.append(RestoreAdapterOnResume(resume))
         if config.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-        trainer = Trainer(
+        trainer = MoeTrainer(
+            moe=moe,
             model=model,
             args=args,
             train_dataset=train_examples,
@@ -175,6 +187,7 @@ class UnifiedProductionTrainer:
 
         progress.emit("phase", name="final_eval")
         after, predictions_after = evaluate_model(model, loaded.processor, eval_examples, **eval_kwargs)
+        moe.remove()
         by_group = count_by_group(model, loaded.family)
         metrics = {
             "base_model": loaded.name,
@@ -200,9 +213,13 @@ class UnifiedProductionTrainer:
                 for ref, b, a in list(zip(data.eval["summary"], predictions_before, predictions_after))[:SHOWN_SAMPLES]
             ],
             "history": progress.history,
+            **moe.report(),  # "moe" (knobs, whether each acted) and "expert_utilization"
         }
         progress.emit("phase", name="saving")
         paths = self._save(model, loaded, metrics, output_dir)
+        if metrics["expert_utilization"] and plot_expert_utilization(
+                metrics["expert_utilization"], output_dir / "expert_utilization.png"):
+            paths["expert_utilization"] = output_dir / "expert_utilization.png"
         if config.push_to_hub:
             progress.emit("phase", name="pushing")
             report = push_adapter(output_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token)
