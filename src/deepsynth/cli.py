@@ -125,6 +125,10 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "--early-stopping-patience": ("early_stopping_patience", int),
     "--max-new-tokens": ("max_new_tokens", int),
     "--hub-model-id": ("hub_model_id", str),
+    "--gate-dropout": ("gate_dropout_rate", float),
+    "--expert-dropout": ("expert_dropout_rate", float),
+    "--expert-dropout-min-keep": ("expert_dropout_min_keep", int),
+    "--router-aux-loss-coef": ("router_aux_loss_coef", float),
 }
 
 

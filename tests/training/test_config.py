@@ -149,3 +149,16 @@ def test_warmup_rules():
     assert OptimizerConfig(warmup_steps=50).resolve_warmup(56) == 50
     assert OptimizerConfig(warmup_steps=50).resolve_warmup(20) == 19
     assert OptimizerConfig(scheduler_type="none", warmup_steps=5).resolve_warmup(100) == 0
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"lora_target_modules": "q_proj"}, "lora_target_modules"),  # would become single letters
+    ({"use_lora": "false"}, "use_lora"),  # a non-empty string is truthy
+    ({"optimizer": 3}, "optimizer"),
+    ({"model_name": 5}, "model_name"),
+    ({"batch_size": None}, "batch_size"),
+])
+def test_values_of_the_wrong_kind_name_the_field(data, field):
+    with pytest.raises(ConfigError) as error:
+        TrainerConfig.from_dict(data)
+    assert error.value.field == field

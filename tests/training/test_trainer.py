@@ -100,6 +100,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         UnifiedProductionTrainer(interrupted, callbacks=[Interrupt(6)]).train()
     assert (tmp_path / "interrupted" / "checkpoint-4").is_dir()
+    events = [json.loads(line) for line in (tmp_path / "interrupted" / "progress.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "error" and "KeyboardInterrupt" in events[-1]["message"]
     resumed_metrics, resumed_paths = UnifiedProductionTrainer(interrupted).train()  # resumes automatically
     assert resumed_metrics["train"]["resumed_from"].endswith("checkpoint-4")
     assert resumed_metrics["optimizer_updates"] == full_metrics["optimizer_updates"] == 12
@@ -185,3 +187,10 @@ def test_calibrated_time_estimate_is_measured(capsys):
 def test_example_configs_load(example):
     config = TrainerConfig.from_file(Path(__file__).parents[2] / "examples" / example)
     assert config.preset is not None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_qlora_presets_are_refused_clearly_without_cuda(tmp_path):
+    with pytest.raises(ConfigError, match="lora_quantization.*CUDA"):
+        UnifiedProductionTrainer(small(tmp_path, preset="qlora_4bit")).train()
+    assert not (tmp_path / "run").exists()

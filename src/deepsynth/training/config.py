@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,48 @@ def _is_number(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_value_kinds(data: dict[str, Any]) -> None:
+    """Refuse values of the wrong *kind* for a field, naming it (ConfigError).
+
+    TrainerConfig checks ranges and numbers itself; from JSON it also needs strings to be strings,
+    lists to be lists (``list("q_proj")`` would silently become single letters) and booleans to be
+    booleans (``"false"`` is truthy). The kinds come from TrainerConfig's own type hints.
+    """
+    hints = {**typing.get_type_hints(TrainerConfig), **typing.get_type_hints(OptimizerConfig)}
+    if "optimizer" in data:
+        optimizer = data["optimizer"]
+        if not isinstance(optimizer, dict):
+            raise ConfigError("optimizer", optimizer, "an object of optimizer fields "
+                              f"({', '.join(f.name for f in fields(OptimizerConfig))})")
+        unknown = sorted(set(optimizer) - {f.name for f in fields(OptimizerConfig)})
+        if unknown:
+            raise ConfigError("optimizer", unknown, f"only {', '.join(f.name for f in fields(OptimizerConfig))}")
+        check_value_kinds(dict(optimizer))
+    for name, value in data.items():
+        hint = hints.get(name)
+        if hint is None or name == "optimizer":
+            continue
+        kinds = {typing.get_origin(arg) or arg for arg in (typing.get_args(hint) if typing.get_origin(hint) in
+                                                             (typing.Union, types.UnionType) else (hint,))}
+        if value is None:
+            if type(None) not in kinds:
+                raise ConfigError(name, value, f"a value (not null) of type {_kind_name(kinds)}")
+            continue
+        if bool in kinds and not isinstance(value, bool):
+            raise ConfigError(name, value, "true or false")
+        if kinds & {list, tuple} and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(name, value, "a list of names (strings)")
+        if dict in kinds and not isinstance(value, dict):
+            raise ConfigError(name, value, "a JSON object")
+        if kinds == {str, type(None)} or kinds == {str}:
+            if not isinstance(value, str):
+                raise ConfigError(name, value, "a string" + (" or null" if type(None) in kinds else ""))
+
+
+def _kind_name(kinds: set) -> str:
+    return " or ".join(sorted(getattr(k, "__name__", str(k)) for k in kinds if k is not type(None)))
 
 
 @dataclass
@@ -267,6 +311,9 @@ class TrainerConfig:
         if not isinstance(data, dict):
             raise ConfigError("config", type(data).__name__, "a mapping of field names to values")
         data = copy.deepcopy(data)
+        if isinstance(data.get("optimizer"), OptimizerConfig):
+            data["optimizer"] = data["optimizer"].to_dict()
+        check_value_kinds(data)
         optimizer = data.pop("optimizer", None) or {}
         optimizer = optimizer.to_dict() if isinstance(optimizer, OptimizerConfig) else dict(optimizer)
         optimizer_fields = {f.name for f in fields(OptimizerConfig)}

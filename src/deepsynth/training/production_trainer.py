@@ -117,10 +117,27 @@ class UnifiedProductionTrainer:
         dataset: datasets.Dataset | str | Path | None = None,
         eval_dataset: datasets.Dataset | str | Path | None = None,
     ) -> tuple[dict[str, Any], dict[str, Path]]:
-        """Run the fine-tuning; returns (metrics, paths of what was written)."""
+        """Run the fine-tuning; returns (metrics, paths of what was written).
+
+        A failure after the run started is recorded as an ``error`` event in progress.jsonl (for
+        watchers such as the web UI) and re-raised.
+        """
+        self._progress: ProgressLog | None = None
+        try:
+            return self._train(dataset, eval_dataset)
+        except BaseException as error:
+            if self._progress is not None:
+                self._progress.emit("error", message=f"{type(error).__name__}: {error}")
+            raise
+
+    def _train(self, dataset: Any, eval_dataset: Any) -> tuple[dict[str, Any], dict[str, Path]]:
         config = self.config
         output_dir = Path(config.output_dir)
         data = self.prepare_data(dataset, eval_dataset)  # validated before anything is written
+        if config.lora_quantization and not torch.cuda.is_available():
+            raise ConfigError("lora_quantization", config.lora_quantization,
+                              "null on a machine without a CUDA GPU (QLoRA needs CUDA + bitsandbytes); "
+                              "use the 'standard' preset for the same targets in full precision")
         set_seed(config.seed)  # LoRA init, dropout and data order all follow the run's seed
         loaded = load_model_and_processor(
             config.model_name, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing
@@ -135,7 +152,8 @@ class UnifiedProductionTrainer:
                                     config.num_epochs, PartialState().num_processes)
         args = self._training_arguments(output_dir, estimate.effective_updates)
         is_main = args.process_index == 0
-        progress = ProgressLog(output_dir / "progress.jsonl" if is_main else None, self.progress_listener)
+        progress = self._progress = ProgressLog(output_dir / "progress.jsonl" if is_main else None,
+                                                self.progress_listener)
         if is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
         resume = self._checkpoint_to_resume(output_dir)

@@ -34,15 +34,13 @@ import subprocess
 import sys
 import threading
 import time
-import types
-import typing
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from deepsynth.training.config import OptimizerConfig, TrainerConfig
+from deepsynth.training.config import OptimizerConfig, TrainerConfig, check_value_kinds
 from deepsynth.training.errors import ConfigError
 from deepsynth.web.datasets_store import DatasetStore
 from deepsynth.web.settings import ACCESS_TOKEN_ENV
@@ -83,48 +81,6 @@ def trainer_fields() -> list[str]:
     """Every field a job request may set: TrainerConfig's, plus the optimizer's given flat."""
     names = [f.name for f in fields(TrainerConfig) if f.name not in SERVER_FIELDS and f.name != "optimizer"]
     return names + ["optimizer"] + [f.name for f in fields(OptimizerConfig)]
-
-
-def check_shapes(data: dict[str, Any]) -> None:
-    """Refuse JSON values of the wrong *kind* for a field, naming it (ConfigError).
-
-    TrainerConfig checks ranges and numbers itself; from JSON it also needs strings to be strings,
-    lists to be lists (``list("q_proj")`` would silently become single letters) and booleans to be
-    booleans (``"false"`` is truthy). The kinds come from TrainerConfig's own type hints.
-    """
-    hints = {**typing.get_type_hints(TrainerConfig), **typing.get_type_hints(OptimizerConfig)}
-    if "optimizer" in data:
-        optimizer = data["optimizer"]
-        if not isinstance(optimizer, dict):
-            raise ConfigError("optimizer", optimizer, "an object of optimizer fields "
-                              f"({', '.join(f.name for f in fields(OptimizerConfig))})")
-        unknown = sorted(set(optimizer) - {f.name for f in fields(OptimizerConfig)})
-        if unknown:
-            raise ConfigError("optimizer", unknown, f"only {', '.join(f.name for f in fields(OptimizerConfig))}")
-        check_shapes({k: v for k, v in optimizer.items()})
-    for name, value in data.items():
-        hint = hints.get(name)
-        if hint is None or name == "optimizer":
-            continue
-        kinds = {typing.get_origin(arg) or arg for arg in (typing.get_args(hint) if typing.get_origin(hint) in
-                                                             (typing.Union, types.UnionType) else (hint,))}
-        if value is None:
-            if type(None) not in kinds:
-                raise ConfigError(name, value, f"a value (not null) of type {_kind_name(kinds)}")
-            continue
-        if bool in kinds and not isinstance(value, bool):
-            raise ConfigError(name, value, "true or false")
-        if kinds & {list, tuple} and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise ConfigError(name, value, "a JSON list of names (strings)")
-        if dict in kinds and not isinstance(value, dict):
-            raise ConfigError(name, value, "a JSON object")
-        if kinds == {str, type(None)} or kinds == {str}:
-            if not isinstance(value, str):
-                raise ConfigError(name, value, "a string" + (" or null" if type(None) in kinds else ""))
-
-
-def _kind_name(kinds: set) -> str:
-    return " or ".join(sorted(getattr(k, "__name__", str(k)) for k in kinds if k is not type(None)))
 
 
 # --------------------------------------------------------------------------------------- progress
@@ -415,7 +371,7 @@ class JobManager:
         output_dir = job_dir / "output"
         data.update(output_dir=str(output_dir), data_path=str(data_path),
                     eval_data_path=None if eval_path is None else str(eval_path))
-        check_shapes(data)
+        check_value_kinds(data)
         config = TrainerConfig.from_dict(data)  # ConfigError names the field
         job_dir.mkdir(parents=True)
         config.save(job_dir / "config.yaml")
