@@ -165,11 +165,11 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 
 def _auto_configure(config):
     """``config`` with the recommendation for its training-set size applied (``--auto``)."""
-    from deepsynth.training.production_trainer import UnifiedProductionTrainer
+    from deepsynth.training.production_trainer import UnifiedProductionTrainer, _world_size
     from deepsynth.training.recommend import recommend
 
     num_samples = len(UnifiedProductionTrainer(config).prepare_data().train)
-    rec = recommend(num_samples, model=config.model_name)
+    rec = recommend(num_samples, model=config.model_name, world_size=_world_size())
     print(f"--auto: {num_samples} training samples → preset {rec.preset_name}, "
           f"{rec.estimates['effective_updates']} optimizer updates")
     for warning in rec.warnings:
@@ -184,6 +184,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.auto:
         config = _auto_configure(config)
     metrics, paths = UnifiedProductionTrainer(config).train()
+    if not metrics:
+        return 0  # a non-main process of a distributed run: rank 0 reports and writes
     print()
     print(_metrics_table(metrics))
     print(f"\n{metrics['optimizer_updates']} optimizer updates ({metrics['estimated_updates']} estimated), "

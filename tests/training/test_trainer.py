@@ -194,3 +194,12 @@ def test_qlora_presets_are_refused_clearly_without_cuda(tmp_path):
     with pytest.raises(ConfigError, match="lora_quantization.*CUDA"):
         UnifiedProductionTrainer(small(tmp_path, preset="qlora_4bit")).train()
     assert not (tmp_path / "run").exists()
+
+
+def test_trainer_encodes_each_page_once_unless_told_not_to(tmp_path):
+    cached, _ = UnifiedProductionTrainer(small(tmp_path, "cached", num_epochs=3)).train()
+    assert cached["feature_cache"]["enabled"] is True
+    assert cached["feature_cache"]["encoder_calls"] == cached["num_train_samples"] == 3
+    plain, _ = UnifiedProductionTrainer(small(tmp_path, "plain", num_epochs=3, use_feature_cache=False)).train()
+    assert plain["feature_cache"] == {"enabled": False, "reason": "disabled by the config (use_feature_cache: false)"}
+    assert plain["train"]["train_loss"] == pytest.approx(cached["train"]["train_loss"], rel=1e-4)

@@ -36,7 +36,7 @@ def generate_text(
     """Greedy generation for one page (OCR families) or text (causal LMs), with the repetition guard."""
     tokenizer = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
-    inputs = _to_device(build_generation_inputs(processor, source, instruction), device)
+    inputs = _to_device(build_generation_inputs(processor, source, instruction, dtype=model.dtype), device)
     output = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,
@@ -69,7 +69,7 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    collate = DataCollator(processor)
+    collate = DataCollator(processor, dtype=model.dtype)
     context = model.disable_adapter() if adapter_disabled else nullcontext()
     try:
         with context:

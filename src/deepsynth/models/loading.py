@@ -43,6 +43,7 @@ __all__ = [
     "ModelLoadError",
     "UnlimitedOcrGlobalViewImageProcessor",
     "build_deepseek_ocr_processor",
+    "choose_experts_implementation",
     "freeze_vision_modules",
     "load_model_and_processor",
     "resolve_device",
@@ -64,6 +65,19 @@ _DTYPE_NAMES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
+
+
+# transformers' MoE experts implementations ("eager" per-expert loop, "batched_mm", "grouped_mm"),
+# chosen per device by benchmarks/moe_experts.py (docs/performance.md, "MoE execution"): the fastest
+# one whose logits and gradients match "eager" with LoRA on attention, shared experts, router and
+# routed experts (PEFT ParamWrapper). CPU: measured here. CUDA: not measured here; the same rule
+# picks grouped_mm where torch has the fused grouped-GEMM kernel (compute capability >= 8.0;
+# elsewhere transformers would run a Python loop of mm), else eager. batched_mm is never chosen for
+# training: it gathers a copy of the expert's weights per (token, expert) slot and keeps it for the
+# backward — ~41 GB per MoE layer for 1,000 tokens at DeepSeek-OCR's dims (bf16, top-6).
+CPU_EXPERTS_IMPLEMENTATION = "grouped_mm"
+GPU_EXPERTS_IMPLEMENTATION = "grouped_mm"
+GPU_FALLBACK_EXPERTS_IMPLEMENTATION = "eager"
 
 
 class ModelLoadError(ValueError):
@@ -126,6 +140,27 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
             return torch.bfloat16
         return torch.float32
     raise TypeError(f"dtype: expected a torch.dtype, a name or None, got {type(dtype).__name__}")
+
+
+def choose_experts_implementation(device: str | torch.device) -> str:
+    """The MoE experts implementation DeepSynth uses on ``device`` (see the constants above)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if torch.cuda.get_device_capability(index) >= (8, 0):
+            return GPU_EXPERTS_IMPLEMENTATION
+        return GPU_FALLBACK_EXPERTS_IMPLEMENTATION
+    return CPU_EXPERTS_IMPLEMENTATION
+
+
+def _set_experts_implementation(model: PreTrainedModel, implementation: str | None, device: torch.device) -> None:
+    """Apply ``implementation`` (None: :func:`choose_experts_implementation`) to a model with MoE experts."""
+    can_set = getattr(type(model), "_can_set_experts_implementation", None)
+    if not callable(can_set) or not can_set():
+        return  # no experts module (dense causal LMs)
+    choice = implementation or choose_experts_implementation(device)
+    model.set_experts_implementation(choice)
+    logger.info("MoE experts implementation: %s (%s)", choice, "requested" if implementation else f"auto for {device.type}")
 
 
 def freeze_vision_modules(model: torch.nn.Module, family: str) -> int:
@@ -355,6 +390,7 @@ def load_model_and_processor(
     device: str | torch.device | None = None,
     gradient_checkpointing: bool = False,
     freeze_vision: bool = True,
+    experts_implementation: str | None = None,
 ) -> LoadedModel:
     """Load ``name_or_path`` (None = the embedded tiny DeepSeek-OCR-2) with its processor.
 
@@ -367,6 +403,9 @@ def load_model_and_processor(
         gradient_checkpointing: enable transformers' non-reentrant activation checkpointing (and
             turn the KV cache off, which checkpointing cannot use).
         freeze_vision: set ``requires_grad=False`` on the vision encoder, projector and separators.
+        experts_implementation: transformers' MoE experts implementation (``"eager"``,
+            ``"batched_mm"``, ``"grouped_mm"``); None picks the measured choice for the device
+            (:func:`choose_experts_implementation`). Ignored by models without MoE experts.
 
     Raises:
         ModelLoadError: (a ValueError) naming the ``model`` argument and what was tried.
@@ -391,6 +430,7 @@ def load_model_and_processor(
         model, loading_info = _load_weights(resolved, target_dtype)
 
     model = model.to(device=target_device)
+    _set_experts_implementation(model, experts_implementation, target_device)
     if freeze_vision:
         freeze_vision_modules(model, resolved.family)
     if gradient_checkpointing:

@@ -189,6 +189,9 @@ class TrainerConfig:
     seed: int = 42
     dtype: str | None = None  # None: bf16 on GPUs that support it, fp32 on CPU
     gradient_checkpointing: bool = False
+    # Encode each unique page once when the vision path is frozen (deepsynth.training.feature_cache);
+    # false forces per-step encoding. Exact: tests compare losses with and without.
+    use_feature_cache: bool = True
     save_total_limit: int = 2
     checkpoint_every_updates: int | None = None  # None: about 5 checkpoints per run
     resume_from_checkpoint: str | None = "auto"  # "auto": latest in output_dir if any; "never"; or a path

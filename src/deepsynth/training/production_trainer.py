@@ -9,6 +9,7 @@ are appended to ``progress.jsonl`` (one JSON object per line) for the web UI and
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -33,6 +34,7 @@ from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.errors import ConfigError
+from deepsynth.training.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
 from deepsynth.training.moe import MoeTrainer, install_moe, plot_expert_utilization
 from deepsynth.training.recommend import estimate_updates
 from deepsynth.training.scheduler import HF_SCHEDULER_NAMES
@@ -149,7 +151,7 @@ class UnifiedProductionTrainer:
         eval_examples = self._encode(loaded, data.eval, instruction)
 
         estimate = estimate_updates(len(train_examples), config.batch_size, config.gradient_accumulation_steps,
-                                    config.num_epochs, PartialState().num_processes)
+                                    config.num_epochs, _world_size())
         args = self._training_arguments(output_dir, estimate.effective_updates)
         is_main = args.process_index == 0
         progress = self._progress = ProgressLog(output_dir / "progress.jsonl" if is_main else None,
@@ -182,6 +184,13 @@ class UnifiedProductionTrainer:
                           expert_dropout_min_keep=config.expert_dropout_min_keep,
                           router_aux_loss_coef=config.router_aux_loss_coef, seed=config.seed,
                           router_mode=targets.router_mode)
+        # Frozen vision path, no augmentation: encode each unique page once, not once per step.
+        collator: Any = DataCollator(loaded.processor, dtype=loaded.model.dtype)
+        cache_on, cache_reason = cache_applicable(model, loaded.family, config)
+        cache_stats = precompute_image_features(model, train_examples) if cache_on else None
+        if cache_stats is not None and cache_stats.skipped is None:
+            collator = CachedFeatureCollator(collator)
+        LOGGER.info("vision feature cache: %s (%s)", "on" if cache_on else "off", cache_reason)
         callbacks: list[TrainerCallback] = [progress, *self.callbacks]
         if resume and config.use_lora:
             callbacks.append(RestoreAdapterOnResume(resume))
@@ -193,13 +202,16 @@ class UnifiedProductionTrainer:
             args=args,
             train_dataset=train_examples,
             eval_dataset=eval_examples if config.eval_every_updates else None,
-            data_collator=DataCollator(loaded.processor),
+            data_collator=collator,
             callbacks=callbacks,
         )
         progress.emit("phase", name="training")
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_seconds = time.perf_counter() - started
+        # Every rank reports what it trained: under DDP the digests must be equal.
+        LOGGER.info("rank %d/%d: %d optimizer updates, trained-weights sha256 %s", args.process_index,
+                    args.world_size, trainer.state.global_step, trained_weights_digest(model))
         if not is_main:
             return {}, {}
 
@@ -222,6 +234,8 @@ class UnifiedProductionTrainer:
             "early_stopped": trainer.state.global_step < estimate.effective_updates,
             "trainable_params": {"total": sum(by_group.values()), "by_group": by_group},
             "resolved_targets": targets.to_dict(),
+            "feature_cache": {"enabled": cache_on, "reason": cache_reason,
+                              **(cache_stats.to_dict() if cache_stats else {})},
             "train": {"train_loss": float(result.training_loss), "runtime_seconds": round(train_seconds, 2),
                       "resumed_from": str(resume) if resume else None},
             "eval": {"before": before, "after": after,
@@ -364,6 +378,22 @@ class UnifiedProductionTrainer:
         # Replace PEFT's placeholder README with DeepSynth's model card (settings, counts, metrics).
         paths["model_card"] = write_model_card(output_dir, repo_id=self.config.hub_model_id, overwrite=True)
         return paths
+
+
+def _world_size() -> int:
+    """Processes of this run as the Trainer will see them (1 without a launcher)."""
+    return PartialState(cpu=not torch.cuda.is_available()).num_processes
+
+
+def trained_weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the trainable tensors (names, dtypes, shapes, bytes): equal on every DDP rank."""
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        if parameter.requires_grad:
+            tensor = parameter.detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def plot_loss_curve(history: Sequence[dict[str, Any]], path: Path) -> Path:

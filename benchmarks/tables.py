@@ -1,0 +1,74 @@
+"""Markdown tables for docs/performance.md from the JSON files in benchmarks/results/.
+
+    python benchmarks/tables.py benchmarks/results/trainer_embedded.json benchmarks/results/moe_large.json …
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _triple(d: dict | None, fmt: str) -> str:
+    return " / ".join(format(d[k], fmt) for k in ("min", "median", "max")) if d else "–"
+
+
+def trainer_table(data: dict) -> str:
+    summary, settings = data["summary"], data["settings"]
+    reference = settings["reference"]
+    lines = [
+        f"`{data['command']}`",
+        "",
+        f"model {settings['model']}, preset {settings['preset']}, {settings['samples']} samples, batch "
+        f"{settings['batch_size']}, accumulation {settings['grad_accum']}, {settings['epochs']} epochs, "
+        f"{settings['rounds']} rounds, {settings['threads'] or 'default'} thread(s); load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in data['machine']['load_average'])}",
+        "",
+        f"| variant | tokens/s (wall) | tokens/CPU-s | ratio vs {reference} (wall) | ratio vs {reference} (CPU) "
+        "| samples/s (wall, median) | in-loop logging + checkpoint s (median) | peak RSS MiB (median) | trainable |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, s in summary.items():
+        io = s.get("log_seconds", {}).get("median", 0) + s.get("checkpoint_seconds", {}).get("median", 0)
+        lines.append(
+            f"| `{variant}` | {_triple(s['tokens_per_s'], '.0f')} | {_triple(s['tokens_per_cpu_s'], '.0f')} "
+            f"| {_triple(s.get(f'tokens_per_s_ratio_vs_{reference}'), '.2f')} "
+            f"| {_triple(s.get(f'tokens_per_cpu_s_ratio_vs_{reference}'), '.2f')} "
+            f"| {s['samples_per_s']['median']:.2f} | {io:.2f} of {s['loop_seconds']['median']:.1f} "
+            f"| {s['peak_rss_mib']['median']:.0f} | {s['trainable']:,} |")
+    return "\n".join(lines)
+
+
+def moe_table(data: dict) -> str:
+    lines = [
+        f"`{data['command']}`" if data.get("command") else "",
+        "",
+        f"model {data['model']}, batch {data['batch_size']} ({data['tokens_per_batch']} tokens), "
+        f"{data['rounds']} rounds, {data['machine']['threads']} thread(s) (min / median / max)",
+        "",
+        "| implementation | train step ms | train step CPU-ms | forward ms | 1-token forward ms | max abs Δlogits vs eager "
+        "| max rel Δgrad vs eager |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for implementation, t in data["timings"].items():
+        n = data["numerics_vs_eager"][implementation]
+        ms = {k: {s: v * 1e3 for s, v in t[k].items() if s != "n"} for k in t}
+        lines.append(
+            f"| `{implementation}` | {_triple(ms['train_step_s'], '.0f')} | {_triple(ms.get('train_step_cpu_s'), '.0f')} "
+            f"| {_triple(ms['forward_s'], '.0f')} | {_triple(ms['one_token_forward_s'], '.0f')} "
+            f"| {n['max_abs_logits_diff']:.1e} | {n['max_rel_grad_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(paths: list[str]) -> int:
+    for path in paths:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        print(f"<!-- {path} -->")
+        print(moe_table(data) if "timings" in data else trainer_table(data))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
