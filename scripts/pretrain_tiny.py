@@ -309,17 +309,9 @@ def short_text(rng: random.Random) -> str:
     return _number(rng)
 
 
-def line_text(rng: random.Random) -> str:
-    """A line or two: 3–8 random words, or a short sentence."""
-    if rng.random() < 0.4:
-        text = " ".join(_flat_word(rng) for _ in range(rng.randint(3, 6)))
-        return _capitalize(text)
-    text = sentence(rng)
-    return text if len(text) <= 48 else short_text(rng) + " " + short_text(rng)
-
-
-def paragraph(rng: random.Random, sentences: tuple[int, int] = (1, 3)) -> str:
-    return " ".join(sentence(rng) for _ in range(rng.randint(*sentences)))
+def random_words(rng: random.Random) -> str:
+    """3–6 unrelated words: no sentence prior to lean on, only the page."""
+    return _capitalize(" ".join(_flat_word(rng) for _ in range(rng.randint(3, 6))))
 
 
 def is_heldout(text: str) -> bool:
@@ -336,29 +328,54 @@ def draw(generator, rng: random.Random, split: str) -> str:
             return text
 
 
+# Longer texts are built from "atoms" (a short text, a sentence, a run of random words) of one
+# split only, so no held-out sentence or short line ever appears inside a training page.
+
+
+def line_text(rng: random.Random, split: str = "train") -> str:
+    """About one line: random words, a short sentence, or two short texts."""
+    if rng.random() < 0.4:
+        return draw(random_words, rng, split)
+    text = draw(sentence, rng, split)
+    return text if len(text) <= 48 else f"{draw(short_text, rng, split)} {draw(short_text, rng, split)}"
+
+
+def short_texts(rng: random.Random, split: str = "train") -> str:
+    """3–8 short texts in a row: wrapped over several lines of a large font."""
+    return " ".join(draw(short_text, rng, split) for _ in range(rng.randint(3, 8)))
+
+
+def paragraph(rng: random.Random, split: str = "train", sentences: tuple[int, int] = (1, 3)) -> str:
+    return " ".join(draw(sentence, rng, split) for _ in range(rng.randint(*sentences)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Pages and curriculum
 # ----------------------------------------------------------------------------------------------
 
-# Kinds of sample: (text generator, font sizes at the renderer's default 640 px width). The
-# processor resizes pages to 384 px, so an effective size is 0.6× the font size.
+# Kinds of sample: (text generator(rng, split), font sizes at the renderer's default 640 px width).
+# The processor resizes pages to 384 px, so an effective size is 0.6× the font size.
 KINDS = {
-    "short": (short_text, (44, 60)),          # 1–4 words, 26–36 px once resized
-    "line": (line_text, (34, 48)),            # 1–2 lines, 20–29 px
-    "sentence": (lambda rng: paragraph(rng, (1, 1)), (26, 36)),  # 16–22 px
-    "small": (lambda rng: paragraph(rng, (1, 2)), (20, 26)),     # the default 20 px (12 px resized)
+    "short": (lambda rng, split: draw(short_text, rng, split), (44, 60)),  # 1–4 words, 26–36 px resized
+    "short_texts": (short_texts, (40, 56)),                              # 2–6 lines of 24–34 px
+    "line": (line_text, (34, 48)),                                       # 1–2 lines, 20–29 px
+    "paragraph_large": (lambda rng, split: paragraph(rng, split, (2, 4)), (32, 42)),  # 19–25 px
+    "sentence": (lambda rng, split: paragraph(rng, split, (1, 2)), (26, 36)),         # 16–22 px
+    "small": (lambda rng, split: paragraph(rng, split, (1, 3)), (20, 26)),  # the default 20 px (12 px)
 }
 
 
 def stage_mix(progress: float) -> dict[str, float]:
-    """Share of each kind of sample at ``progress`` (0 → 1) of the run."""
-    if progress < 0.25:
-        return {"short": 1.0}
-    if progress < 0.5:
-        return {"short": 0.4, "line": 0.6}
-    if progress < 0.75:
-        return {"short": 0.2, "line": 0.4, "sentence": 0.4}
-    return {"short": 0.15, "line": 0.25, "sentence": 0.35, "small": 0.25}
+    """Share of each kind of sample at ``progress`` (0 → 1) of the run.
+
+    A short text uses one or two of the page's twelve rows of vision tokens, so most samples pack
+    several short texts onto a page: the same vision cost teaches several times more characters.
+    """
+    if progress < 0.3:
+        return {"short": 0.3, "short_texts": 0.7}
+    if progress < 0.6:
+        return {"short": 0.1, "short_texts": 0.3, "line": 0.2, "paragraph_large": 0.2, "sentence": 0.2}
+    return {"short": 0.1, "short_texts": 0.2, "line": 0.1, "paragraph_large": 0.2, "sentence": 0.2, "small": 0.2}
 
 
 def render_sample(rng: random.Random, kind: str, split: str = "train", font_size: int | None = None):
@@ -366,16 +383,18 @@ def render_sample(rng: random.Random, kind: str, split: str = "train", font_size
     from deepsynth.data import render_document
 
     generator, (low, high) = KINDS[kind]
-    text = draw(generator, rng, split)
+    text = generator(rng, split)
     size = font_size if font_size is not None else rng.randint(low, high)
     return render_document(text, font_size=size), text
 
 
-# Held-out evaluation sets: (kind of text, font size); None = render_document's defaults.
+# Held-out evaluation sets: name → (text generator(rng, split), font size, description);
+# font size None = render_document's defaults (what a text-only document gets in the trainer).
 EVAL_SETS = {
-    "short_large": ("short", 48),       # 1–4 words, font 48 (29 px once resized)
-    "sentence_medium": ("sentence", 32),  # one sentence, font 32 (19 px)
-    "default_page": ("paragraph", None),  # 1–3 sentences, render_document(text) defaults (12 px)
+    "short_large": (lambda rng, split: draw(short_text, rng, split), 48, "1–4 words, font 48 (29 px resized)"),
+    "sentence_medium": (lambda rng, split: draw(sentence, rng, split), 32, "one sentence, font 32 (19 px resized)"),
+    "default_page": (lambda rng, split: paragraph(rng, split, (1, 3)), None,
+                     "1–3 sentences, renderer defaults: font 20 (12 px resized)"),
 }
 
 
@@ -383,13 +402,12 @@ def eval_samples(name: str, count: int, seed: int = 12345) -> list[tuple[object,
     """``count`` held-out (page, text) pairs of an evaluation set; fixed by ``seed``."""
     from deepsynth.data import render_document
 
-    kind, font_size = EVAL_SETS[name]
+    generator, font_size, _ = EVAL_SETS[name]
     rng = random.Random(f"eval-{name}-{seed}")
-    generator = paragraph if kind == "paragraph" else KINDS[kind][0]
     samples = []
     seen: set[str] = set()
     while len(samples) < count:
-        text = draw(generator, rng, "heldout")
+        text = generator(rng, "heldout")
         if text in seen:
             continue
         seen.add(text)
