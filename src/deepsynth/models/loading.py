@@ -52,10 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# unlimited_ocr keeps DeepSeek-OCR's learned row separator in ``model.image_newline``; it is part of
-# the vision path like the view separator.
-_EXTRA_FROZEN_PREFIXES = {DEEPSEEK_OCR: ("model.image_newline",)}
-
 # DeepSeek-OCR v1 processing defaults (shared/reference/deepseek-ocr/processor_config.json):
 # "Base" mode, one 1024 px global view = 16×16 vision tokens + 16 row newlines + 1 separator.
 _V1_DEFAULTS = {"image_size": 1024, "patch_size": 16, "downsample_ratio": 4, "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -171,7 +167,7 @@ def freeze_vision_modules(model: torch.nn.Module, family: str) -> int:
     """
     if family not in (DEEPSEEK_OCR2, DEEPSEEK_OCR):
         return 0
-    prefixes = tuple(family_names(family).frozen_prefixes) + _EXTRA_FROZEN_PREFIXES.get(family, ())
+    prefixes = family_names(family).frozen_prefixes
     frozen = 0
     for name, parameter in model.named_parameters():
         if name.startswith(prefixes):
