@@ -28,6 +28,27 @@ def test_recommend_human_output(capsys):
     assert "tiny_data" in out and "2,636,800" in out and "unknown" in out
 
 
+def test_recommend_without_eval_data_and_with_a_token_count(capsys):
+    argv = ["recommend", "--num-samples", "10", "--model", V1, "--no-eval-data", "--train-tokens", "900"]
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == recommend(10, model=V1, has_eval_data=False, num_train_tokens=900).to_dict()
+    assert data["evaluation"]["holdout_samples"] == 2 and data["estimates"]["train_tokens"] == 720
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "10 samples (8 trained on, 2 held out for evaluation)" in out
+    assert "720" in out and "assumed" not in out.split("training target tokens")[1].splitlines()[0]
+    assert "warning: no eval data: 2 of the 10 samples are held out" in out
+    assert "early_stopping_patience" in out
+
+
+def test_recommend_says_when_the_token_count_is_assumed(capsys):
+    assert main(["recommend", "--num-samples", "3", "--model", "HuggingFaceTB/SmolLM2-135M"]) == 0
+    out = capsys.readouterr().out
+    assert "270 (assumed; give --train-tokens)" in out
+    assert "parameters per token (> 10,000)" in out
+
+
 def test_inspect_deepseek_ocr_tiny_data_offline():
     # The console script, as a user runs it (HF_HUB_OFFLINE=1 from conftest: no network).
     result = subprocess.run([sys.executable, "-m", "deepsynth.cli", "inspect", "--model", V1, "--preset", "tiny_data"],
@@ -48,5 +69,7 @@ def test_inspect_json_shows_router_group(capsys):
 def test_bad_input_is_one_clear_error(capsys):
     assert main(["recommend", "--num-samples", "0", "--model", V1]) == 2
     assert "num_samples" in capsys.readouterr().err
+    assert main(["recommend", "--num-samples", "3", "--train-tokens", "0"]) == 2
+    assert "num_train_tokens" in capsys.readouterr().err
     assert main(["inspect", "--model", V1, "--preset", "nope"]) == 2
     assert "preset" in capsys.readouterr().err

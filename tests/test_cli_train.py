@@ -52,7 +52,33 @@ def test_auto_applies_the_recommendation_for_the_data_size():
     assert auto.preset == rec.preset_name == "balanced"
     assert auto.num_epochs == rec.training_config["num_epochs"]
     assert auto.gradient_accumulation_steps == rec.training_config["gradient_accumulation_steps"]
-    assert auto.optimizer.warmup_steps == rec.estimates["warmup_steps"]
+    assert auto.optimizer.warmup_steps is None and auto.optimizer.warmup_ratio == rec.training_config["warmup_ratio"]
+    assert auto.optimizer.resolve_warmup(rec.estimates["effective_updates"]) == rec.estimates["warmup_steps"]
+
+
+def test_auto_holds_out_samples_when_the_data_has_no_eval_split(tmp_path, capsys):
+    from deepsynth.data import load_documents
+    from deepsynth.data.collate import build_example
+    from deepsynth.models import tiny
+
+    rows = [(f"La commune annonce l'événement numéro {i} pour samedi.", f"Événement {i} samedi.") for i in range(7)]
+    data = tmp_path / "notes.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "summary": s}, ensure_ascii=False) + "\n" for t, s in rows),
+                    encoding="utf-8")
+    config = _train_config(build_parser().parse_args(["train", "--data", str(data)]))
+    auto = _auto_configure(config)
+    _, processor = tiny.load_embedded()
+    pages = load_documents(str(data))  # text rendered to page images, as the trainer encodes them
+    tokens = sum(int((build_example(processor, image, summary)["labels"] != -100).sum())
+                 for image, summary in zip(pages["image"], pages["summary"]))
+    rec = recommend(7, has_eval_data=False, num_train_tokens=tokens)
+    assert auto.holdout_samples == rec.evaluation["holdout_samples"] == 1
+    assert auto.early_stopping_patience == 3 and auto.eval_every_updates == rec.training_config["eval_every_updates"]
+    out = capsys.readouterr().out
+    assert f"7 training samples ({tokens:,} target tokens), 1 held out for evaluation" in out
+    # The data's own eval file: nothing is held out.
+    with_eval = _train_config(build_parser().parse_args(["train", "--data", str(data), "--eval-data", str(data)]))
+    assert _auto_configure(with_eval).holdout_samples is None
 
 
 def test_eval_reports_before_and_after(adapter_dir, capsys):

@@ -54,11 +54,15 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from deepsynth.training.recommend import recommend
 
-    rec = recommend(args.num_samples, model=args.model, calibrate=args.calibrate)
+    rec = recommend(args.num_samples, model=args.model, calibrate=args.calibrate, num_train_tokens=args.train_tokens,
+                    has_eval_data=not args.no_eval_data)
     if args.json:
         _print_json(rec.to_dict())
         return 0
-    print(f"Recommended preset for {rec.num_samples} samples on {rec.model}: {rec.preset_name}\n")
+    evaluation = rec.evaluation
+    split = (f" ({evaluation['train_samples']} trained on, {evaluation['holdout_samples']} held out for evaluation)"
+             if evaluation["holdout_samples"] else "")
+    print(f"Recommended preset for {rec.num_samples} samples{split} on {rec.model}: {rec.preset_name}\n")
     lora = rec.lora_config
     rows = [
         ("LoRA rank / alpha / dropout", f"{lora['rank']} / {lora['alpha']} / {lora['dropout']}"),
@@ -66,7 +70,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         *[(key, value) for key, value in rec.training_config.items()],
         ("forward/backward steps", rec.estimates["total_steps"]),
         ("optimizer updates", rec.estimates["effective_updates"]),
+        ("warmup updates (of this run)", rec.estimates["warmup_steps"]),
         ("trainable parameters (exact)", rec.estimates["trainable_params"]),
+        ("training target tokens", f"{rec.estimates['train_tokens']:,}"
+         + (" (assumed; give --train-tokens)" if rec.estimates["train_tokens_assumed"] else "")),
+        ("parameters per target token", f"{rec.estimates['params_per_train_token']:,.1f}"),
+        ("evaluated on", "the training samples (no held-out data)" if evaluation["eval_on_training_data"]
+         else f"{evaluation['holdout_samples']} held-out training samples" if evaluation["holdout_samples"]
+         else "the eval data"),
         ("estimated time", "unknown (use --calibrate)" if rec.estimates["estimated_time_minutes"] is None
          else f"{rec.estimates['estimated_time_minutes']:.1f} min"),
     ]
@@ -164,14 +175,31 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def _auto_configure(config):
-    """``config`` with the recommendation for its training-set size applied (``--auto``)."""
-    from deepsynth.training.production_trainer import UnifiedProductionTrainer, _world_size
-    from deepsynth.training.recommend import recommend
+    """``config`` with the recommendation for its training data applied (``--auto``).
 
-    num_samples = len(UnifiedProductionTrainer(config).prepare_data().train)
-    rec = recommend(num_samples, model=config.model_name, world_size=_world_size())
-    print(f"--auto: {num_samples} training samples → preset {rec.preset_name}, "
-          f"{rec.estimates['effective_updates']} optimizer updates")
+    The recommendation is told whether the data has eval data (an eval file or an ``eval`` split;
+    without, it holds samples out) and the real count of target tokens (the tokenizer only is loaded).
+    """
+    from deepsynth.models.loading import ModelLoadError
+    from deepsynth.training.config import TrainerConfig
+    from deepsynth.training.production_trainer import UnifiedProductionTrainer, _world_size
+    from deepsynth.training.recommend import count_target_tokens, recommend
+
+    # All the training rows, before any hold-out a config file may already ask for.
+    unsplit = TrainerConfig.from_dict({**config.to_dict(), "holdout_samples": None})
+    data = UnifiedProductionTrainer(unsplit).prepare_data()
+    num_samples = len(data.train)
+    try:
+        tokens = count_target_tokens(config.model_name, data.train["summary"])
+    except ModelLoadError as error:
+        print(f"--auto: target tokens not counted ({error}); assuming a typical summary length")
+        tokens = None
+    rec = recommend(num_samples, model=config.model_name, world_size=_world_size(), num_train_tokens=tokens,
+                    has_eval_data=not data.eval_on_training_data)
+    held = rec.evaluation["holdout_samples"]
+    counted = f"{tokens:,} target tokens" if tokens is not None else "target tokens assumed"
+    print(f"--auto: {num_samples} training samples ({counted}){f', {held} held out for evaluation' if held else ''} → "
+          f"preset {rec.preset_name}, {rec.estimates['effective_updates']} optimizer updates")
     for warning in rec.warnings:
         print(f"warning: {warning}")
     return rec.apply(config)
@@ -247,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, required=True, help="number of training samples")
     p.add_argument("--model", default=None, help="model name or directory (default: the embedded model)")
     p.add_argument("--calibrate", action="store_true", help="time a few real steps here to estimate the run's duration")
+    p.add_argument("--no-eval-data", action="store_true",
+                   help="the samples are all the data (no eval file or split): hold some out for evaluation")
+    p.add_argument("--train-tokens", type=int, default=None, metavar="N",
+                   help="supervised target tokens of the samples (default: assume 90 per sample)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_recommend)
 

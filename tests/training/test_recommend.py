@@ -40,7 +40,8 @@ def test_recommendation_shape_and_exact_params():
     data = rec.to_dict()
     assert data["preset_name"] == "tiny_data"
     assert set(data["estimates"]) == {"total_steps", "effective_updates", "warmup_steps", "trainable_params",
-                                      "estimated_time_minutes"}
+                                      "estimated_time_minutes", "train_tokens", "train_tokens_assumed",
+                                      "params_per_train_token"}
     assert data["estimates"]["trainable_params"] == 2_636_800
     assert data["estimates"]["estimated_time_minutes"] is None  # never invented
     assert data["lora_config"] == get_lora_preset("tiny_data").to_dict()
@@ -77,6 +78,8 @@ def test_apply_builds_the_trainer_config():
     config = rec.apply(TrainerConfig(output_dir="x", hub_token="t"))
     assert config.preset == "balanced" and config.lora_rank == 32
     assert config.gradient_accumulation_steps == rec.training_config["gradient_accumulation_steps"]
-    assert config.optimizer.warmup_steps == rec.estimates["warmup_steps"]
+    # Warmup is the recipe's ratio, not a count fixed for the recipe's length (docs/quality.md).
+    assert config.optimizer.warmup_steps is None and config.optimizer.warmup_ratio == 0.1
+    assert config.optimizer.resolve_warmup(rec.estimates["effective_updates"]) == rec.estimates["warmup_steps"]
     assert config.optimizer.learning_rate == 2e-5
     assert config.hub_token == "t" and config.output_dir == "x"

@@ -96,6 +96,17 @@ def test_recommended_equals_the_cli_json(idle, capsys, num_samples, model):
     assert {"preset_name", "lora_config", "training_config", "warnings"} <= set(data)
 
 
+def test_recommended_without_eval_data_equals_the_cli_json(idle, capsys):
+    body = {"num_samples": 12, "has_eval_data": False, "num_train_tokens": 1200}
+    response = idle.post("/api/lora/presets/recommended", json=body)
+    assert response.status_code == 200, response.text
+    assert cli_main(["recommend", "--num-samples", "12", "--no-eval-data", "--train-tokens", "1200", "--json"]) == 0
+    assert response.json() == json.loads(capsys.readouterr().out)
+    data = response.json()
+    assert data["evaluation"] == {"holdout_samples": 2, "train_samples": 10, "eval_on_training_data": False}
+    assert data["estimates"]["train_tokens"] == 1000 and data["training_config"]["early_stopping_patience"] == 3
+
+
 @pytest.mark.parametrize(("body", "status", "field"), [
     ({"num_samples": 0}, 422, "num_samples"),
     ({"num_samples": -4}, 422, "num_samples"),
@@ -108,6 +119,10 @@ def test_recommended_equals_the_cli_json(idle, capsys, num_samples, model):
     ({"num_samples": 5, "model": "no-such-org/no-such-model"}, 422, "model"),
     ({"num_samples": 5, "model": "x" * 300}, 422, "model"),
     ({"num_samples": 5, "model": 7}, 422, "model"),
+    ({"num_samples": 5, "has_eval_data": "no"}, 422, "has_eval_data"),
+    ({"num_samples": 5, "has_eval_data": None}, 422, "has_eval_data"),
+    ({"num_samples": 5, "num_train_tokens": 0}, 422, "num_train_tokens"),
+    ({"num_samples": 5, "num_train_tokens": 2.5}, 422, "num_train_tokens"),
 ])
 def test_recommended_rejects_bad_input(idle, body, status, field):
     assert_error(idle.post("/api/lora/presets/recommended", json=body), status, field)
@@ -294,6 +309,7 @@ def _non_default_request(dataset_id: str) -> dict:
         "gate_dropout_rate": 0.1, "gate_dropout_keywords": ["router"], "expert_dropout_rate": 0.05,
         "expert_dropout_min_keep": 2,
         "column_mapping": {"summary": "summary"}, "instruction": "Résume ce document.", "max_length": 256,
+        "holdout_samples": 2,
         "seed": 7, "dtype": "float32", "gradient_checkpointing": True, "save_total_limit": 3,
         "checkpoint_every_updates": 2, "resume_from_checkpoint": "never", "eval_every_updates": 1,
         "early_stopping_patience": 2, "max_new_tokens": 12, "no_repeat_ngram_size": 4,

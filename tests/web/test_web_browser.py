@@ -76,16 +76,24 @@ def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, live_s
         page.fill("#f-max_train_samples", "2")
         page.click("#apply-preset")
         page.wait_for_function("document.getElementById('est-preset').textContent !== ''")
-        rec = recommend(2)
-        assert rec.to_dict() == server.http.post("/api/lora/presets/recommended", json={"num_samples": 2}).json()
+        # The uploaded file has no 'eval' split and no eval dataset is chosen: the UI says so.
+        rec = recommend(2, has_eval_data=False)
+        assert rec.to_dict() == server.http.post("/api/lora/presets/recommended",
+                                                 json={"num_samples": 2, "has_eval_data": False}).json()
+        assert rec.evaluation["eval_on_training_data"] is True
         lora, training = rec.lora_config, rec.training_config
         assert page.input_value("#preset-select") == rec.preset_name
         assert int(value(page, "lora_rank")) == lora["rank"]
         assert float(value(page, "lora_alpha")) == lora["alpha"]
         assert float(value(page, "lora_dropout")) == lora["dropout"]
         assert [t.strip() for t in value(page, "lora_target_modules").split(",")] == lora["target_modules"]
-        for name in ("batch_size", "num_epochs", "gradient_accumulation_steps", "warmup_steps"):
+        for name in ("batch_size", "num_epochs", "gradient_accumulation_steps"):
             assert int(value(page, name)) == training[name], name
+        # Warmup is the recipe's 10 % ratio: the field's default when empty. Two samples: no hold-out,
+        # so no early stopping either.
+        assert training["warmup_ratio"] == 0.1 and value(page, "warmup_steps") == ""
+        for name in ("holdout_samples", "eval_every_updates", "early_stopping_patience"):
+            assert value(page, name) == "", name
         for name in ("learning_rate", "weight_decay"):
             assert float(value(page, name)) == training[name], name
         assert value(page, "scheduler_type") == training["scheduler_type"]
@@ -161,3 +169,51 @@ def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, live_s
         assert not [text for text in seen if HUB_TOKEN in text]
         assert not dialogs and not errors
     assert files_containing(state_dir, HUB_TOKEN) == []
+
+
+def test_apply_without_eval_data_holds_out_samples_and_the_job_never_trains_on_them(browser, live_server, tmp_path):
+    rows = [{"text": f"La commune annonce la fete numero {i} pour samedi.", "summary": f"Fete {i} samedi."}
+            for i in range(7)]
+    data_file = tmp_path / "seven.jsonl"
+    data_file.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with live_server() as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url)
+        page.wait_for_selector("body[data-ready='1']")
+        page.set_input_files("#dataset-file", str(data_file))
+        page.click("#dataset-upload")
+        page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('Uploaded')")
+
+        # With the bundled samples as eval dataset nothing is held out.
+        page.select_option("#eval-dataset-select", "sample")
+        page.click("#apply-preset")
+        page.wait_for_function("document.getElementById('est-samples').textContent === '7'")
+        assert value(page, "holdout_samples") == ""
+
+        # No eval data: the recommendation holds one of the 7 out and stops early on it.
+        page.select_option("#eval-dataset-select", "")
+        page.evaluate("document.getElementById('est-samples').textContent = ''")
+        page.click("#apply-preset")
+        page.wait_for_function("document.getElementById('est-samples').textContent === '7'")
+        rec = recommend(7, has_eval_data=False)
+        assert value(page, "holdout_samples") == "1" == str(rec.evaluation["holdout_samples"])
+        assert value(page, "early_stopping_patience") == "3"
+        assert value(page, "eval_every_updates") == str(rec.training_config["eval_every_updates"])
+        assert page.eval_on_selector_all("#warnings li", "els => els.map(e => e.textContent)") == rec.warnings
+
+        # A short run of those settings: the held-out document reaches the trainer and is not trained on.
+        page.fill("#f-num_epochs", "1")
+        page.click("details summary")
+        page.fill("#f-max_new_tokens", "4")
+        page.click("#start-job")
+        page.wait_for_function("document.getElementById('job-id').textContent !== ''")
+        job_id = page.text_content("#job-id")
+        job = server.wait_job(job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), timeout=180)
+        assert job["status"] == "succeeded", (job["error"], job["log_tail"][-15:])
+        assert job["config"]["holdout_samples"] == 1 and job["config"]["early_stopping_patience"] == 3
+        metrics = job["metrics"]
+        assert metrics["holdout"]["samples"] == 1 and metrics["eval_on_training_data"] is False
+        assert metrics["num_train_samples"] == 6 and metrics["num_eval_samples"] == 1
+        assert not errors

@@ -184,6 +184,11 @@ class TrainerConfig:
     column_mapping: dict[str, str] | None = None
     instruction: str | None = None  # None: the summarisation instruction of deepsynth.data.collate
     max_length: int = 512
+    # Without eval data (no eval file, no 'eval' split), hold this many training samples out for
+    # evaluation and early stopping, chosen with ``seed``; they are never trained on. None: no hold-out
+    # (the metrics are then on the training samples, and say so). Ignored when eval data is given.
+    # ``recommend(..., has_eval_data=False)`` / ``--auto`` set it (deepsynth.training.recommend.holdout_size).
+    holdout_samples: int | None = None
 
     # Run control.
     seed: int = 42
@@ -223,7 +228,7 @@ class TrainerConfig:
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise ConfigError(name, value, "an integer > 0")
-        for name in ("max_train_samples", "max_eval_samples"):
+        for name in ("max_train_samples", "max_eval_samples", "holdout_samples"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value <= 0):
                 raise ConfigError(name, value, "null or an integer > 0")

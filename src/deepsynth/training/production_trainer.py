@@ -13,9 +13,10 @@ import hashlib
 import importlib.util
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,35 @@ class RestoreAdapterOnResume(TrainerCallback):
 
 @dataclass
 class PreparedData:
+    """Training and evaluation rows of a run.
+
+    ``held_out_indices``: rows of the loaded training data held out for evaluation (never trained
+    on) because no eval data was given and ``holdout_samples`` asked for it; empty otherwise.
+    """
+
     train: datasets.Dataset
     eval: datasets.Dataset
     eval_on_training_data: bool
+    held_out_indices: list[int] = field(default_factory=list)
+
+
+def split_holdout(rows: datasets.Dataset, count: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, list[int]]:
+    """Split ``count`` rows off ``rows`` for evaluation: (train, held_out, held-out row indices).
+
+    The rows are drawn with ``random.Random(seed)``, so the same data and seed always hold out the
+    same documents; both parts keep the data's order.
+
+    Raises:
+        ConfigError: naming ``holdout_samples`` when ``count`` would leave no row to train on.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 < count < len(rows):
+        raise ConfigError("holdout_samples", count,
+                          f"an integer from 1 to {len(rows) - 1} (fewer than the {len(rows)} training samples, "
+                          "so that at least one remains to train on)")
+    held = sorted(random.Random(seed).sample(range(len(rows)), count))
+    chosen = set(held)
+    kept = [index for index in range(len(rows)) if index not in chosen]
+    return rows.select(kept), rows.select(held), held
 
 
 class UnifiedProductionTrainer:
@@ -227,6 +254,9 @@ class UnifiedProductionTrainer:
             "num_train_samples": len(train_examples),
             "num_eval_samples": len(eval_examples),
             "eval_on_training_data": data.eval_on_training_data,
+            # Training rows held out for evaluation (no eval data given; holdout_samples), never trained on.
+            "holdout": {"samples": len(data.held_out_indices), "indices": data.held_out_indices,
+                        "seed": config.seed} if data.held_out_indices else None,
             "estimated_updates": estimate.effective_updates,
             "optimizer_updates": trainer.state.global_step,
             "total_steps": estimate.total_steps,
@@ -266,8 +296,10 @@ class UnifiedProductionTrainer:
         """Load and validate train and eval samples (raises DataError before anything is written).
 
         Without a dataset the bundled French samples are used (train / eval splits). Without eval
-        data, a source with a ``split`` column provides its ``eval`` rows; otherwise the training
-        samples are scored and the metrics say so.
+        data, a source with a ``split`` column provides its ``eval`` rows; otherwise
+        ``holdout_samples`` of the training samples (drawn with ``seed``, see :func:`split_holdout`)
+        are held out and never trained on, or, with ``holdout_samples`` None, the training samples
+        are scored and the metrics say so.
         """
         config = self.config
         mapping = config.column_mapping
@@ -289,6 +321,11 @@ class UnifiedProductionTrainer:
                 return PreparedData(train, evaluation, False)
             except DataError as error:
                 LOGGER.info("no eval split in %s (%s)", source, error.problem if hasattr(error, "problem") else error)
+        if config.holdout_samples is not None:
+            train, held_out, indices = split_holdout(train, config.holdout_samples, config.seed)
+            LOGGER.info("no eval data: %d training sample(s) held out for evaluation (rows %s)", len(indices), indices)
+            count = min(len(held_out), config.max_eval_samples or len(held_out))
+            return PreparedData(train, held_out.select(range(count)), False, indices)
         count = min(len(train), config.max_eval_samples or len(train))
         return PreparedData(train, train.select(range(count)), True)
 

@@ -5,11 +5,17 @@ Update counts follow the trainer's real semantics (transformers' Trainer): gradi
 restarts at every epoch, and the last, shorter accumulation window of an epoch still makes an
 update. So an epoch of B batches makes ceil(B / accumulation) updates, and accumulation beyond B
 changes nothing — the recommendation caps it at B and says so.
+
+Tiny-data guards (issue #8; the measurements behind each number are in docs/quality.md): without
+eval data a few samples are held out for evaluation (:func:`holdout_size`), runs under
+``EARLY_STOPPING_BELOW`` samples with held-out data stop early on held-out loss, and a warning says
+when the adapter has more than ``PARAMS_PER_TOKEN_WARNING`` trainable parameters per target token.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +25,21 @@ from deepsynth.training.lora_config import get_lora_preset
 from deepsynth.training.targets import count_trainable_params
 
 MAX_SAMPLES = 10_000_000
+
+# Below this many training samples the recipes run 200-300 epochs over a handful of documents:
+# evaluate held-out loss during training and stop when it stops improving.
+EARLY_STOPPING_BELOW = 50
+EARLY_STOPPING_PATIENCE = 3
+EVALS_PER_RUN = 20  # eval_every_updates = ceil(updates / EVALS_PER_RUN)
+# Without eval data, hold out max(1, n // HOLDOUT_DIVISOR) samples from HOLDOUT_MIN_SAMPLES on; below
+# that every sample is needed for training and the metrics are on the training data (said).
+HOLDOUT_MIN_SAMPLES = 6
+HOLDOUT_DIVISOR = 5
+# Warn when the adapter has more trainable parameters than this per supervised (target) token.
+PARAMS_PER_TOKEN_WARNING = 10_000
+# Used when the caller does not count target tokens: the bundled French summaries have 72-103
+# (mean 86) target tokens with SmolLM2's tokenizer; the warning says the count was assumed.
+ASSUMED_TARGET_TOKENS_PER_SAMPLE = 90
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,38 @@ def estimate_updates(
     return UpdateEstimate(batches, batches * num_epochs, updates_per_epoch * num_epochs)
 
 
+def holdout_size(num_samples: int) -> int:
+    """Samples to hold out for evaluation when no eval data is given.
+
+    0 below ``HOLDOUT_MIN_SAMPLES`` (one document would be 17-33 % of the data and a one-document
+    score is noise), else ``max(1, num_samples // HOLDOUT_DIVISOR)``: 6→1, 10→2, 24→4, 50→10.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+        raise ConfigError("num_samples", num_samples, "an integer > 0")
+    if num_samples < HOLDOUT_MIN_SAMPLES:
+        return 0
+    return max(1, num_samples // HOLDOUT_DIVISOR)
+
+
+def count_target_tokens(model: str | None, targets: Iterable[str]) -> int:
+    """Supervised target tokens of ``targets`` with ``model``'s tokenizer (None: the embedded model).
+
+    What ``deepsynth.data.collate.build_example`` puts in ``labels`` (not -100): each target's tokens
+    plus EOS. Only the tokenizer is loaded, not the weights. A target cut by ``max_length`` counts
+    fewer in training (build_example warns then), so this is the count of uncut examples.
+
+    Raises:
+        ModelLoadError: (a ValueError) when the tokenizer cannot be loaded.
+    """
+    from deepsynth.models import tiny
+    from deepsynth.models.configs import EMBEDDED_MODEL_NAME
+    from deepsynth.models.loading import _load_tokenizer, _resolve
+
+    resolved = _resolve(model)
+    tokenizer = tiny.load_tokenizer() if resolved.name == EMBEDDED_MODEL_NAME else _load_tokenizer(resolved)
+    return sum(len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 1 for target in targets)
+
+
 def preset_for(num_samples: int) -> str:
     """The seed's thresholds: < 10 tiny_data, < 50 balanced, else high_capacity_moe."""
     if num_samples < 10:
@@ -82,7 +135,15 @@ def preset_for(num_samples: int) -> str:
 
 @dataclass
 class Recommendation:
-    """A preset, its LoRA and training settings, exact estimates and warnings."""
+    """A preset, its LoRA and training settings, exact estimates and warnings.
+
+    ``num_samples`` is all the data given; ``evaluation`` says how it is evaluated:
+    ``{"holdout_samples": k, "train_samples": num_samples - k, "eval_on_training_data": bool}``
+    (k > 0 only when the recommendation was made without eval data). The settings are for the
+    ``train_samples``. ``training_config`` holds the run's length, the optimizer settings (warmup as
+    the recipe's ratio) and, below ``EARLY_STOPPING_BELOW`` training samples with held-out data,
+    ``eval_every_updates`` and ``early_stopping_patience``.
+    """
 
     num_samples: int
     model: str
@@ -92,6 +153,7 @@ class Recommendation:
     estimates: dict[str, Any]
     trainable_params_by_group: dict[str, int]
     warnings: list[str] = field(default_factory=list)
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,42 +165,89 @@ class Recommendation:
             "estimates": self.estimates,
             "trainable_params_by_group": self.trainable_params_by_group,
             "warnings": self.warnings,
+            "evaluation": self.evaluation,
         }
 
     def apply(self, config: TrainerConfig) -> TrainerConfig:
-        """``config`` with this recommendation's preset and training settings applied."""
+        """``config`` with this recommendation's preset and training settings applied.
+
+        Warmup is applied as the recipe's ratio (``warmup_steps`` None), so a run shortened
+        afterwards still warms up over the same share of its updates. Early-stopping settings and
+        the hold-out (``holdout_samples``) are set when the recommendation has them; otherwise
+        ``config``'s own values stay.
+        """
         data = config.with_preset(self.preset_name).to_dict()
         training = dict(self.training_config)
-        data.update({k: training.pop(k) for k in ("batch_size", "num_epochs", "gradient_accumulation_steps")})
-        data["optimizer"] = training
+        run_fields = ("batch_size", "num_epochs", "gradient_accumulation_steps",
+                      "eval_every_updates", "early_stopping_patience")  # run control, not optimizer
+        data.update({k: training.pop(k) for k in run_fields if k in training})
+        data["optimizer"] = {**training, "warmup_steps": None}
+        if self.evaluation.get("holdout_samples"):
+            data["holdout_samples"] = self.evaluation["holdout_samples"]
         return TrainerConfig.from_dict(data, hub_token=config.hub_token)
 
 
 def recommend(
-    num_samples: int, model: str | None = None, *, world_size: int = 1, calibrate: bool = False
+    num_samples: int,
+    model: str | None = None,
+    *,
+    world_size: int = 1,
+    calibrate: bool = False,
+    num_train_tokens: int | None = None,
+    has_eval_data: bool = True,
 ) -> Recommendation:
     """Recommend a preset and settings for ``num_samples`` training samples on ``model``.
 
     ``model`` None is the embedded default. ``trainable_params`` is exact for that model. With
     ``calibrate``, a few real training steps are timed on this machine (loading the model's weights)
     and ``estimated_time_minutes`` is extrapolated from them; otherwise it is None (unknown).
+
+    ``has_eval_data`` False: ``num_samples`` is all the data; :func:`holdout_size` of it is held
+    out for evaluation (``evaluation`` says how many; ``apply`` sets ``holdout_samples``) and the
+    settings are chosen for the rest. ``num_train_tokens``: supervised target tokens (labels not
+    -100) of the ``num_samples`` samples, for the parameters-per-token warning (scaled to the share
+    trained on when samples are held out); None assumes ``ASSUMED_TARGET_TOKENS_PER_SAMPLE`` per
+    sample and says so.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 0 < num_samples <= MAX_SAMPLES:
         raise ConfigError("num_samples", num_samples, f"an integer between 1 and {MAX_SAMPLES:,}")
-    preset_name = preset_for(num_samples)
+    if num_train_tokens is not None and (isinstance(num_train_tokens, bool) or not isinstance(num_train_tokens, int)
+                                         or num_train_tokens <= 0):
+        raise ConfigError("num_train_tokens", num_train_tokens, "null or an integer > 0")
+    if not isinstance(has_eval_data, bool):
+        raise ConfigError("has_eval_data", has_eval_data, "true or false")
+    warnings: list[str] = []
+    held_out = 0 if has_eval_data else holdout_size(num_samples)
+    train_samples = num_samples - held_out
+    if held_out:
+        if num_train_tokens is not None:  # the tokens of the samples that remain for training
+            num_train_tokens = max(1, round(num_train_tokens * train_samples / num_samples))
+        warnings.append(
+            f"no eval data: {held_out} of the {num_samples} samples are held out for evaluation and early stopping "
+            f"and never trained on; the settings are for the {train_samples} that remain. Scores on training "
+            "samples overstate the gain (in the preset ablation, docs/quality.md, training loss fell 2-5x faster "
+            "than held-out loss)"
+        )
+    elif not has_eval_data:
+        warnings.append(
+            f"no eval data and only {num_samples} sample(s), too few to hold one out: the before/after metrics "
+            "will be computed on the training samples and measure memorisation, not quality; early stopping is "
+            "off. Give eval data (even 1-2 documents) for a real score"
+        )
+    evaluates = has_eval_data or held_out > 0
+    preset_name = preset_for(train_samples)
     recipe = RECIPES[preset_name]
     lora = get_lora_preset(preset_name)
-    warnings: list[str] = []
 
-    batches = math.ceil(math.ceil(num_samples / world_size) / recipe.batch_size)
+    batches = math.ceil(math.ceil(train_samples / world_size) / recipe.batch_size)
     accumulation = min(recipe.gradient_accumulation_steps, batches)
     if accumulation < recipe.gradient_accumulation_steps:
         warnings.append(
             f"gradient accumulation set to {accumulation} instead of the preset's {recipe.gradient_accumulation_steps}: "
             f"an epoch has only {batches} batch(es) and accumulation does not span epochs, so each update "
-            f"averages the whole epoch ({num_samples} samples)"
+            f"averages the whole epoch ({train_samples} samples)"
         )
-    estimate = estimate_updates(num_samples, recipe.batch_size, accumulation, recipe.num_epochs, world_size)
+    estimate = estimate_updates(train_samples, recipe.batch_size, accumulation, recipe.num_epochs, world_size)
     optimizer = OptimizerConfig(
         learning_rate=recipe.learning_rate,
         weight_decay=recipe.weight_decay,
@@ -148,10 +257,22 @@ def recommend(
     warmup = optimizer.resolve_warmup(estimate.effective_updates)
     report = count_trainable_params(model, lora)
     warnings.extend(report.targets.warnings)
-    if num_samples < 3:
-        warnings.append(f"only {num_samples} sample(s): the adapter will memorise them; 3 or more are advised")
-    if num_samples > 1000:
+    if train_samples < 3:
+        warnings.append(f"only {train_samples} sample(s): the adapter will memorise them; 3 or more are advised")
+    if train_samples > 1000:
         warnings.append("presets are tuned for 3-50 samples; with this much data consider fewer epochs")
+    tokens = num_train_tokens if num_train_tokens is not None else train_samples * ASSUMED_TARGET_TOKENS_PER_SAMPLE
+    per_token = report.trainable / tokens
+    if per_token > PARAMS_PER_TOKEN_WARNING:
+        counted = "" if num_train_tokens is not None else (
+            f" (assumed: {ASSUMED_TARGET_TOKENS_PER_SAMPLE} per sample; pass num_train_tokens, or --train-tokens, "
+            "for the real count)")
+        warnings.append(
+            f"{report.trainable:,} trainable parameters for {tokens:,} training target tokens{counted}: "
+            f"{per_token:,.0f} parameters per token (> {PARAMS_PER_TOKEN_WARNING:,}). The adapter can memorise the "
+            "training summaries outright; trust held-out metrics only, keep early stopping on, or pick a smaller "
+            "preset (e.g. 'standard' or 'minimal')"
+        )
 
     training_config = {
         "batch_size": recipe.batch_size,
@@ -159,9 +280,18 @@ def recommend(
         "gradient_accumulation_steps": accumulation,
         "learning_rate": recipe.learning_rate,
         "weight_decay": recipe.weight_decay,
-        "warmup_steps": warmup,
+        "warmup_ratio": recipe.warmup_ratio,  # a ratio, not a count: stays right if the run is shortened
         "scheduler_type": recipe.scheduler_type,
     }
+    if train_samples < EARLY_STOPPING_BELOW and evaluates:
+        every = max(1, math.ceil(estimate.effective_updates / EVALS_PER_RUN))
+        training_config["eval_every_updates"] = every
+        training_config["early_stopping_patience"] = EARLY_STOPPING_PATIENCE
+        warnings.append(
+            f"early stopping on: held-out loss every {every} update(s), stop after {EARLY_STOPPING_PATIENCE} "
+            f"evaluations without improvement and keep the best adapter; the {recipe.num_epochs}-epoch recipe "
+            f"over {train_samples} samples is an upper bound, not a target"
+        )
     minutes = None
     if calibrate:
         from deepsynth.training.calibrate import measure_seconds_per_step
@@ -177,6 +307,9 @@ def recommend(
         "effective_updates": estimate.effective_updates,
         "warmup_steps": warmup,
         "trainable_params": report.trainable,
+        "train_tokens": tokens,
+        "train_tokens_assumed": num_train_tokens is None,
+        "params_per_train_token": round(per_token, 1),
         # Measured only by calibration (deepsynth recommend --calibrate); never guessed.
         "estimated_time_minutes": minutes,
     }
@@ -189,4 +322,6 @@ def recommend(
         estimates=estimates,
         trainable_params_by_group=report.by_group,
         warnings=warnings,
+        evaluation={"holdout_samples": held_out, "train_samples": train_samples,
+                    "eval_on_training_data": not evaluates},
     )

@@ -75,6 +75,10 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     num_samples: StrictInt = Field(..., description="number of training samples", examples=[12])
     model: StrictStr | None = Field(None, max_length=500, description="model name or directory; null: the embedded model")
+    has_eval_data: StrictBool = Field(True, description="false: the samples are all the data (no eval dataset or "
+                                      "'eval' split); some are held out for evaluation (see `evaluation`)")
+    num_train_tokens: StrictInt | None = Field(None, description="supervised target tokens of the samples; "
+                                               "null: assume 90 per sample (said in the warnings)")
 
 
 class EstimateRequest(BaseModel):
@@ -300,11 +304,12 @@ def create_app(
         ]}
 
     @app.post("/api/lora/presets/recommended", tags=["lora"],
-              summary="recommend(num_samples, model).to_dict(), as `deepsynth recommend --json`")
+              summary="recommend(num_samples, model, ...).to_dict(), as `deepsynth recommend --json`")
     def recommended(body: RecommendRequest) -> dict[str, Any]:
         from deepsynth.training.recommend import recommend
 
-        return _model_call(body.model, recommend, body.num_samples, model=body.model).to_dict()
+        return _model_call(body.model, recommend, body.num_samples, model=body.model,
+                           has_eval_data=body.has_eval_data, num_train_tokens=body.num_train_tokens).to_dict()
 
     @app.post("/api/lora/estimate", tags=["lora"], summary="Exact trainable parameters of LoRA settings")
     def estimate(body: EstimateRequest) -> dict[str, Any]:

@@ -11,6 +11,7 @@ const FIELDS = {
   lora_include_routed_experts: "bool",
   batch_size: "int", num_epochs: "int", gradient_accumulation_steps: "int", learning_rate: "num",
   weight_decay: "num", warmup_steps: "int?", scheduler_type: "str", max_train_samples: "int?", max_eval_samples: "int?",
+  holdout_samples: "int?",
   max_new_tokens: "int", max_length: "int", seed: "int", eval_every_updates: "int?", early_stopping_patience: "int?",
   checkpoint_every_updates: "int?", gate_dropout_rate: "num", expert_dropout_rate: "num", dtype: "str?",
   instruction: "str?", gradient_checkpointing: "bool", push_to_hub: "bool", hub_model_id: "str?", hub_private: "bool",
@@ -243,6 +244,12 @@ function trainingSampleCount() {
   return count;
 }
 
+// Whether the run will have eval data: a chosen eval dataset or an 'eval' split in the dataset.
+function hasEvalData() {
+  const info = selectedDataset();
+  return Boolean($("eval-dataset-select").value) || Boolean(info && info.splits && info.splits.eval);
+}
+
 async function applyRecommendation() {
   const count = trainingSampleCount();
   const note = $("apply-note");
@@ -252,13 +259,17 @@ async function applyRecommendation() {
   $("apply-preset").disabled = true;
   try {
     const rec = await api("/api/lora/presets/recommended", {
-      method: "POST", json: { num_samples: count, model: readField("model_name") },
+      method: "POST", json: { num_samples: count, model: readField("model_name"), has_eval_data: hasEvalData() },
     });
     state.applying = true;
     applyLoraSettings(rec.lora_config);
     const training = rec.training_config;
     for (const name of ["batch_size", "num_epochs", "gradient_accumulation_steps", "learning_rate",
-      "weight_decay", "warmup_steps", "scheduler_type"]) setField(name, training[name]);
+      "weight_decay", "scheduler_type", "eval_every_updates", "early_stopping_patience"]) setField(name, training[name]);
+    // The recipe's warmup is a ratio (10% of the updates), the field's default when empty: it stays
+    // right if the run is shortened afterwards.
+    setField("warmup_steps", null);
+    setField("holdout_samples", rec.evaluation.holdout_samples || null);
     $("preset-select").value = rec.preset_name;
     describePreset();
     state.applying = false;
