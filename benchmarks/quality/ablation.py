@@ -78,6 +78,11 @@ def build_config(model: str, n: int, config: str, seed: int, args: argparse.Name
         # kept as is it would be clipped to nearly the whole scaled run, so restore the recipe's ratio.
         data["optimizer"]["warmup_steps"] = None
         data["optimizer"]["warmup_ratio"] = RECIPES[rec.preset_name].warmup_ratio
+        # The ablation compares presets and schedules at a fixed length: recommend's early-stopping
+        # guard (n < 50) is off here, as in the legacy cells (it is measured separately).
+        info["recommended_early_stopping"] = [data["eval_every_updates"], data["early_stopping_patience"]]
+        data["eval_every_updates"] = None
+        data["early_stopping_patience"] = None
         if config == "recommended_hlr":
             data["optimizer"]["learning_rate"] *= 10
         cfg = TrainerConfig.from_dict(data)
