@@ -112,7 +112,7 @@ def test_forward_backward_trains_and_vision_stays_frozen(embedded, page_image):
 
 
 def test_load_embedded_builds_once_then_reads_the_cache(tmp_path, monkeypatch):
-    model, processor = tiny.load_embedded(tmp_path)
+    model, processor = tiny.load_embedded(tmp_path, pretrained=False)
     directory = tiny.embedded_cache_dir(tmp_path)
     assert directory.parent == tmp_path / "tiny-ocr2"
     assert (directory / "model.safetensors").is_file() and (directory / "processor_config.json").is_file()
@@ -121,7 +121,7 @@ def test_load_embedded_builds_once_then_reads_the_cache(tmp_path, monkeypatch):
         raise AssertionError("the second load must read the cache, not rebuild")
 
     monkeypatch.setattr(tiny, "build_embedded_model", no_build)
-    again, processor_again = tiny.load_embedded(tmp_path)
+    again, processor_again = tiny.load_embedded(tmp_path, pretrained=False)
     assert _state_equal(model, again)
     assert isinstance(processor_again, DeepseekOcr2Processor)
     assert processor_again.patch_size == tiny.SAM_PATCH_SIZE
@@ -144,6 +144,10 @@ def test_shipped_weights_take_precedence(tmp_path, monkeypatch):
     assert _state_equal(model, shipped)
     assert not (tmp_path / "cache").exists()  # nothing built, nothing cached
     assert isinstance(processor, DeepseekOcr2Processor)
+    # The random-init build stays reachable (tests, and the pretraining's starting point).
+    random_init, _ = tiny.load_embedded(tmp_path / "cache", pretrained=False)
+    assert _state_equal(random_init, tiny.build_embedded_model(seed=0)[0])
+    assert not _state_equal(random_init, shipped)
 
 
 def test_ocr_example_runs_through_the_model(embedded, page_image):

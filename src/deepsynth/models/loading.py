@@ -46,6 +46,7 @@ __all__ = [
     "choose_experts_implementation",
     "freeze_vision_modules",
     "load_model_and_processor",
+    "load_tokenizer",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -377,6 +378,20 @@ def _resolve(name_or_path: str | None) -> ResolvedConfig:
     except (ValueError, OSError) as error:
         message = str(error) if str(error).startswith("model:") else f"model: {name_or_path!r}: {error}"
         raise ModelLoadError(message) from error
+
+
+def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model (None: the embedded default), without loading its weights.
+
+    Raises:
+        ModelLoadError: the model or its tokenizer cannot be found (offline and not cached, bad path).
+    """
+    from deepsynth.models import tiny
+
+    resolved = _resolve(name_or_path)
+    if resolved.name == EMBEDDED_MODEL_NAME:
+        return tiny.load_tokenizer()
+    return _load_tokenizer(resolved)
 
 
 def load_model_and_processor(

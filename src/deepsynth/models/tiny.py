@@ -18,9 +18,10 @@ Geometry — why 384 px pages and 145 vision tokens:
   later "learn to read" pretraining step, while every SAM layer uses windowed attention
   (12×12 windows tile the 48×48 grid exactly) so the vision forward stays ~15 ms on 2 CPU cores.
 
-Weights: a pretrained checkpoint shipped in ``assets/tiny-ocr2/model.safetensors`` is used first
-when present; otherwise the model is built with a seeded random init once and cached under
-``$DEEPSYNTH_CACHE`` (default ``~/.cache/deepsynth``) ``/tiny-ocr2/<version>``.
+Weights: the pretrained checkpoint shipped in ``assets/tiny-ocr2/model.safetensors``
+(``scripts/pretrain_tiny.py``, docs/pretraining.md) is used first; without it, or with
+``load_embedded(pretrained=False)``, the model is built with a seeded random init once and cached
+under ``$DEEPSYNTH_CACHE`` (default ``~/.cache/deepsynth``) ``/tiny-ocr2/<version>``.
 """
 
 from __future__ import annotations
@@ -226,15 +227,16 @@ def _is_complete(directory: Path) -> bool:
 
 
 def load_embedded(
-    cache_dir: Path | str | None = None, *, seed: int = 0
+    cache_dir: Path | str | None = None, *, seed: int = 0, pretrained: bool = True
 ) -> tuple[DeepseekOcr2ForConditionalGeneration, DeepseekOcr2Processor]:
     """Load the embedded model and processor: shipped weights, else the cache, else build and cache.
 
-    ``cache_dir`` replaces the cache root (same meaning as ``$DEEPSYNTH_CACHE``). The first call
-    builds the seeded random model and writes it with ``save_pretrained``; later calls read it
-    back, so every process sees identical weights.
+    ``pretrained=False`` skips the shipped weights and gives the seeded random-init model (what
+    ``scripts/pretrain_tiny.py`` starts from). ``cache_dir`` replaces the cache root (same meaning
+    as ``$DEEPSYNTH_CACHE``). The first random-init call builds the model and writes it with
+    ``save_pretrained``; later calls read it back, so every process sees identical weights.
     """
-    shipped = shipped_checkpoint()
+    shipped = shipped_checkpoint() if pretrained else None
     if shipped is not None:
         model = DeepseekOcr2ForConditionalGeneration.from_pretrained(str(shipped), local_files_only=True)
         _set_generation_ids(model)

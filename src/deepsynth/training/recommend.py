@@ -115,12 +115,9 @@ def count_target_tokens(model: str | None, targets: Iterable[str]) -> int:
     Raises:
         ModelLoadError: (a ValueError) when the tokenizer cannot be loaded.
     """
-    from deepsynth.models import tiny
-    from deepsynth.models.configs import EMBEDDED_MODEL_NAME
-    from deepsynth.models.loading import _load_tokenizer, _resolve
+    from deepsynth.models.loading import load_tokenizer
 
-    resolved = _resolve(model)
-    tokenizer = tiny.load_tokenizer() if resolved.name == EMBEDDED_MODEL_NAME else _load_tokenizer(resolved)
+    tokenizer = load_tokenizer(model)
     return sum(len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 1 for target in targets)
 
 
