@@ -18,6 +18,10 @@ Configurations (LoRA fields from the library's presets, schedule from ``recommen
                      next-smaller one (balanced), so that c-vs-b still compares capacity at fixed data.
 * ``recommended_hlr`` (optional) -- recommended, but lr x10: isolates whether the scaled runs are
                      learning-rate-starved.
+* ``recommended_flat`` (optional) -- recommended without warmup and with a constant learning rate:
+                     isolates the seed's "warmup + cosine" claim.
+* ``router_focused`` (optional) -- recommended schedule with the router_focused preset (tiny_data +
+                     router LoRA): at n < 10, where recommend picks tiny_data, isolates the router target.
 
 Scaling (CPU): the recommended runs make ``ceil(batches/accum) * epochs`` updates; epochs are cut to
 ``max(1, min(E, ceil(budget / n)))`` where ``budget = --sample-passes`` is the number of training
@@ -85,9 +89,13 @@ def build_config(model: str, n: int, config: str, seed: int, args: argparse.Name
         data["early_stopping_patience"] = None
         if config == "recommended_hlr":
             data["optimizer"]["learning_rate"] *= 10
+        if config == "recommended_flat":  # isolates warmup + cosine: same run, constant lr, no warmup
+            data["optimizer"].update(warmup_ratio=None, warmup_steps=0, scheduler_type="none")
         cfg = TrainerConfig.from_dict(data)
         if config == "alternative":
             cfg = cfg.with_preset(NEXT_LARGER[rec.preset_name])
+        if config == "router_focused":  # isolates the router target where recommend says tiny_data (n < 10)
+            cfg = cfg.with_preset("router_focused")
     est = estimate_updates(n, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.num_epochs)
     info["scaled_updates"] = est.effective_updates
     info["scaled_steps"] = est.total_steps
@@ -176,7 +184,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[3, 10, 50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", default=["legacy", "recommended", "alternative"],
-                        choices=["legacy", "recommended", "alternative", "recommended_hlr"])
+                        choices=["legacy", "recommended", "alternative", "recommended_hlr", "recommended_flat",
+                                 "router_focused"])
     parser.add_argument("--sample-passes", type=int, default=60,
                         help="scaling: training-sample passes allowed per scaled cell (epochs = ceil(this / n))")
     parser.add_argument("--eval-samples", type=int, default=4)

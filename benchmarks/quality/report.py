@@ -14,7 +14,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ORDER = {"legacy": 0, "recommended": 1, "alternative": 2, "recommended_hlr": 3}
+ORDER = {"legacy": 0, "recommended": 1, "alternative": 2, "recommended_hlr": 3, "recommended_flat": 4,
+         "router_focused": 5}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -88,7 +89,9 @@ def verdict_lines(records: list[dict]) -> str:
             for metric in ("rougeL", "cer", "loss"):
                 lines.append(f"- {model} n={n} {metric}: b vs a: {compare(records, model, n, 'legacy', 'recommended', metric)}; "
                              f"c vs b: {compare(records, model, n, 'recommended', 'alternative', metric)}; "
-                             f"hlr vs b: {compare(records, model, n, 'recommended', 'recommended_hlr', metric)}")
+                             f"hlr vs b: {compare(records, model, n, 'recommended', 'recommended_hlr', metric)}; "
+                             f"flat vs b: {compare(records, model, n, 'recommended', 'recommended_flat', metric)}; "
+                             f"router vs b: {compare(records, model, n, 'recommended', 'router_focused', metric)}")
     return "\n".join(lines)
 
 
