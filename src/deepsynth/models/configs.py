@@ -24,7 +24,8 @@ from transformers import (
 
 from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR, DEEPSEEK_OCR2
 
-# The tiny random-init DeepSeek-OCR-2 model built locally (deepsynth.models.tiny).
+# The embedded tiny DeepSeek-OCR-2 (deepsynth.models.tiny): shipped pretrained weights,
+# a seeded random init when they are absent.
 EMBEDDED_MODEL_NAME = "deepsynth/tiny-ocr2"
 
 ARCHITECTURES_DIR = Path(__file__).parent / "architectures"
