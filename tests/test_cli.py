@@ -28,6 +28,14 @@ def test_recommend_human_output(capsys):
     assert "tiny_data" in out and "2,636,800" in out and "unknown" in out
 
 
+def test_recommend_world_size_splits_the_epoch(capsys):
+    # 40 samples on 4 processes: 10 per process and epoch, so fewer updates than on one process.
+    assert main(["recommend", "--num-samples", "40", "--model", V1, "--world-size", "4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == recommend(40, model=V1, world_size=4).to_dict()
+    assert data["estimates"]["effective_updates"] < recommend(40, model=V1).estimates["effective_updates"]
+
+
 def test_recommend_without_eval_data_and_with_a_token_count(capsys):
     argv = ["recommend", "--num-samples", "10", "--model", V1, "--no-eval-data", "--train-tokens", "900"]
     assert main([*argv, "--json"]) == 0

@@ -55,7 +55,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from deepsynth.training.recommend import recommend
 
     rec = recommend(args.num_samples, model=args.model, calibrate=args.calibrate, num_train_tokens=args.train_tokens,
-                    has_eval_data=not args.no_eval_data)
+                    has_eval_data=not args.no_eval_data, world_size=args.world_size)
     if args.json:
         _print_json(rec.to_dict())
         return 0
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the samples are all the data (no eval file or split): hold some out for evaluation")
     p.add_argument("--train-tokens", type=int, default=None, metavar="N",
                    help="supervised target tokens of the samples (default: assume 90 per sample)")
+    p.add_argument("--world-size", type=int, default=1, metavar="N",
+                   help="training processes (data-parallel): each sees 1/N of the samples per epoch")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_recommend)
 
