@@ -23,7 +23,7 @@ from typing import Any
 import datasets
 import torch
 from accelerate import PartialState
-from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from deepsynth.data import DataError, load_documents, load_sample_dataset
@@ -75,6 +75,25 @@ class ProgressLog(TrainerCallback):
             entry = {"step": state.global_step, "eval_loss": float(logs["eval_loss"])}
             self.history.append(entry)
             self.emit("eval", **entry)
+
+
+class SparseProgressCallback(ProgressCallback):
+    """transformers' progress bar, printing about ``lines`` log lines per run instead of one per update.
+
+    The trainer logs every update (``logging_steps=1``) for the loss history and progress.jsonl;
+    printing each of them buries the before/after table under hundreds of lines. Evaluation logs
+    and the final summary are always printed.
+    """
+
+    def __init__(self, lines: int = 10) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        every = max(1, state.max_steps // self.lines) if state.max_steps else 1
+        if "loss" in (logs or {}) and state.global_step % every and state.global_step != state.max_steps:
+            return
+        super().on_log(args, state, control, logs=logs, **kwargs)
 
 
 class RestoreAdapterOnResume(TrainerCallback):
@@ -232,6 +251,8 @@ class UnifiedProductionTrainer:
             data_collator=collator,
             callbacks=callbacks,
         )
+        if trainer.pop_callback(ProgressCallback) is not None:  # None when tqdm is disabled
+            trainer.add_callback(SparseProgressCallback())
         progress.emit("phase", name="training")
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
