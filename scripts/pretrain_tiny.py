@@ -39,7 +39,9 @@ Usage::
 
 With ``--minutes`` the schedule (learning rate, curriculum) follows the training time, so the run
 ends on time whatever the machine's load, and the number of steps it reached is logged; pass that
-number as ``--steps`` to replay the run step for step (data and init depend only on the seed).
+number as ``--steps`` for a run that is bit-reproducible on any machine: same init and same
+per-step data seeds, but the schedule then follows steps rather than wall time, so it is a close
+replay of a ``--minutes`` run, not an exact one.
 """
 
 from __future__ import annotations
