@@ -42,6 +42,15 @@ def value(page, name: str) -> str:
     return page.input_value(f"#f-{name}")
 
 
+def start_job_with_short_generations(page) -> str:
+    """Set 4 new tokens per generation (advanced settings), start the job, return its id."""
+    page.click("details summary")
+    page.fill("#f-max_new_tokens", "4")
+    page.click("#start-job")
+    page.wait_for_function("document.getElementById('job-id').textContent !== ''")
+    return page.text_content("#job-id")
+
+
 def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, live_server, state_dir, tmp_path,
                                                                 monkeypatch):
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
@@ -116,11 +125,7 @@ def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, live_s
         page.fill("#f-gradient_accumulation_steps", "1")
         page.fill("#f-warmup_steps", "")
         page.fill("#f-max_eval_samples", "1")
-        page.click("details summary")
-        page.fill("#f-max_new_tokens", "4")
-        page.click("#start-job")
-        page.wait_for_function("document.getElementById('job-id').textContent !== ''")
-        job_id = page.text_content("#job-id")
+        job_id = start_job_with_short_generations(page)
         # Live progress from the event stream, then the final status.
         page.wait_for_function("Number(document.getElementById('job-step').textContent) >= 1", timeout=120_000)
         page.wait_for_function("['succeeded', 'failed', 'cancelled'].includes("
@@ -205,11 +210,7 @@ def test_apply_without_eval_data_holds_out_samples_and_the_job_never_trains_on_t
 
         # A short run of those settings: the held-out document reaches the trainer and is not trained on.
         page.fill("#f-num_epochs", "1")
-        page.click("details summary")
-        page.fill("#f-max_new_tokens", "4")
-        page.click("#start-job")
-        page.wait_for_function("document.getElementById('job-id').textContent !== ''")
-        job_id = page.text_content("#job-id")
+        job_id = start_job_with_short_generations(page)
         job = server.wait_job(job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), timeout=180)
         assert job["status"] == "succeeded", (job["error"], job["log_tail"][-15:])
         assert job["config"]["holdout_samples"] == 1 and job["config"]["early_stopping_patience"] == 3
