@@ -55,7 +55,7 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 def build_model(dry_run: bool, device: torch.device, dtype: torch.dtype):
     from transformers import DeepseekOcr2ForConditionalGeneration
 
-    from deepsynth.models.configs import resolve_config
+    from deepsynth.models.resolver import resolve_config
     from deepsynth.models.loading import choose_experts_implementation, freeze_vision_modules
 
     if dry_run:

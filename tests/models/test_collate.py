@@ -125,7 +125,7 @@ DOCUMENT = "Le conseil municipal a voté le budget. Les dépenses augmentent de 
 
 @pytest.fixture()
 def text_lm():
-    tokenizer = tiny.load_tokenizer()
+    tokenizer = tiny.shipped_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

@@ -164,7 +164,7 @@ def test_v1_processor_matches_the_model(deepseek_ocr_checkpoint, page_image):
 def test_v1_processor_defaults_are_deepseek_ocr_base_mode():
     reference = reference_dir()
     settings = json.loads((reference / "processor_config.json").read_text()) if reference else {}
-    processor = build_deepseek_ocr_processor(tiny.load_tokenizer(), settings)
+    processor = build_deepseek_ocr_processor(tiny.shipped_tokenizer(), settings)
     page = Image.new("RGB", (600, 800), "white")
     inputs = processor(images=page, text="<image>\nFree OCR.", return_tensors="pt")
     assert inputs["pixel_values"].shape == (1, 3, 1024, 1024)
@@ -172,7 +172,7 @@ def test_v1_processor_defaults_are_deepseek_ocr_base_mode():
 
     # A processor config saved by transformers nests the size; 640 px = DeepSeek-OCR Small, resized square.
     saved_by_transformers = {"patch_size": 16, "downsample_ratio": 4, "image_processor": {"size": {"height": 640, "width": 640}}}
-    processor = build_deepseek_ocr_processor(tiny.load_tokenizer(), saved_by_transformers)
+    processor = build_deepseek_ocr_processor(tiny.shipped_tokenizer(), saved_by_transformers)
     inputs = processor(images=page, text="<image>\nFree OCR.", return_tensors="pt")
     assert inputs["pixel_values"].shape == (1, 3, 640, 640)
     assert int((inputs["input_ids"] == tiny.IMAGE_TOKEN_ID).sum()) == 10 * 11 + 1
@@ -202,7 +202,7 @@ def test_v1_checkpoint_with_a_missing_tensor_is_refused(tmp_path, removed, repor
 
 @pytest.fixture()
 def causal_lm_dir(tmp_path):
-    tokenizer = tiny.load_tokenizer()
+    tokenizer = tiny.shipped_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

@@ -35,7 +35,7 @@ def test_config_is_a_small_moe_deepseek_ocr2():
 
 
 def test_tokenizer_ids_match_the_config():
-    tokenizer = tiny.load_tokenizer()
+    tokenizer = tiny.shipped_tokenizer()
     config = tiny.embedded_config()
     assert len(tokenizer) == config.text_config.vocab_size
     assert tokenizer.bos_token == "<\uff5cbegin\u2581of\u2581sentence\uff5c>"

@@ -221,7 +221,7 @@ def write_deepseek_ocr_checkpoint(directory: Path, seed: int = 0):
     """Write a tiny DeepSeek-OCR-format checkpoint; return the native model whose weights it holds."""
     from transformers import UnlimitedOcrForConditionalGeneration
 
-    from deepsynth.models.configs import unlimited_ocr_config_from_deepseek_vl_v2
+    from deepsynth.models.resolver import unlimited_ocr_config_from_deepseek_vl_v2
 
     directory.mkdir(parents=True, exist_ok=True)
     config = unlimited_ocr_config_from_deepseek_vl_v2(V1_CONFIG)

@@ -271,7 +271,7 @@ def test_trainer_holds_out_documents_it_never_trains_on(tmp_path):
     assert saved["num_train_samples"] == 5 and saved["num_eval_samples"] == 2
     assert [s["reference"] for s in saved["samples"]] == [NOTES[i][1] for i in indices]  # scored on the held-out
 
-    tokenizer = tiny.load_tokenizer()
+    tokenizer = tiny.shipped_tokenizer()
 
     def target(summary: str) -> tuple[int, ...]:
         return (*tokenizer(summary, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id)

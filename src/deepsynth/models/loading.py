@@ -11,7 +11,7 @@ One entry point, :func:`load_model_and_processor`, for every family:
   summarisation.
 
 What a name means (family, config, class) is decided once, by
-:func:`deepsynth.models.configs.resolve_config`; this module only loads weights, builds processors,
+:func:`deepsynth.models.resolver.resolve_config`; this module only loads weights, builds processors,
 places the model and freezes the vision side.
 """
 
@@ -35,8 +35,10 @@ from transformers.image_utils import SizeDict
 from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
 
 from deepsynth.models import tiny
-from deepsynth.models.configs import EMBEDDED_MODEL_NAME, ResolvedConfig, resolve_config
-from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR, DEEPSEEK_OCR2, family_names
+from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR2, family_names
+from deepsynth.models.resolver import ResolvedConfig, resolve_config
+from deepsynth.models.tiny import EMBEDDED_MODEL_NAME
+from deepsynth.paths import looks_like_local_path
 
 __all__ = [
     "LoadedModel",
@@ -103,7 +105,7 @@ class LoadedModel:
 
     @property
     def is_multimodal(self) -> bool:
-        return self.family in (DEEPSEEK_OCR2, DEEPSEEK_OCR)
+        return family_names(self.family).multimodal
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,9 +168,10 @@ def freeze_vision_modules(model: torch.nn.Module, family: str) -> int:
     Returns how many parameters were frozen (0 for text-only families). The language model is
     left as it was.
     """
-    if family not in (DEEPSEEK_OCR2, DEEPSEEK_OCR):
+    names = family_names(family)
+    if not names.multimodal:
         return 0
-    prefixes = family_names(family).frozen_prefixes
+    prefixes = names.frozen_prefixes
     frozen = 0
     for name, parameter in model.named_parameters():
         if name.startswith(prefixes):
@@ -252,11 +255,6 @@ def build_deepseek_ocr_processor(
 # ------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are exactly "org/name"; anything else with a separator or a path prefix is a path.
-    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
 
 def _hub_offline() -> bool:
@@ -369,7 +367,7 @@ def _enable_checkpointing(model: PreTrainedModel) -> None:
 def _resolve(name_or_path: str | None) -> ResolvedConfig:
     if name_or_path is not None:
         name = str(name_or_path)
-        if _looks_like_path(name) and not Path(name).expanduser().exists():
+        if looks_like_local_path(name) and not Path(name).expanduser().exists():
             raise ModelLoadError(f"model: {name!r} looks like a local path but does not exist")
     try:
         return resolve_config(name_or_path)
@@ -380,17 +378,15 @@ def _resolve(name_or_path: str | None) -> ResolvedConfig:
         raise ModelLoadError(message) from error
 
 
-def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of a model (None: the embedded default), without loading its weights.
 
     Raises:
         ModelLoadError: the model or its tokenizer cannot be found (offline and not cached, bad path).
     """
-    from deepsynth.models import tiny
-
     resolved = _resolve(name_or_path)
     if resolved.name == EMBEDDED_MODEL_NAME:
-        return tiny.load_tokenizer()
+        return tiny.shipped_tokenizer()
     return _load_tokenizer(resolved)
 
 

@@ -54,8 +54,8 @@ __all__ = [
     "embedded_config",
     "embedded_version",
     "load_embedded",
-    "load_tokenizer",
     "shipped_checkpoint",
+    "shipped_tokenizer",
 ]
 
 EMBEDDED_MODEL_NAME = "deepsynth/tiny-ocr2"
@@ -137,7 +137,7 @@ def embedded_config() -> DeepseekOcr2Config:
     )
 
 
-def load_tokenizer() -> PreTrainedTokenizerBase:
+def shipped_tokenizer() -> PreTrainedTokenizerBase:
     """The shipped French byte-level BPE tokenizer (built by ``scripts/build_tokenizer.py``)."""
     from transformers import AutoTokenizer
 
@@ -152,7 +152,7 @@ def build_processor(tokenizer: PreTrainedTokenizerBase | None = None) -> Deepsee
     ``size``; both are 384 so the two agree. The PIL backend avoids a torchvision dependency.
     """
     if tokenizer is None:
-        tokenizer = load_tokenizer()
+        tokenizer = shipped_tokenizer()
     image_processor = DeepseekOcr2ImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         tile_size=IMAGE_SIZE,

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR, DEEPSEEK_OCR2, family_names
+from deepsynth.models.families import FAMILY_NAMES, family_names
 
 __all__ = [
     "FEATURES_KEY",
@@ -62,7 +62,6 @@ __all__ = [
 IMAGE_INPUT_KEYS = ("pixel_values", "pixel_values_local", "num_local_patches", "patches_grid")
 # Where a cached example keeps its vision features.
 FEATURES_KEY = "image_features"
-_OCR_FAMILIES = (DEEPSEEK_OCR2, DEEPSEEK_OCR)
 # Default bound on the cache's memory (features are small: ~0.7 MB per page at DeepSeek-OCR's
 # 1,280-wide hidden size in bf16, 257 vision tokens; 4 GiB holds ~6,000 such pages).
 DEFAULT_MAX_BYTES = 4 * 2**30
@@ -107,10 +106,6 @@ def _base_model(model: nn.Module) -> nn.Module:
     return getter() if callable(getter) else model
 
 
-def _vision_prefixes(family: str) -> tuple[str, ...]:
-    return tuple(family_names(family).frozen_prefixes)
-
-
 def _config_dropout(config: Any, path: str = "vision_config") -> str | None:
     """Name of a dropout setting > 0 in a (nested) vision config, or None."""
     if config is None:
@@ -128,28 +123,23 @@ def _config_dropout(config: Any, path: str = "vision_config") -> str | None:
     return None
 
 
-def cache_applicable(
-    model: nn.Module, family: str, config: Any = None, *, augmentation: bool = False
-) -> tuple[bool, str]:
+def cache_applicable(model: nn.Module, family: str, config: Any = None) -> tuple[bool, str]:
     """Whether caching vision features is exact for ``model`` (of ``family``) and ``config``.
 
-    ``config`` is a TrainerConfig or None. Its ``use_feature_cache`` (default True = auto) turns the
-    cache off; ``augmentation`` (or a truthy ``config.image_augmentation``) too — DeepSynth has no
-    image augmentation today, the switch is here so one added later cannot silently be cached.
+    ``config`` is a TrainerConfig or None; its ``use_feature_cache`` (default True = auto) turns the
+    cache off. DeepSynth has no image augmentation: were one added, it must turn the cache off here.
     Returns ``(applicable, reason)``; the reason names what blocks the cache.
     """
     if config is not None and getattr(config, "use_feature_cache", True) is False:
         return False, "disabled by the config (use_feature_cache: false)"
-    if augmentation or (config is not None and getattr(config, "image_augmentation", None)):
-        return False, "images are augmented: each step sees different pixels"
-    if family == CAUSAL_LM:
-        return False, "text causal LM: no vision encoder to cache"
-    if family not in _OCR_FAMILIES:
+    if family not in FAMILY_NAMES:
         return False, f"unknown model family {family!r}"
+    if not family_names(family).multimodal:
+        return False, "text causal LM: no vision encoder to cache"
     base = _base_model(model)
     if not callable(getattr(base, "get_image_features", None)):
         return False, f"{type(base).__name__} has no get_image_features"
-    prefixes = _vision_prefixes(family)
+    prefixes = family_names(family).frozen_prefixes
     for name, parameter in base.named_parameters():
         if name.startswith(prefixes) and parameter.requires_grad:
             return False, f"vision parameter {name} is trainable: its features change at every update"

@@ -21,13 +21,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from deepsynth.models.configs import resolve_config
 from deepsynth.models.families import (
     CAUSAL_LM,
     GROUPS,
     FamilyNames,
     family_names,
 )
+from deepsynth.models.resolver import resolve_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import LoRAConfig
 

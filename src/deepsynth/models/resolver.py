@@ -1,7 +1,8 @@
-"""Resolve a model name or directory into its family, config and class — without loading weights.
+"""What a model name means: its family, transformers config and class, resolved without loading weights.
 
 Used by parameter accounting (on the meta device), recommendations and the model loader, so a name
-means the same thing everywhere.
+means the same thing everywhere. The architectures shipped in ``architectures/`` make known Hub
+names resolve offline.
 """
 
 from __future__ import annotations
@@ -12,21 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     DeepseekOcr2Config,
-    DeepseekOcr2ForConditionalGeneration,
     PretrainedConfig,
     UnlimitedOcrConfig,
-    UnlimitedOcrForConditionalGeneration,
 )
 
-from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR, DEEPSEEK_OCR2
-
-# The embedded tiny DeepSeek-OCR-2 (deepsynth.models.tiny): shipped pretrained weights,
-# a seeded random init when they are absent.
-EMBEDDED_MODEL_NAME = "deepsynth/tiny-ocr2"
+from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR, DEEPSEEK_OCR2, family_names
+from deepsynth.models.tiny import EMBEDDED_MODEL_NAME, embedded_config
 
 ARCHITECTURES_DIR = Path(__file__).parent / "architectures"
 
@@ -123,12 +120,9 @@ def _config_from_dict(config_dict: dict, source: str) -> tuple[str, PretrainedCo
     return CAUSAL_LM, config
 
 
-def _model_class(family: str) -> type:
-    return {
-        DEEPSEEK_OCR2: DeepseekOcr2ForConditionalGeneration,
-        DEEPSEEK_OCR: UnlimitedOcrForConditionalGeneration,
-        CAUSAL_LM: AutoModelForCausalLM,
-    }[family]
+def model_class_of(family: str) -> type:
+    """The transformers class that builds and loads a model of ``family`` (named in the family table)."""
+    return getattr(transformers, family_names(family).model_class)
 
 
 def resolve_config(name_or_path: str | os.PathLike | None) -> ResolvedConfig:
@@ -138,10 +132,7 @@ def resolve_config(name_or_path: str | os.PathLike | None) -> ResolvedConfig:
     with the package (works offline); finally the Hugging Face Hub when online.
     """
     if name_or_path is None or str(name_or_path) == EMBEDDED_MODEL_NAME:
-        from deepsynth.models import tiny  # local import: tiny builds on this module
-
-        return ResolvedConfig(EMBEDDED_MODEL_NAME, DEEPSEEK_OCR2, tiny.embedded_config(),
-                              DeepseekOcr2ForConditionalGeneration)
+        return ResolvedConfig(EMBEDDED_MODEL_NAME, DEEPSEEK_OCR2, embedded_config(), model_class_of(DEEPSEEK_OCR2))
     name = str(name_or_path)
     path = Path(name).expanduser()
     if path.is_dir():
@@ -149,12 +140,12 @@ def resolve_config(name_or_path: str | os.PathLike | None) -> ResolvedConfig:
         if not config_file.is_file():
             raise ValueError(f"model: directory {path} has no config.json")
         family, config = _config_from_dict(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
-        return ResolvedConfig(name, family, config, _model_class(family), local_dir=path)
+        return ResolvedConfig(name, family, config, model_class_of(family), local_dir=path)
     known = KNOWN_ARCHITECTURES.get(name.lower())
     if known is not None:
         config_dict = json.loads((ARCHITECTURES_DIR / known).read_text(encoding="utf-8"))
         family, config = _config_from_dict(config_dict, f"shipped architecture {known}")
-        return ResolvedConfig(name, family, config, _model_class(family))
+        return ResolvedConfig(name, family, config, model_class_of(family))
     return _resolve_from_hub(name)
 
 
@@ -172,4 +163,4 @@ def _resolve_from_hub(name: str) -> ResolvedConfig:
             f"and its config could not be fetched from the Hub ({type(error).__name__})"
         ) from error
     family, config = _config_from_dict(json.loads(Path(config_file).read_text(encoding="utf-8")), name)
-    return ResolvedConfig(name, family, config, _model_class(family), local_dir=None)
+    return ResolvedConfig(name, family, config, model_class_of(family), local_dir=None)
