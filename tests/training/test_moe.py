@@ -9,18 +9,11 @@ from transformers import TrainingArguments
 
 from deepsynth.models.families import family_names
 from deepsynth.training.lora_config import LoRAConfig
-from deepsynth.training.moe import (
-    ExpertDropout,
-    GateDropout,
-    MoeTrainer,
-    find_routers,
-    install_moe,
-    load_balancing_loss,
-    resolve_gate_dropout,
-    route_from_logits,
-    routing_decisions,
-)
+from deepsynth.training.moe import find_routers, install_moe, routing_decisions
+from deepsynth.training.moe.regularisers import ExpertDropout, GateDropout, load_balancing_loss, resolve_gate_dropout
+from deepsynth.training.moe.routers import route_from_logits
 from deepsynth.training.targets import apply_lora, resolve_targets
+from deepsynth.training.trainer import MoeTrainer
 
 OCR2 = "deepseek_ocr2"
 TOP_K = 2  # tiny_families: 4 routed experts, 2 per token, MoE layers 1 and 2

@@ -36,10 +36,11 @@ from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
-from deepsynth.training.moe import MoeTrainer, install_moe, plot_expert_utilization
+from deepsynth.training.moe import install_moe, plot_expert_utilization
 from deepsynth.training.recommend import estimate_updates
 from deepsynth.training.scheduler import HF_SCHEDULER_NAMES
 from deepsynth.training.targets import ResolvedTargets, apply_lora, count_by_group, resolve_targets
+from deepsynth.training.trainer import MoeTrainer
 
 LOGGER = logging.getLogger("deepsynth")
 # Samples whose generations are kept in metrics.json for a human to read.
