@@ -112,6 +112,28 @@ def test_gate_dropout_on_full_router_hits_the_trained_copy_only():
                                   for i in (1, 2)]
 
 
+def test_gate_dropout_keywords_select_the_routers_they_name():
+    model = adapted()  # router LoRA in MoE layers 1 and 2
+    every, _ = resolve_gate_dropout(model, OCR2, ["gate"])
+    assert {name.split(".layers.")[1].split(".")[0] for name in every} == {"1", "2"}
+    second, warnings = resolve_gate_dropout(model, OCR2, ["layers.2.mlp.gate"])
+    assert not warnings and second and sorted(second) == sorted(n for n in every if ".layers.2." in n)
+    assert resolve_gate_dropout(model, OCR2, ["layers.2", "mlp.gate"])[0].keys() == every.keys()
+    # A partial word names nothing ("layers.2" is not "layers.20"); gate_proj is never a router.
+    for words in (["layers.", "ate"], ["gate_proj"], ["layers.7"]):
+        parameters, warnings = resolve_gate_dropout(model, OCR2, words)
+        assert parameters == {} and "ignored" in warnings[0], words
+
+    inputs = example_inputs(model, OCR2)
+    reference = gradients(model, inputs)
+    moe = install_moe(model, OCR2, gate_dropout_rate=0.5, gate_dropout_keywords=["layers.2"], seed=1, telemetry=False)
+    dropped = gradients(model, inputs)
+    moe.remove()
+    assert moe.gate_dropout_parameters == sorted(second)
+    for name in every:  # layer 2's router gradient is masked, layer 1's is untouched
+        assert torch.equal(dropped[name], reference[name]) is (name not in second), name
+
+
 def test_gate_dropout_with_a_frozen_router_is_reported_inactive(caplog):
     model = adapted(targets=["q_proj", "gate_proj"])
     with caplog.at_level(logging.WARNING, logger="deepsynth"):

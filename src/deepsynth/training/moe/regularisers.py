@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from deepsynth.models.families import ROUTER_ALIASES, family_names
-from deepsynth.training.moe.routers import in_backward, route_from_logits, router_parameters
+from deepsynth.training.moe.routers import find_routers, in_backward, route_from_logits, router_parameters, strip_peft
 
 # Seed offsets: the run seed drives every mask, each knob with its own stream.
 GATE_DROPOUT_SEED_OFFSET = 1
@@ -32,29 +33,44 @@ EXPERT_DROPOUT_SEED_OFFSET = 2
 # --------------------------------------------------------------------------------------------------
 
 
+def _names_router(keyword: str, router_path: str) -> bool:
+    """Whether ``keyword`` is one or more whole dotted components of ``router_path``."""
+    return re.search(rf"(^|\.){re.escape(keyword)}(\.|$)", router_path) is not None
+
+
 def resolve_gate_dropout(
     model: nn.Module, family: str, keywords: Iterable[str]
 ) -> tuple[dict[str, nn.Parameter], list[str]]:
-    """The parameters gate dropout applies to, and warnings about keywords that name no router.
+    """The trainable router tensors gate dropout applies to, and warnings about keywords that name no router.
 
-    Keywords are kept for compatibility with upstream configs, but they only select the router of
-    the model's family (``gate`` / ``router`` / the family's router name), never ``gate_proj``.
+    Each keyword selects the routers whose PEFT-free module path it names by whole dotted
+    components (``layers.2`` or ``layers.2.mlp.gate``: layer 2's router only); ``gate`` /
+    ``router`` (:data:`~deepsynth.models.families.ROUTER_ALIASES`) and the family's router name
+    select every router. Only tensors of the router group are ever selected: ``gate_proj`` names
+    no router and is ignored, with a warning.
     """
     names = family_names(family)
-    warnings: list[str] = []
     if not names.router:
         return {}, []
-    router_words = {*ROUTER_ALIASES, names.router, f"{names.mlp}.{names.router}"}
-    keywords = list(dict.fromkeys(keywords))
-    ignored = [word for word in keywords if word not in router_words]
+    paths = {f"{layer}.{names.mlp}.{names.router}" for layer, _ in find_routers(model, family)}
+    selected: set[str] = set()
+    ignored: list[str] = []
+    for word in dict.fromkeys(keywords):
+        hits = paths if word in ROUTER_ALIASES else {path for path in paths if _names_router(word, path)}
+        selected.update(hits)
+        if not hits and not (word in ROUTER_ALIASES or _names_router(word, f"{names.mlp}.{names.router}")):
+            ignored.append(word)
+    warnings = []
     if ignored:
         warnings.append(
             f"gate_dropout_keywords {ignored} do not name the router ({names.mlp}.{names.router}) and are ignored: "
             "gate dropout applies to the router only, never to gate_proj"
         )
-    if len(ignored) == len(keywords):
-        return {}, warnings
-    return router_parameters(model, family), warnings
+    parameters = {
+        name: parameter for name, parameter in router_parameters(model, family).items()
+        if any(strip_peft(name).startswith(path + ".") for path in selected)
+    }
+    return parameters, warnings
 
 
 class GateDropout:
