@@ -15,8 +15,9 @@ import pytest
 from publishing_support import INTERMEDIATE_FILES, REPO_ID, TOKEN, assert_no_token, published, snapshot
 
 from deepsynth.publishing import PushError, push_adapter
+from deepsynth.publishing.common import PushReport
 from deepsynth.publishing.git_backend import push_with_git
-from deepsynth.publishing.hub import PushReport, list_publishable_files
+from deepsynth.publishing.hub import list_publishable_files
 
 HAS_GIT = shutil.which("git") is not None
 needs_git_lfs = pytest.mark.skipif(

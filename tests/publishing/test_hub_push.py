@@ -21,12 +21,9 @@ from publishing_support import (
 )
 
 from deepsynth.publishing import PushError, PushReport, push_adapter
-from deepsynth.publishing.hub import (
-    PUBLISH_IGNORE_PATTERNS,
-    hub_offers_xet,
-    list_publishable_files,
-    resolve_token,
-)
+from deepsynth.publishing.common import PUBLISH_IGNORE_PATTERNS
+from deepsynth.publishing.http_backend import hub_offers_xet
+from deepsynth.publishing.hub import list_publishable_files, resolve_token
 
 FAST = {"retry_base_delay": 0.001}
 

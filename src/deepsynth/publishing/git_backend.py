@@ -24,16 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from huggingface_hub import HfApi
-
-from deepsynth.publishing.hub import (
-    PushReport,
-    _fail,
-    call_with_retries,
-    classify_error,
-    describe_error,
-    scrub,
-)
+from deepsynth.publishing.common import PushReport, call_with_retries, classify_error, create_repo, fail, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -111,54 +102,51 @@ def push_with_git(
     temporary clone folder, which is otherwise removed. Completes ``report`` or raises PushError.
     """
     assert report.endpoint is not None
-    repo_id = report.repo_id
     on_hub = remote_url is None
-    remote = remote_url or f"{report.endpoint}/{repo_id}"
+    remote = remote_url or f"{report.endpoint}/{report.repo_id}"
 
     def retried(fn: Callable[[], T], what: str) -> T:
         return call_with_retries(fn, what=what, max_retries=max_retries, base_delay=base_delay, classify=_classify)
 
     if on_hub:
-        api = HfApi(endpoint=report.endpoint, token=token, library_name="deepsynth")
-        try:
-            retried(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"create_repo({repo_id})")
-        except Exception as exc:
-            detail = describe_error(exc, token, had_token=token is not None)
-            raise _fail(report, f"could not create or access the repository: {detail}", files) from None
-
+        create_repo(report, files, token=token, private=private, retried=retried)
     owned = work_dir is None
     root = Path(tempfile.mkdtemp(prefix="deepsynth-git-push-")) if owned else Path(work_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        clone = root / "repo"
-        env = _git_env(remote, token, hooks_dir=clone / ".git" / "hooks")
-        try:
-            retried(lambda: _clone(remote, clone, env, token), "git clone")
-            _prepare(clone, env, token)
-            for path in files:
-                target = clone / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(folder / path, target)  # content only: the source is never touched
-            _track_lfs(clone, files, env, token, lfs_size_threshold)
-            _git(["add", "-A"], clone, env, token)
-            if _git(["status", "--porcelain"], clone, env, token).strip():
-                _git(["commit", "-q", "-m", message], clone, env, token)
-                retried(lambda: _git(["push", "origin", f"HEAD:refs/heads/{BRANCH}"], clone, env, token), "git push")
-            else:
-                logger.info("%s already holds these files: nothing to push", repo_id)
-            revision = _git(["rev-parse", "HEAD"], clone, env, token).strip()
-        except (GitCommandError, OSError) as exc:
-            raise _fail(report, scrub(f"git backend: {exc}", token), files) from None
+        revision = _commit_and_push(folder, files, root / "repo", remote, token, message=message,
+                                    lfs_size_threshold=lfs_size_threshold, retried=retried, label=report.repo_id)
+    except (GitCommandError, OSError) as exc:
+        raise fail(report, scrub(f"git backend: {exc}", token), files) from None
     finally:
         if owned:
             shutil.rmtree(root, ignore_errors=True)
-
     report.uploaded = list(files)
     report.revision = revision
-    report.commit_url = f"{report.endpoint}/{repo_id}/commit/{revision}" if on_hub else None
+    report.commit_url = f"{report.endpoint}/{report.repo_id}/commit/{revision}" if on_hub else None
 
 
 # --------------------------------------------------------------------------------------- steps
+
+
+def _commit_and_push(folder: Path, files: list[str], clone: Path, remote: str, token: str | None, *, message: str,
+                     lfs_size_threshold: int, retried: Callable, label: str) -> str:
+    """Clone ``remote``, copy ``files`` in (LFS-tracked as needed), commit and push; the pushed revision."""
+    env = _git_env(remote, token, hooks_dir=clone / ".git" / "hooks")
+    retried(lambda: _clone(remote, clone, env, token), "git clone")
+    _prepare(clone, env, token)
+    for path in files:
+        target = clone / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / path, target)  # content only: the source is never touched
+    _track_lfs(clone, files, env, token, lfs_size_threshold)
+    _git(["add", "-A"], clone, env, token)
+    if _git(["status", "--porcelain"], clone, env, token).strip():
+        _git(["commit", "-q", "-m", message], clone, env, token)
+        retried(lambda: _git(["push", "origin", f"HEAD:refs/heads/{BRANCH}"], clone, env, token), "git push")
+    else:
+        logger.info("%s already holds these files: nothing to push", label)
+    return _git(["rev-parse", "HEAD"], clone, env, token).strip()
 
 
 def _clone(remote: str, clone: Path, env: dict[str, str], token: str | None) -> None:
