@@ -1,6 +1,5 @@
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,13 +7,15 @@ from peft.tuners.lora.layer import ParamWrapper
 from tiny_families import FAMILY_BUILDERS, example_inputs
 
 from deepsynth.models.families import family_names
+from deepsynth.models.resolver import ARCHITECTURES_DIR
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import LORA_PRESETS, LoRAConfig, get_lora_preset
 from deepsynth.training.targets import apply_lora, count_trainable_params, resolve_targets
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 V1 = "deepseek-ai/DeepSeek-OCR"
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "deepseek-ocr"
+# DeepSeek-OCR's own config.json, as the package ships it (shared/reference/deepseek-ocr/config.json).
+V1_CONFIG = ARCHITECTURES_DIR / "deepseek-ocr.json"
 
 
 @pytest.mark.parametrize(
@@ -62,7 +63,7 @@ def test_attention_targets_never_reach_the_vision_encoder():
 
 def test_local_directory_is_counted_offline(tmp_path):
     # DeepSeek-OCR's own config.json (model_type deepseek_vl_v2), as a user's checkpoint dir has it.
-    shutil.copy(REFERENCE / "config.json", tmp_path / "config.json")
+    shutil.copy(V1_CONFIG, tmp_path / "config.json")
     assert count_trainable_params(str(tmp_path), get_lora_preset("tiny_data")).trainable == 2_636_800
 
 
