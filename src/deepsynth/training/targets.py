@@ -17,21 +17,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from deepsynth.models.families import (
-    CAUSAL_LM,
-    GROUPS,
-    FamilyNames,
-    family_names,
-)
+from deepsynth.models.families import CAUSAL_LM, GROUPS, ROUTER_ALIASES, FamilyNames, family_names
 from deepsynth.models.resolver import resolve_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import LoRAConfig
 
-ROUTER_ALIASES = ("gate", "router")
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -81,121 +74,172 @@ def _layer_relative_names(model: nn.Module, names: FamilyNames) -> dict[str, lis
     return found
 
 
+@dataclass
+class _Layout:
+    """What resolution needs to know about one model: its modules, by full and by layer-relative name."""
+
+    names: FamilyNames
+    modules: dict[str, nn.Module]
+    relative: dict[str, list[str]]  # name inside a decoder layer → full names
+
+    @classmethod
+    def of(cls, model: nn.Module, family: str) -> _Layout:
+        names = family_names(family)
+        return cls(names, dict(model.named_modules()), _layer_relative_names(model, names))
+
+    @property
+    def router(self) -> str | None:
+        """The router's name inside a decoder layer (``mlp.gate``), when this model has one."""
+        names = self.names
+        router = f"{names.mlp}.{names.router}" if names.router else None
+        return router if router in self.relative else None
+
+    @property
+    def experts(self) -> str | None:
+        return f"{self.names.mlp}.{self.names.routed_experts}" if self.names.routed_experts else None
+
+    def is_linear(self, relative_name: str) -> bool:
+        return _is_linear(self.modules[self.relative[relative_name][0]])
+
+
+@dataclass
+class _Found:
+    """What the target names resolved to so far (module and parameter targets are layer-relative)."""
+
+    matched: dict[str, list[str]] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    module_targets: set[str] = field(default_factory=set)
+    parameter_targets: set[str] = field(default_factory=set)  # "<module>.<param>"
+    save_modules: set[str] = field(default_factory=set)  # full names
+    router_lora: bool = False
+    router_full: bool = False
+
+
 def resolve_targets(model: nn.Module, lora: LoRAConfig, family: str) -> ResolvedTargets:
     """Turn ``lora``'s logical names into a PEFT LoraConfig for ``model`` of ``family``."""
-    names = family_names(family)
-    modules = dict(model.named_modules())
-    relative = _layer_relative_names(model, names)
-    matched: dict[str, list[str]] = {}
-    unmatched: list[str] = []
-    warnings: list[str] = []
-    module_targets: set[str] = set()  # relative names
-    parameter_targets: set[str] = set()  # relative "<module>.<param>" names
-    router = f"{names.mlp}.{names.router}" if names.router else None
-    experts = f"{names.mlp}.{names.routed_experts}" if names.routed_experts else None
-
-    router_lora = False
+    layout = _Layout.of(model, family)
+    found = _Found()
     for name in dict.fromkeys(lora.target_modules):  # keep order, drop duplicates
-        hits: list[str] = []
-        if name in ROUTER_ALIASES and router and router in relative:
-            router_lora = True
-            hits.append(f"{router}.weight")
-            parameter_targets.add(f"{router}.weight")
-        else:
-            for rel, full_names in relative.items():
-                if (rel == name or rel.endswith("." + name)) and _is_linear(modules[full_names[0]]):
-                    if experts and rel.startswith(experts + "."):
-                        continue  # per-expert Linear modules follow the routed-experts opt-in below
-                    hits.append(rel)
-                    module_targets.add(rel)
-            if lora.include_routed_experts and experts and name in MLP_NAMES:
-                hits.extend(_routed_expert_targets(name, experts, relative, modules, module_targets, parameter_targets))
-        if hits:
-            matched[name] = sorted(set(hits))
-        else:
-            unmatched.append(name)
-
-    router_full = False
-    save_modules: set[str] = set()
+        _resolve_target(layout, lora, name, found)
     for name in dict.fromkeys(lora.modules_to_save):
-        if name in ROUTER_ALIASES and router and router in relative:
-            router_full = True
-            matched.setdefault(f"modules_to_save:{name}", [router])
-            continue
-        hits = [full for full in modules if (full == name or full.endswith("." + name))
-                and not full.startswith(names.frozen_prefixes)]
-        if hits:
-            save_modules.update(hits)
-            matched[f"modules_to_save:{name}"] = sorted(hits)[:3] + (["…"] if len(hits) > 3 else [])
-        else:
-            unmatched.append(f"modules_to_save:{name}")
-
-    router_mode = None
-    if router_lora:
-        router_mode = "lora"
-        if router_full:
-            warnings.append(
-                "the router is listed in both target_modules (LoRA) and modules_to_save (full training): "
-                "using LoRA, which the seed recommends for small datasets; remove 'gate'/'router' from "
-                "target_modules to train the router in full"
-            )
-    elif router_full:
-        router_mode = "full"
-        save_modules.update(relative[router])
-
-    if unmatched:
-        warnings.append(f"these target names match nothing in this {family} model and are ignored: {', '.join(unmatched)}")
-    if not module_targets and not parameter_targets:
-        available = sorted({rel.rsplit(".", 1)[-1] for rel, full in relative.items() if _is_linear(modules[full[0]])})
+        _resolve_module_to_save(layout, name, found)
+    router_mode = _router_mode(layout, found)
+    if found.unmatched:
+        found.warnings.append(f"these target names match nothing in this {family} model and are ignored: "
+                              f"{', '.join(found.unmatched)}")
+    if not found.module_targets and not found.parameter_targets:
+        available = sorted({rel.rsplit(".", 1)[-1] for rel in layout.relative if layout.is_linear(rel)})
         raise ConfigError(
             "lora_target_modules", list(lora.target_modules),
             f"at least one name matching this model's language model; its linear layers are: {', '.join(available)}",
         )
+    peft_config = _peft_config(layout, lora, family, found)
+    return ResolvedTargets(family, peft_config, found.matched, found.unmatched, found.warnings, router_mode,
+                           float(lora.dropout))
 
+
+def _resolve_target(layout: _Layout, lora: LoRAConfig, name: str, found: _Found) -> None:
+    """One ``target_modules`` name: router LoRA (a parameter target), linear modules, routed experts on opt-in."""
+    hits: list[str] = []
+    router, experts = layout.router, layout.experts
+    if name in ROUTER_ALIASES and router:
+        found.router_lora = True
+        hits.append(f"{router}.weight")
+        found.parameter_targets.add(f"{router}.weight")
+    else:
+        for rel in layout.relative:
+            if (rel == name or rel.endswith("." + name)) and layout.is_linear(rel):
+                if experts and rel.startswith(experts + "."):
+                    continue  # per-expert Linear modules follow the routed-experts opt-in below
+                hits.append(rel)
+                found.module_targets.add(rel)
+        if lora.include_routed_experts and experts and name in MLP_NAMES:
+            hits.extend(_routed_expert_targets(layout, name, found))
+    if hits:
+        found.matched[name] = sorted(set(hits))
+    else:
+        found.unmatched.append(name)
+
+
+def _routed_expert_targets(layout: _Layout, name: str, found: _Found) -> list[str]:
+    """Routed-expert targets for MLP name ``name``: fused 3-D tensors or per-expert Linear modules."""
+    hits: list[str] = []
+    experts = layout.experts
+    fused = "gate_up_proj" if name in ("gate_proj", "up_proj") else "down_proj"
+    experts_module = layout.modules[layout.relative[experts][0]] if experts in layout.relative else None
+    if experts_module is not None and isinstance(getattr(experts_module, fused, None), nn.Parameter):
+        found.parameter_targets.add(f"{experts}.{fused}")
+        hits.append(f"{experts}.{fused}")
+    else:  # v1-style code with one nn.Linear per expert
+        for rel in layout.relative:
+            if rel.startswith(experts + ".") and rel.endswith("." + name) and layout.is_linear(rel):
+                found.module_targets.add(rel)
+                hits.append(rel)
+    return hits
+
+
+def _resolve_module_to_save(layout: _Layout, name: str, found: _Found) -> None:
+    """One ``modules_to_save`` name: the router (full training), else modules outside the frozen vision side."""
+    key = f"modules_to_save:{name}"
+    if name in ROUTER_ALIASES and layout.router:
+        found.router_full = True
+        found.matched.setdefault(key, [layout.router])
+        return
+    hits = [full for full in layout.modules if (full == name or full.endswith("." + name))
+            and not full.startswith(layout.names.frozen_prefixes)]
+    if hits:
+        found.save_modules.update(hits)
+        found.matched[key] = sorted(hits)[:3] + (["…"] if len(hits) > 3 else [])
+    else:
+        found.unmatched.append(key)
+
+
+def _router_mode(layout: _Layout, found: _Found) -> str | None:
+    """How the router trains: ``"lora"``, ``"full"`` or None (frozen); listed both ways, LoRA wins (with a warning)."""
+    if found.router_lora:
+        if found.router_full:
+            found.warnings.append(
+                "the router is listed in both target_modules (LoRA) and modules_to_save (full training): "
+                "using LoRA, which the seed recommends for small datasets; remove 'gate'/'router' from "
+                "target_modules to train the router in full"
+            )
+        return "lora"
+    if found.router_full:
+        found.save_modules.update(layout.relative[layout.router])
+        return "full"
+    return None
+
+
+def _peft_config(layout: _Layout, lora: LoRAConfig, family: str, found: _Found) -> LoraConfig:
+    """PEFT's LoraConfig: module targets as one regex scoped to the decoder layers, parameter targets by full name."""
     target_regex = None
-    if module_targets:
-        alternatives = "|".join(re.escape(rel) for rel in sorted(module_targets))
-        target_regex = f"^{names.layer_prefix}({alternatives})$"
+    if found.module_targets:
+        alternatives = "|".join(re.escape(rel) for rel in sorted(found.module_targets))
+        target_regex = f"^{layout.names.layer_prefix}({alternatives})$"
     target_parameters = sorted(
         full + "." + rel_param.rsplit(".", 1)[1]
-        for rel_param in parameter_targets
-        for full in relative[rel_param.rsplit(".", 1)[0]]
+        for rel_param in found.parameter_targets
+        for full in layout.relative[rel_param.rsplit(".", 1)[0]]
     )
     module_dropout = float(lora.dropout)
     if target_parameters and module_dropout:
         # PEFT cannot apply input dropout to parameter targets; we build the adapter with dropout 0
         # and put the dropout back on the module targets only (apply_lora).
-        warnings.append(
+        found.warnings.append(
             f"LoRA dropout {module_dropout} applies to module targets; router / routed-expert LoRA "
             "(PEFT target_parameters) is trained without input dropout"
         )
-    peft_config = LoraConfig(
+    return LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
         lora_dropout=0.0 if target_parameters else module_dropout,
         bias=lora.bias,
         target_modules=target_regex,
         target_parameters=target_parameters or None,
-        modules_to_save=sorted(save_modules) or None,
+        modules_to_save=sorted(found.save_modules) or None,
         task_type="CAUSAL_LM" if family == CAUSAL_LM else None,
     )
-    return ResolvedTargets(family, peft_config, matched, unmatched, warnings, router_mode, module_dropout)
-
-
-def _routed_expert_targets(name, experts, relative, modules, module_targets, parameter_targets) -> list[str]:
-    """Routed-expert targets for MLP name ``name``: fused 3-D tensors or per-expert Linear modules."""
-    hits: list[str] = []
-    fused = "gate_up_proj" if name in ("gate_proj", "up_proj") else "down_proj"
-    experts_module = modules[relative[experts][0]] if experts in relative else None
-    if experts_module is not None and isinstance(getattr(experts_module, fused, None), nn.Parameter):
-        parameter_targets.add(f"{experts}.{fused}")
-        hits.append(f"{experts}.{fused}")
-    else:  # v1-style code with one nn.Linear per expert
-        for rel, full_names in relative.items():
-            if rel.startswith(experts + ".") and rel.endswith("." + name) and _is_linear(modules[full_names[0]]):
-                module_targets.add(rel)
-                hits.append(rel)
-    return hits
 
 
 def apply_lora(model: nn.Module, targets: ResolvedTargets) -> PeftModel:
@@ -256,8 +300,3 @@ def count_trainable_params(model_name: str | None, lora: LoRAConfig) -> ParamRep
             parameter.requires_grad_(not full_name.startswith(names.frozen_prefixes))
     by_group = count_by_group(model, resolved.family)
     return ParamReport(resolved.name, resolved.family, total, sum(by_group.values()), by_group, targets)
-
-
-def lora_params_of(peft_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable tensors of a PEFT model, by name (used to compare adapters)."""
-    return {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
