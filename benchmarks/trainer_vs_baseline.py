@@ -5,8 +5,7 @@ Variants (each run is a fresh subprocess, so its peak RSS is its own; the varian
 by round, in reversed order every other round, so a slow period of a shared machine hits all):
 
 * ``deepsynth``         — ``UnifiedProductionTrainer(config).train()`` as a user runs it, with the
-  frozen-encoder feature cache (through the trainer when it has ``use_feature_cache``; before the
-  lead wires it in, through a shim here that does exactly the documented wiring);
+  frozen-encoder feature cache (``use_feature_cache``, on by default);
 * ``deepsynth-nocache`` — the same without the cache (the trainer as committed before issue #7);
 * ``baseline``          — transformers ``Trainer`` + ``get_peft_model`` with the target names a user
   writes for "attention + down_proj" (``["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]``,
@@ -97,31 +96,6 @@ def _timer():
 
 # --- DeepSynth -------------------------------------------------------------------------------------
 
-def _install_cache_shim(trainer, config) -> dict[str, Any]:
-    """The feature-cache wiring of docs/performance.md, applied from outside the trainer."""
-    from deepsynth.data.collate import DataCollator
-    from deepsynth.training import production_trainer
-    from deepsynth.training.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
-
-    report: dict[str, Any] = {"via": "benchmark shim"}
-    original = trainer._encode
-    calls = []
-
-    def encode(loaded, rows, instruction):
-        examples = original(loaded, rows, instruction)
-        if not calls:  # the trainer encodes the training rows first, then the eval rows
-            ok, reason = cache_applicable(loaded.model, loaded.family, config)
-            report.update(applicable=ok, reason=reason)
-            if ok:
-                report.update(precompute_image_features(loaded.model, examples).to_dict())
-        calls.append(1)
-        return examples
-
-    trainer._encode = encode
-    production_trainer.DataCollator = lambda processor, **kw: CachedFeatureCollator(DataCollator(processor, **kw))
-    return report
-
-
 def run_deepsynth(args, cached: bool) -> dict[str, Any]:
     from deepsynth.training.config import TrainerConfig
     from deepsynth.training.production_trainer import UnifiedProductionTrainer
@@ -134,17 +108,15 @@ def run_deepsynth(args, cached: bool) -> dict[str, Any]:
         resume_from_checkpoint="never", seed=args.seed,
     )
     config = TrainerConfig.from_dict(settings)
-    native = hasattr(config, "use_feature_cache")
-    if native:
-        config.use_feature_cache = cached
+    config.use_feature_cache = cached
     timer = _timer()
     trainer = UnifiedProductionTrainer(config, callbacks=[timer])
-    cache = {"via": "trainer (use_feature_cache)"} if native else (_install_cache_shim(trainer, config) if cached else {})
+    cache = {"via": "trainer (use_feature_cache)"}
     started = time.perf_counter()
     metrics, _ = trainer.train()
     wall = time.perf_counter() - started
     shutil.rmtree(output, ignore_errors=True)
-    if native and "feature_cache" in metrics:
+    if "feature_cache" in metrics:
         cache.update(metrics["feature_cache"])
     return {"timer": timer, "wall": wall, "trainable": metrics["trainable_params"]["total"], "cache": cache,
             "updates": metrics["optimizer_updates"]}
