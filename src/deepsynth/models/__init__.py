@@ -1,0 +1,1 @@
+"""Models: the family table, name resolution, loading (embedded tiny model included) and trained adapters."""
