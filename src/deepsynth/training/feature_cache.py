@@ -191,6 +191,22 @@ def _encoder_inputs(example: dict[str, Any], device: torch.device, dtype: torch.
     return inputs
 
 
+def _group_by_image(examples: MutableSequence[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], set[int]]:
+    """Examples still holding pixels, by image key; and the ids of feature tensors already cached."""
+    pending: dict[str, list[dict[str, Any]]] = {}
+    already: set[int] = set()
+    for example in examples:
+        if FEATURES_KEY in example:
+            already.add(id(example[FEATURES_KEY]))
+            continue
+        if example.get("pixel_values") is None:
+            raise ValueError("precompute_image_features: an example has neither pixel_values nor cached features")
+        if example["pixel_values"].shape[0] != 1:
+            raise ValueError("precompute_image_features: expected one image per example (build_example output)")
+        pending.setdefault(image_key(example), []).append(example)
+    return pending, already
+
+
 def precompute_image_features(
     model: nn.Module,
     examples: MutableSequence[dict[str, Any]],
@@ -215,18 +231,7 @@ def precompute_image_features(
     dtype = _vision_dtype(base)
     stats = CacheStats(examples=len(examples))
     started = time.perf_counter()
-    pending: dict[str, list[dict[str, Any]]] = {}  # image key → examples still holding pixels
-    already: set[int] = set()  # ids of feature tensors already in examples
-    for example in examples:
-        if FEATURES_KEY in example:
-            already.add(id(example[FEATURES_KEY]))
-            continue
-        if example.get("pixel_values") is None:
-            raise ValueError("precompute_image_features: an example has neither pixel_values nor cached features")
-        if example["pixel_values"].shape[0] != 1:
-            raise ValueError("precompute_image_features: expected one image per example (build_example output)")
-        pending.setdefault(image_key(example), []).append(example)
-
+    pending, already = _group_by_image(examples)
     was_training = base.training
     base.eval()
     try:
