@@ -36,10 +36,13 @@ __all__ = [
     "IGNORE_INDEX",
     "OCR_INSTRUCTION",
     "DataCollator",
+    "RowEncodingError",
     "build_example",
     "build_generation_inputs",
     "build_prompt",
+    "encode_rows",
     "is_multimodal_processor",
+    "row_sources",
 ]
 
 IGNORE_INDEX = -100
@@ -186,6 +189,41 @@ def build_example(
     }
     example.update(extras)
     return example
+
+
+class RowEncodingError(ValueError):
+    """A row that cannot become an example; ``sample`` is its 1-based number, ``reason`` what failed."""
+
+    def __init__(self, sample: int, reason: ValueError) -> None:
+        self.sample = sample
+        self.reason = reason
+        super().__init__(f"sample {sample}: {reason}")
+
+
+def _column(rows: Any, name: str) -> list[Any]:
+    # A datasets.Dataset gives a whole column by name; a list of dicts gives rows.
+    return list(rows[name]) if hasattr(rows, "column_names") else [row[name] for row in rows]
+
+
+def row_sources(rows: Any, processor: Any) -> list[Any]:
+    """What the model reads of each row: the page ``image`` for OCR families, the ``text`` for text LMs."""
+    return _column(rows, "image" if is_multimodal_processor(processor) else "text")
+
+
+def encode_rows(rows: Any, processor: Any, *, instruction: str, max_length: int) -> list[dict[str, Any]]:
+    """Each row (``text``/``image``/``summary``) as a :func:`build_example` with its ``summary`` as target.
+
+    ``rows`` is a ``datasets.Dataset`` or a list of dicts. This is the one place rows become
+    examples, for training, evaluation and calibration alike. A cut target warns as in
+    :func:`build_example`; a row that cannot be encoded raises :class:`RowEncodingError` naming it.
+    """
+    examples = []
+    for index, (source, target) in enumerate(zip(row_sources(rows, processor), _column(rows, "summary"))):
+        try:
+            examples.append(build_example(processor, source, target, instruction=instruction, max_length=max_length))
+        except ValueError as error:
+            raise RowEncodingError(index + 1, error) from None
+    return examples
 
 
 def _cast_floats(values: dict[str, Any], dtype: torch.dtype | None) -> dict[str, Any]:

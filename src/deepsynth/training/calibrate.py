@@ -8,7 +8,7 @@ import time
 import torch
 
 from deepsynth.data import load_sample_dataset
-from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, DataCollator, build_example
+from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, DataCollator, encode_rows
 from deepsynth.models.loading import load_model_and_processor
 from deepsynth.training.lora_config import LoRAConfig
 from deepsynth.training.targets import apply_lora, resolve_targets
@@ -24,10 +24,8 @@ def measure_seconds_per_step(
     loaded = load_model_and_processor(model_name)
     model = apply_lora(loaded.model, resolve_targets(loaded.model, lora, loaded.family))
     model.train()
-    rows = load_sample_dataset("train", max_samples=batch_size)
-    sources = rows["image"] if loaded.is_multimodal else rows["text"]
-    examples = [build_example(loaded.processor, source, target, instruction=DEFAULT_SUMMARY_INSTRUCTION,
-                              max_length=max_length) for source, target in zip(sources, rows["summary"])]
+    examples = encode_rows(load_sample_dataset("train", max_samples=batch_size), loaded.processor,
+                           instruction=DEFAULT_SUMMARY_INSTRUCTION, max_length=max_length)
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in DataCollator(loaded.processor)(examples).items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)

@@ -27,7 +27,7 @@ from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallbac
 from transformers.trainer_utils import get_last_checkpoint
 
 from deepsynth.data import DataError, load_documents, load_sample_dataset
-from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, DataCollator, build_example
+from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, DataCollator, RowEncodingError, encode_rows
 from deepsynth.evaluation.compare import METRIC_NAMES, evaluate_model
 from deepsynth.models.families import CAUSAL_LM, family_names
 from deepsynth.models.adapters import load_adapter_weights
@@ -365,14 +365,10 @@ class UnifiedProductionTrainer:
         return list(rows["image"] if loaded.is_multimodal else rows["text"])
 
     def _encode(self, loaded: LoadedModel, rows: datasets.Dataset, instruction: str) -> list[dict[str, Any]]:
-        examples = []
-        for index, (source, target) in enumerate(zip(self._sources(loaded, rows), rows["summary"])):
-            try:
-                examples.append(build_example(loaded.processor, source, target, instruction=instruction,
-                                              max_length=self.config.max_length))
-            except ValueError as error:
-                raise ConfigError("max_length", self.config.max_length, f"room for the targets (sample {index + 1}: {error})") from None
-        return examples
+        try:
+            return encode_rows(rows, loaded.processor, instruction=instruction, max_length=self.config.max_length)
+        except RowEncodingError as error:
+            raise ConfigError("max_length", self.config.max_length, f"room for the targets ({error})") from None
 
     def _training_arguments(self, output_dir: Path, total: int) -> TrainingArguments:
         config = self.config
