@@ -102,7 +102,7 @@ def test_export_merges_into_a_standalone_model(adapter_dir, tmp_path):
 
     from deepsynth.data import load_sample_dataset
     from deepsynth.data.collate import DataCollator, build_example
-    from deepsynth.models.adapters import load_adapted_model
+    from deepsynth.evaluation.adapter_folder import load_adapted_model
 
     merged_dir = tmp_path / "merged"
     assert main(["export", "--adapter", str(adapter_dir), "--merge", str(merged_dir)]) == 0

@@ -224,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from deepsynth.evaluation.compare import evaluate_adapter
+    from deepsynth.evaluation.adapter_folder import evaluate_adapter
 
     metrics = evaluate_adapter(args.adapter, args.data, max_samples=args.max_eval_samples)
     if args.json:
@@ -235,14 +235,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from deepsynth.evaluation.compare import generate_from_adapter
+    from deepsynth.evaluation.adapter_folder import generate_from_adapter
 
     print(generate_from_adapter(args.adapter, image=args.image, text=args.text, max_new_tokens=args.max_new_tokens))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from deepsynth.models.adapters import export_merged
+    from deepsynth.evaluation.adapter_folder import export_merged
 
     print(f"merged model written to {export_merged(args.adapter, args.merge)}")
     return 0

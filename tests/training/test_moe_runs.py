@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from deepsynth.cli import main
 from deepsynth.data import load_sample_dataset
 from deepsynth.data.collate import DataCollator, build_example
-from deepsynth.models.adapters import load_adapted_model
+from deepsynth.evaluation.adapter_folder import load_adapted_model
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.training.moe import routing_decisions
 from deepsynth.training.production_trainer import UnifiedProductionTrainer

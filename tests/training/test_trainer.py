@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from deepsynth.data import DataError
-from deepsynth.models.adapters import load_adapted_model
+from deepsynth.evaluation.adapter_folder import load_adapted_model
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.production_trainer import UnifiedProductionTrainer

@@ -1,1 +1,1 @@
-"""Evaluation: before/after comparison of a model on held-out documents and its text metrics."""
+"""Evaluation: before/after scoring of a model, its text metrics, and a saved adapter folder read back."""

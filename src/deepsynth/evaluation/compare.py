@@ -1,13 +1,13 @@
-"""Evaluate a model on held-out samples: teacher-forced loss plus generated-text metrics.
+"""Score a model on held-out samples: teacher-forced loss plus generated-text metrics.
 
 The same function scores the base model (adapter disabled) and the adapted one on the same
-samples, which is what the before/after table in ``metrics.json`` compares.
+samples, which is what the before/after table in ``metrics.json`` compares. A saved adapter
+folder is scored through ``deepsynth.evaluation.adapter_folder.evaluate_adapter``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from contextlib import nullcontext
 from typing import Any
 
@@ -83,62 +83,3 @@ def evaluate_model(
         model.train(was_training)
     metrics = {"loss": sum(losses) / len(losses), **text_metrics(predictions, references)}
     return metrics, predictions
-
-
-def evaluate_adapter(
-    adapter_dir: str | Path, data: str | Path | None = None, *, max_samples: int | None = None
-) -> dict[str, Any]:
-    """Before/after metrics of the adapter in ``adapter_dir`` on ``data`` (default: bundled eval samples)."""
-    from deepsynth.data import load_documents, load_sample_dataset
-    from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, build_example
-    from deepsynth.models.adapters import load_adapted_model
-
-    adapted = load_adapted_model(adapter_dir)
-    settings = adapted.training_config
-    rows = load_sample_dataset("eval", max_samples=max_samples) if data is None else load_documents(
-        data, column_mapping=settings.get("column_mapping"), max_samples=max_samples)
-    processor = adapted.loaded.processor
-    instruction = settings.get("instruction") or DEFAULT_SUMMARY_INSTRUCTION
-    sources = list(rows["image"] if adapted.loaded.is_multimodal else rows["text"])
-    examples = [build_example(processor, source, target, instruction=instruction,
-                              max_length=settings.get("max_length", 2048))
-                for source, target in zip(sources, rows["summary"])]
-    kwargs = dict(sources=sources, references=list(rows["summary"]), instruction=instruction,
-                  max_new_tokens=settings.get("max_new_tokens", 96),
-                  no_repeat_ngram_size=settings.get("no_repeat_ngram_size", 6))
-    before, _ = evaluate_model(adapted.model, processor, examples, adapter_disabled=True, **kwargs)
-    after, _ = evaluate_model(adapted.model, processor, examples, **kwargs)
-    return {"num_eval_samples": len(rows), "eval_on_training_data": False,
-            "eval": {"before": before, "after": after}}
-
-
-def generate_from_adapter(
-    adapter_dir: str | Path, *, image: str | Path | None = None, text: str | None = None,
-    max_new_tokens: int | None = None,
-) -> str:
-    """Generate with the adapter in ``adapter_dir`` from a page image or a text.
-
-    OCR-family models read pages: a text is rendered to a page first, as in training.
-    """
-    from PIL import Image
-
-    from deepsynth.data import render_document
-    from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION
-    from deepsynth.models.adapters import load_adapted_model
-
-    if (image is None) == (text is None):
-        raise ValueError("generate: give exactly one of image or text")
-    adapted = load_adapted_model(adapter_dir)
-    settings = adapted.training_config
-    if adapted.loaded.is_multimodal:
-        source = Image.open(image).convert("RGB") if image is not None else render_document(text)
-    elif text is None:
-        raise ValueError(f"generate: {adapted.loaded.name} is a text model; give text, not an image")
-    else:
-        source = text
-    return generate_text(
-        adapted.model, adapted.loaded.processor, source,
-        instruction=settings.get("instruction") or DEFAULT_SUMMARY_INSTRUCTION,
-        max_new_tokens=max_new_tokens or settings.get("max_new_tokens", 96),
-        no_repeat_ngram_size=settings.get("no_repeat_ngram_size", 6),
-    )

@@ -1,41 +1,23 @@
-"""Load a trained DeepSynth adapter folder back onto its base model; merge it for export."""
+"""Apply a saved PEFT adapter to a loaded base model, its tensors loaded by exact name.
+
+Reading a whole DeepSynth adapter folder back (its settings, its base model) is
+``deepsynth.evaluation.adapter_folder``: the settings are a ``TrainerConfig``, which this layer
+does not import.
+"""
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from deepsynth.models.loading import LoadedModel, load_model_and_processor
-
-# Files a DeepSynth run writes beside the PEFT adapter.
-TRAINING_CONFIG_FILE = "training_config.json"
-
-
-@dataclass
-class AdaptedModel:
-    """A base model with a DeepSynth adapter applied, and what the run recorded."""
-
-    model: PeftModel
-    loaded: LoadedModel
-    training_config: dict[str, Any]
-
-
-def read_training_config(adapter_dir: str | Path) -> dict[str, Any]:
-    """The ``training_config.json`` of an adapter folder (raises ValueError naming the folder)."""
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ValueError(f"adapter: {adapter_dir} has no adapter_config.json (not a DeepSynth/PEFT adapter folder)")
-    path = adapter_dir / TRAINING_CONFIG_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
+# The files PEFT writes for an adapter (load_adapter_weights reads the safetensors one).
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
 _LORA_TENSOR = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.")
 
@@ -50,7 +32,7 @@ def load_adapter_weights(model: PeftModel, adapter_dir: str | Path, adapter_name
     goes through the same path. Adapters saved by PEFT use the native names, so we load them as
     they are and fail loudly if anything does not match.
     """
-    path = Path(adapter_dir) / "adapter_model.safetensors"
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS_FILE
     saved = load_file(str(path))
     own = dict(model.named_parameters())
     loaded: set[str] = set()
@@ -73,25 +55,12 @@ def load_adapter_weights(model: PeftModel, adapter_dir: str | Path, adapter_name
     return len(loaded)
 
 
-def load_adapted_model(adapter_dir: str | Path, *, model_name: str | None = None, device: str | None = None) -> AdaptedModel:
-    """Base model (from the run's config, or ``model_name``) with the adapter in ``adapter_dir`` applied."""
-    training_config = read_training_config(adapter_dir)
-    base = model_name if model_name is not None else training_config.get("model_name")
-    loaded = load_model_and_processor(base, dtype=training_config.get("dtype"), device=device)
+def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> PeftModel:
+    """``model`` with the PEFT adapter of ``adapter_dir`` applied, in eval mode (exact names, see load_adapter_weights)."""
     with warnings.catch_warnings():
         # PEFT warns about the keys its conversion mangled; load_adapter_weights loads them right.
         warnings.filterwarnings("ignore", message="Found missing adapter keys")
-        model = PeftModel.from_pretrained(loaded.model, str(adapter_dir), key_mapping={})
-    load_adapter_weights(model, adapter_dir)
-    model.eval()
-    return AdaptedModel(model, loaded, training_config)
-
-
-def export_merged(adapter_dir: str | Path, output_dir: str | Path) -> Path:
-    """Merge the adapter into its base model and save a standalone model (+ processor) to ``output_dir``."""
-    adapted = load_adapted_model(adapter_dir, device="cpu")
-    merged = adapted.model.merge_and_unload()
-    output_dir = Path(output_dir)
-    merged.save_pretrained(output_dir)
-    adapted.loaded.processor.save_pretrained(output_dir)
-    return output_dir
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), key_mapping={})
+    load_adapter_weights(peft_model, adapter_dir)
+    peft_model.eval()
+    return peft_model

@@ -1,0 +1,205 @@
+"""A saved adapter folder read back: its run's settings as a ``TrainerConfig``; evaluate, generate, export.
+
+:func:`read_adapter_settings` is the one reader of a folder's ``training_config.json``; everything
+that needs the run's settings (base model, dtype, instruction, max_length, generation limits,
+column mapping) takes them from the ``TrainerConfig`` it returns, so every default is
+``TrainerConfig``'s own.
+
+Folders written by earlier DeepSynth versions still load:
+
+* a key this version does not know (a setting since removed or renamed) is ignored, and one warning
+  names the ignored keys and says why;
+* a key the file lacks takes ``TrainerConfig``'s default. Folders written before these settings
+  existed lack ``router_aux_loss_coef`` (0.0, before the MoE regularisers), ``use_feature_cache``
+  (true, before the feature cache) and ``holdout_samples`` (null, before the tiny-data guards): all
+  three are training-only, so evaluation and generation are unchanged;
+* a folder with no ``training_config.json`` at all (a bare PEFT adapter) takes every default: the
+  embedded base model, automatic dtype, the summary instruction, ``max_length`` 512,
+  ``max_new_tokens`` 96, ``no_repeat_ngram_size`` 6. A warning says so.
+
+A folder that is not an adapter folder, or a settings file that cannot be read, is one
+:class:`AdapterFolderError` (a ``ValueError``: exit code 2 from the CLI) naming the folder or file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+
+from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, encode_rows, row_sources
+from deepsynth.evaluation.compare import evaluate_model, generate_text
+from deepsynth.models.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, attach_adapter
+from deepsynth.models.loading import LoadedModel, load_model_and_processor
+from deepsynth.training.config import OptimizerConfig, TrainerConfig
+
+LOGGER = logging.getLogger("deepsynth")
+# Written by the trainer beside the PEFT adapter (TrainerConfig.save: never the Hub token).
+TRAINING_CONFIG_FILE = "training_config.json"
+_IGNORED_REASON = "not a setting of this DeepSynth version (the folder was written by another version)"
+
+
+class AdapterFolderError(ValueError):
+    """An adapter folder that cannot be read back; the message names the folder or file and what was expected."""
+
+
+@dataclass
+class AdaptedModel:
+    """A base model with a DeepSynth adapter applied, and the settings of the run that trained it."""
+
+    model: PeftModel
+    loaded: LoadedModel
+    settings: TrainerConfig
+
+
+def check_adapter_folder(adapter_dir: str | Path) -> Path:
+    """``adapter_dir`` as a Path once it holds a PEFT adapter (config + safetensors weights)."""
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        raise AdapterFolderError(f"adapter: {folder} is not a folder (expected a DeepSynth/PEFT adapter folder)")
+    for name in (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise AdapterFolderError(f"adapter: {folder} has no {name} (not a DeepSynth/PEFT adapter folder)")
+    _read_json_object(folder / ADAPTER_CONFIG_FILE)  # PEFT's own error would not name the file
+    return folder
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise AdapterFolderError(f"adapter: {path} cannot be read ({error})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise AdapterFolderError(f"adapter: {path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise AdapterFolderError(f"adapter: {path} holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def _known_settings(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``data`` without the keys TrainerConfig does not take; one warning names those it drops."""
+    optimizer_names = {f.name for f in fields(OptimizerConfig)}
+    # Fields, constructor keywords and flat optimizer fields: what TrainerConfig.from_dict accepts.
+    names = {f.name for f in fields(TrainerConfig)} | set(inspect.signature(TrainerConfig).parameters) | optimizer_names
+    kept = {key: value for key, value in data.items() if key in names}
+    ignored = sorted(set(data) - names)
+    if isinstance(kept.get("optimizer"), dict):
+        optimizer = kept["optimizer"]
+        ignored += sorted(f"optimizer.{key}" for key in set(optimizer) - optimizer_names)
+        kept["optimizer"] = {key: value for key, value in optimizer.items() if key in optimizer_names}
+    if ignored:
+        LOGGER.warning("adapter: %s: ignored %s: %s", path, ", ".join(ignored), _IGNORED_REASON)
+    return kept
+
+
+def read_adapter_settings(adapter_dir: str | Path) -> TrainerConfig:
+    """The settings of the run that wrote ``adapter_dir``, as a ``TrainerConfig`` (see the module doc).
+
+    Raises:
+        AdapterFolderError: not an adapter folder, or a ``training_config.json`` that is unreadable,
+            not a JSON object, or holds an invalid value (the field is named).
+    """
+    folder = check_adapter_folder(adapter_dir)
+    path = folder / TRAINING_CONFIG_FILE
+    if not path.is_file():
+        LOGGER.warning("adapter: %s has no %s; every setting takes TrainerConfig's default "
+                       "(base model: the embedded one)", folder, TRAINING_CONFIG_FILE)
+        return TrainerConfig()
+    data = _known_settings(_read_json_object(path), path)
+    try:
+        return TrainerConfig.from_dict(data)
+    except ValueError as error:  # ConfigError names the field and what it accepts
+        raise AdapterFolderError(f"adapter: {path}: {error}") from None
+
+
+def load_adapted_model(
+    adapter_dir: str | Path, *, model_name: str | None = None, device: str | None = None,
+    settings: TrainerConfig | None = None,
+) -> AdaptedModel:
+    """Base model (from the run's settings, or ``model_name``) with the adapter in ``adapter_dir`` applied.
+
+    ``settings``: the folder's settings when the caller has already read them.
+    """
+    settings = settings if settings is not None else read_adapter_settings(adapter_dir)
+    base = model_name if model_name is not None else settings.model_name
+    loaded = load_model_and_processor(base, dtype=settings.dtype, device=device)
+    return AdaptedModel(attach_adapter(loaded.model, adapter_dir), loaded, settings)
+
+
+def export_merged(adapter_dir: str | Path, output_dir: str | Path) -> Path:
+    """Merge the adapter into its base model and save a standalone model (+ processor) to ``output_dir``."""
+    adapted = load_adapted_model(adapter_dir, device="cpu")
+    merged = adapted.model.merge_and_unload()
+    output_dir = Path(output_dir)
+    merged.save_pretrained(output_dir)
+    adapted.loaded.processor.save_pretrained(output_dir)
+    return output_dir
+
+
+def _instruction(settings: TrainerConfig) -> str:
+    return settings.instruction or DEFAULT_SUMMARY_INSTRUCTION  # None: the summary instruction, as in training
+
+
+def _open_page(image: str | Path) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as page:
+            return page.convert("RGB")
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"generate: image {image}: not a readable image file ({error})") from None
+
+
+def evaluate_adapter(
+    adapter_dir: str | Path, data: str | Path | None = None, *, max_samples: int | None = None
+) -> dict[str, Any]:
+    """Before/after metrics of the adapter in ``adapter_dir`` on ``data`` (default: bundled eval samples)."""
+    from deepsynth.data import load_documents, load_sample_dataset
+
+    settings = read_adapter_settings(adapter_dir)
+    # The data is checked before the model loads: a bad file fails in a second, not after a minute.
+    rows = load_sample_dataset("eval", max_samples=max_samples) if data is None else load_documents(
+        data, column_mapping=settings.column_mapping, max_samples=max_samples)
+    adapted = load_adapted_model(adapter_dir, settings=settings)
+    processor, instruction = adapted.loaded.processor, _instruction(settings)
+    examples = encode_rows(rows, processor, instruction=instruction, max_length=settings.max_length)
+    kwargs = dict(sources=row_sources(rows, processor), references=list(rows["summary"]), instruction=instruction,
+                  max_new_tokens=settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size)
+    before, _ = evaluate_model(adapted.model, processor, examples, adapter_disabled=True, **kwargs)
+    after, _ = evaluate_model(adapted.model, processor, examples, **kwargs)
+    return {"num_eval_samples": len(rows), "eval_on_training_data": False,
+            "eval": {"before": before, "after": after}}
+
+
+def generate_from_adapter(
+    adapter_dir: str | Path, *, image: str | Path | None = None, text: str | None = None,
+    max_new_tokens: int | None = None,
+) -> str:
+    """Generate with the adapter in ``adapter_dir`` from a page image or a text.
+
+    OCR-family models read pages: a text is rendered to a page first, as in training.
+    """
+    from deepsynth.data import render_document
+
+    if (image is None) == (text is None):
+        raise ValueError("generate: give exactly one of image or text")
+    page = _open_page(image) if image is not None else None  # a bad file fails before the model loads
+    adapted = load_adapted_model(adapter_dir)
+    settings = adapted.settings
+    if adapted.loaded.is_multimodal:
+        source = page if page is not None else render_document(text)
+    elif text is None:
+        raise ValueError(f"generate: {adapted.loaded.name} is a text model; give text, not an image")
+    else:
+        source = text
+    return generate_text(
+        adapted.model, adapted.loaded.processor, source, instruction=_instruction(settings),
+        max_new_tokens=max_new_tokens or settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size,
+    )
