@@ -157,14 +157,28 @@ def _train_config(args: argparse.Namespace):
                     data["optimizer"]["warmup_ratio"] = None
             else:
                 data[field] = value
-    if args.column_mapping:
-        data["column_mapping"] = dict(pair.split("=", 1) for pair in args.column_mapping.split(","))
+    if args.column_mapping is not None:
+        data["column_mapping"] = _column_mapping(args.column_mapping)
     if args.push_to_hub:
         data["push_to_hub"] = True
     config = TrainerConfig.from_dict(data)
+    if config.column_mapping and not (config.data_path or config.eval_data_path):
+        # It would be silently ignored: the bundled samples already have 'text' and 'summary'.
+        flag = "--column-mapping" if args.column_mapping is not None else "column_mapping"
+        raise ConfigError(flag, args.column_mapping or config.column_mapping,
+                          "--data FILE (or data_path in --config) with it: a column mapping applies to your own data")
     if args.preset:
         config = config.with_preset(args.preset)
     return config
+
+
+def _column_mapping(text: str) -> dict[str, str]:
+    """``summary=target,text=document`` → ``{"summary": "target", "text": "document"}``."""
+    pairs = [pair.strip() for pair in text.split(",") if pair.strip()]
+    if not pairs or not all("=" in pair and all(side.strip() for side in pair.split("=", 1)) for pair in pairs):
+        raise ConfigError("--column-mapping", text, "canonical=yours pairs separated by commas, "
+                                                    "e.g. summary=target,text=document")
+    return {key.strip(): value.strip() for key, value in (pair.split("=", 1) for pair in pairs)}
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:

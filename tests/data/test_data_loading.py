@@ -302,15 +302,23 @@ def test_hub_dataset_is_loaded_with_the_requested_split(monkeypatch: pytest.Monk
 # -- max_samples ---------------------------------------------------------------
 
 
-def test_max_samples_keeps_the_first_rows_and_ignores_later_ones(tmp_path: Path) -> None:
-    rows = ROWS + [{"text": "t", "summary": ""}]  # invalid, but beyond max_samples
-    path = write_jsonl(tmp_path / "many.jsonl", rows)
+def test_max_samples_keeps_the_first_rows_but_the_whole_file_is_validated(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "many.jsonl", ROWS)
     ds = load_documents(path, max_samples=2)
     assert ds["text"] == [ROWS[0]["text"], ROWS[1]["text"]]
-    with pytest.raises(DataError):
-        load_documents(path)
+    # A bad row past max_samples (or in another split) is still reported: every row of a file is checked.
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"text": "t", "summary": "", "split": "eval"}\n')
+    for kwargs in ({"max_samples": 2}, {"max_samples": 2, "split": "train"}, {}):
+        with pytest.raises(DataError, match="line 4, column 'summary'"):
+            load_documents(path, **kwargs)
     with pytest.raises(ValueError):
         load_documents(path, max_samples=0)
+
+
+def test_a_dataset_object_is_read_only_as_far_as_max_samples(tmp_path: Path) -> None:
+    rows = datasets.Dataset.from_list(ROWS + [{"text": "t", "summary": ""}])
+    assert load_documents(rows, max_samples=2)["text"] == [ROWS[0]["text"], ROWS[1]["text"]]
 
 
 # -- bundled samples -------------------------------------------------------------

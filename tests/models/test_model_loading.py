@@ -118,10 +118,7 @@ def test_v1_fixture_uses_deepseek_ocr_real_names(deepseek_ocr_checkpoint):
 
 
 def test_v1_names_match_reference():
-    reference = reference_dir()
-    if reference is None:
-        pytest.skip("shared/reference/deepseek-ocr not available")
-    index = json.loads((reference / "model.safetensors.index.json").read_text(encoding="utf-8"))
+    index = json.loads((reference_dir() / "model.safetensors.index.json").read_text(encoding="utf-8"))
     assert {key_pattern(name) for name in index["weight_map"]} == DEEPSEEK_OCR_KEY_PATTERNS
 
 
@@ -162,8 +159,7 @@ def test_v1_processor_matches_the_model(deepseek_ocr_checkpoint, page_image):
 
 
 def test_v1_processor_defaults_are_deepseek_ocr_base_mode():
-    reference = reference_dir()
-    settings = json.loads((reference / "processor_config.json").read_text()) if reference else {}
+    settings = json.loads((reference_dir() / "processor_config.json").read_text())
     processor = build_deepseek_ocr_processor(tiny.shipped_tokenizer(), settings)
     page = Image.new("RGB", (600, 800), "white")
     inputs = processor(images=page, text="<image>\nFree OCR.", return_tensors="pt")

@@ -41,7 +41,7 @@ V1_LANGUAGE_CONFIG = {
     "vocab_size": tiny.VOCAB_SIZE,
 }
 
-# Same layout as DeepSeek-OCR's config.json (shared/reference/deepseek-ocr/config.json), tiny sizes.
+# Same layout as DeepSeek-OCR's config.json (tests/data/reference/deepseek-ocr/config.json), tiny sizes.
 V1_CONFIG = {
     "_name_or_path": "tiny/deepseek-ocr",
     "architectures": ["DeepseekOCRForCausalLM"],
@@ -84,7 +84,7 @@ V1_PROCESSOR_CONFIG = {
 V1_IMAGE_TOKENS = 4 * (4 + 1) + 1
 
 # Every DeepSeek-OCR parameter-name pattern (digits → N), from the real checkpoint's
-# model.safetensors.index.json; test_v1_names_match_reference re-derives it when shared/ is there.
+# model.safetensors.index.json; test_v1_names_match_reference re-derives it from tests/data/reference.
 DEEPSEEK_OCR_KEY_PATTERNS = frozenset(
     """
 lm_head.weight
@@ -147,14 +147,9 @@ def key_pattern(name: str) -> str:
     return re.sub(r"\d+", "N", name)
 
 
-def reference_dir() -> Path | None:
-    """shared/reference/deepseek-ocr, beside the repository (CI) or at /work/shared (sessions)."""
-    repo = Path(__file__).resolve().parents[2]
-    for base in (repo.parent / "shared", repo / "shared", Path("/work/shared")):
-        candidate = base / "reference" / "deepseek-ocr"
-        if (candidate / "model.safetensors.index.json").is_file():
-            return candidate
-    return None
+def reference_dir() -> Path:
+    """DeepSeek-OCR's real config, processor config and weight index, carried as test data in tests/data."""
+    return Path(__file__).resolve().parents[1] / "data" / "reference" / "deepseek-ocr"
 
 
 # Native unlimited_ocr name → DeepSeek-OCR name, written out here independently of transformers'

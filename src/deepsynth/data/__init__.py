@@ -4,7 +4,32 @@ Every loader returns a ``datasets.Dataset`` with ``text``, ``summary`` and
 ``image`` (RGB PIL) columns; see :func:`load_documents`.
 """
 
-from .loading import SAMPLE_DATA_PATH, DataError, load_documents, load_sample_dataset
+from .loading import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_LINE_BYTES,
+    MAX_ROWS,
+    MAX_TEXT_BYTES,
+    SAMPLE_DATA_PATH,
+    DataError,
+    DocumentCounts,
+    check_documents,
+    load_documents,
+    load_sample_dataset,
+)
 from .render import render_document
 
-__all__ = ["DataError", "load_documents", "load_sample_dataset", "SAMPLE_DATA_PATH", "render_document"]
+__all__ = [
+    "DataError",
+    "DocumentCounts",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_LINE_BYTES",
+    "MAX_ROWS",
+    "MAX_TEXT_BYTES",
+    "SAMPLE_DATA_PATH",
+    "check_documents",
+    "load_documents",
+    "load_sample_dataset",
+    "render_document",
+]

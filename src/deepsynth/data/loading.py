@@ -8,34 +8,48 @@ object, a Hub name) ends up with the same three columns:
 - ``image``: a page image, decoded as an RGB ``PIL.Image.Image``; rendered from
   ``text`` when the row has none.
 
-Datasets here are tiny (3-60 documents), so everything is validated and
-rendered eagerly: a mistake in row 40 surfaces before a training run starts,
-with the file, row and column named. Nothing is written to disk while loading
-(the `datasets` file builders would write an Arrow cache, so files are parsed
-in memory with the same engines they use: pandas for CSV, pyarrow for Parquet).
+Datasets here are tiny (3-60 documents), so everything is validated eagerly:
+every row of a file (all splits, also the rows past ``max_samples``) is checked
+before a training run starts, and a mistake in row 40 surfaces with the file, row
+and column named. Nothing is written to disk while loading (the `datasets` file
+builders would write an Arrow cache, so files are parsed in memory with the same
+engines they use: pandas for CSV, pyarrow for Parquet).
+
+Hostile files stay cheap: the limits below (and those on images, in images.py)
+are checked before the expensive step (a JSON line's length before it is parsed,
+an image's pixel count before it is decoded), so a broken or hostile file fails
+in a moment with the limit named. JSON lines are read one line at a time, so a
+20 MB line costs its first megabyte, not minutes of parsing.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
+import reprlib
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-from PIL import Image, ImageOps
 
+from .images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageProblem, image_bytes, megabytes, png_bytes
 from .render import render_document
 
 __all__ = [
     "DataError",
+    "DocumentCounts",
     "FEATURES",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_LINE_BYTES",
+    "MAX_ROWS",
+    "MAX_TEXT_BYTES",
     "SAMPLE_DATA_PATH",
+    "check_documents",
     "load_documents",
     "load_sample_dataset",
 ]
@@ -55,9 +69,26 @@ FEATURES = datasets.Features(
 #: The bundled French sample set (JSON lines with id, text, summary, split).
 SAMPLE_DATA_PATH = Path(__file__).resolve().parent / "samples" / "french_documents.jsonl"
 
+# Limits on one data file. A long document is rarely over 100 KB of text and the models read at
+# most a few pages of it, so these are far above real use and far below what hurts a server.
+#: One line of a JSON lines file, or one item of a JSON array, in bytes (checked before parsing).
+MAX_LINE_BYTES = 1 << 20
+#: The text or the summary of one row, in UTF-8 bytes (any format).
+MAX_TEXT_BYTES = 1 << 20
+#: Rows read from one source (a file is always read whole).
+MAX_ROWS = 10_000
+# The limits on images (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS) are in images.py.
+
 _CSV_QUOTING_HINT = "put cells that contain the separator, quotes or line breaks in double quotes"
 
 _FILE_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # undecodable bytes kept by "surrogateescape"
+
+# Messages quote values through this: bounded in length and nesting depth.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
 
 
 class DataError(ValueError):
@@ -96,9 +127,30 @@ class _Table:
     columns: list[str] | None = None  # known up front for tables; JSON rows each carry theirs
     header_location: str | None = None  # where `columns` come from, e.g. the CSV header row
     split_column_ok: bool = True  # False once `split` already picked a split (DatasetDict, Hub)
+    whole: bool = False  # a local file or folder: every row is validated, whatever max_samples says
+    image_root: Path | None = None  # image paths must stay inside this folder (uploads)
 
     def where(self, number: int) -> str:
         return f"{self.row_word} {number}"
+
+
+@dataclass
+class _Row:
+    """One validated row; ``image`` is None when the page is to be rendered from the text."""
+
+    split: str | None  # the row's 'split' value; None when it has none
+    text: str
+    summary: str
+    image: bytes | None
+
+
+@dataclass(frozen=True)
+class DocumentCounts:
+    """What :func:`check_documents` found in a valid source."""
+
+    rows: int
+    splits: dict[str, int] = field(default_factory=dict)  # rows per value of a 'split' column, if any
+    train_rows: int = 0  # rows ``load_documents(..., split="train")`` keeps: what the trainer trains on
 
 
 # ---------------------------------------------------------------------------
@@ -112,6 +164,7 @@ def load_documents(
     split: str | None = None,
     max_samples: int | None = None,
     base_dir: Path | None = None,
+    image_root: Path | None = None,
 ) -> datasets.Dataset:
     """Load and validate documents into the canonical ``text``/``summary``/``image`` columns.
 
@@ -127,54 +180,103 @@ def load_documents(
             ``"train"``). For a single file or Dataset with a ``split`` column,
             keeps the rows whose ``split`` equals it (all rows when None); without
             such a column only ``None``/``"train"`` are accepted.
-        max_samples: keep the first N rows; later rows are not read or validated.
+        max_samples: keep the first N rows. A local file is still validated
+            whole (every split, every row); a Dataset or Hub dataset is read only
+            as far as needed.
         base_dir: folder against which relative image paths are resolved
             (default: the folder holding the data file, or the current directory).
+        image_root: when given, every image path must name a file inside this
+            folder (the web app's uploads): absolute paths, paths climbing out with
+            ``..`` and symbolic links leading out are refused with one message,
+            whether or not the file they name exists. Without it (the command
+            line), paths are the user's own: relative ones resolve against
+            ``base_dir``, absolute ones are read as given.
 
     Returns:
         A ``datasets.Dataset`` with features :data:`FEATURES`; rows without an
         image get one rendered from their text.
 
     Raises:
-        DataError: naming the file, the line/row and the column at fault.
+        DataError: naming the file, the line/row and the column at fault, or the
+            limit (:data:`MAX_LINE_BYTES`, :data:`MAX_TEXT_BYTES`, :data:`MAX_ROWS`,
+            :data:`MAX_IMAGE_BYTES`, :data:`MAX_IMAGE_PIXELS`) a file goes over.
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}")
+    table, mapping = _prepare(source, column_mapping, split, base_dir, image_root)
+    kept = _select(table, mapping, split if table.split_column_ok else None, max_samples)
+    images = [{"bytes": r.image if r.image is not None else png_bytes(render_document(r.text)), "path": None}
+              for r in kept]
+    return datasets.Dataset.from_dict(
+        {"text": [r.text for r in kept], "summary": [r.summary for r in kept], "image": images}, features=FEATURES
+    )
+
+
+def _select(table: _Table, mapping: dict[str, str], split: str | None, max_samples: int | None) -> list[_Row]:
+    """The valid rows of ``split`` (all when None), the first ``max_samples`` of them."""
+    if split not in (None, "train") and table.columns is not None and "split" not in table.columns:
+        raise _no_split_column(table, split)  # say so before reading every row
+    kept: list[_Row] = []
+    splits_seen: set[str] = set()
+    for row in _valid_rows(table, mapping):
+        if row.split is not None:
+            splits_seen.add(row.split)
+            if split is not None and row.split != split:
+                continue
+        if max_samples is not None and len(kept) >= max_samples:
+            if table.whole:
+                continue  # validated, not kept: a bad row anywhere in a file is reported
+            break
+        kept.append(row)
+    if split not in (None, "train") and not splits_seen:
+        raise _no_split_column(table, split)
+    if not kept:
+        if splits_seen and split is not None:
+            found = ", ".join(repr(s) for s in sorted(splits_seen))
+            raise DataError(f"no rows with split {split!r} (splits found: {found})", source=table.label, column="split")
+        raise DataError("no rows: expected at least one document with a summary", source=table.label)
+    return kept
+
+
+def check_documents(
+    source: str | os.PathLike[str] | datasets.Dataset,
+    *,
+    column_mapping: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    image_root: Path | None = None,
+) -> DocumentCounts:
+    """Validate every row as :func:`load_documents` does, without rendering pages; return the counts.
+
+    Raises :class:`DataError` for the first bad row, and when a ``split`` column
+    leaves no ``train`` rows (the trainer would have nothing to train on).
+    """
+    table, mapping = _prepare(source, column_mapping, None, base_dir, image_root)
+    rows = train_rows = 0
+    splits: dict[str, int] = {}
+    for row in _valid_rows(table, mapping):
+        rows += 1
+        if row.split is not None:
+            splits[row.split] = splits.get(row.split, 0) + 1
+        train_rows += row.split is None or row.split == "train"
+    if not rows:
+        raise DataError("no rows: expected at least one document with a summary", source=table.label)
+    if not train_rows:
+        found = ", ".join(f"{value!r}: {count}" for value, count in sorted(splits.items()))
+        raise DataError(
+            f"no row has the value 'train' (found {found}); training uses the 'train' rows and "
+            "evaluates on the 'eval' rows, so mark the documents to train on with 'train'",
+            source=table.label, column="split",
+        )
+    return DocumentCounts(rows=rows, splits=splits, train_rows=train_rows)
+
+
+def _prepare(source: Any, column_mapping: Mapping[str, str] | None, split: str | None,
+             base_dir: Path | None, image_root: Path | None) -> tuple[_Table, dict[str, str]]:
     mapping = _resolve_mapping(column_mapping)
     table = _open(source, split=split, base_dir=base_dir)
+    table.image_root = Path(image_root) if image_root is not None else None
     _check_header(table, mapping)
-
-    split_filter = split if table.split_column_ok else None
-    if split_filter not in (None, "train") and table.columns is not None and "split" not in table.columns:
-        raise _no_split_column(table, split_filter)  # say so before rendering every row
-    texts: list[str] = []
-    summaries: list[str] = []
-    images: list[dict[str, Any]] = []
-    splits_seen: set[str] = set()
-    saw_split_column = False
-    for number, row in table.rows:
-        if table.split_column_ok and "split" in row:
-            saw_split_column = True
-            row_split = "" if row["split"] is None else str(row["split"])
-            splits_seen.add(row_split)
-            if split_filter is not None and row_split != split_filter:
-                continue
-        text, summary, image = _validate_row(table, number, row, mapping)
-        texts.append(text)
-        summaries.append(summary)
-        images.append({"bytes": image, "path": None})
-        if max_samples is not None and len(texts) >= max_samples:
-            break
-
-    if split_filter not in (None, "train") and not saw_split_column:
-        raise _no_split_column(table, split_filter)
-    if not texts:
-        if splits_seen and split_filter is not None:
-            found = ", ".join(repr(s) for s in sorted(splits_seen))
-            raise DataError(f"no rows with split {split_filter!r} (splits found: {found})", source=table.label)
-        raise DataError("no rows: expected at least one document with a summary", source=table.label)
-
-    return datasets.Dataset.from_dict({"text": texts, "summary": summaries, "image": images}, features=FEATURES)
+    return table, mapping
 
 
 def _no_split_column(table: _Table, split: str) -> DataError:
@@ -260,8 +362,11 @@ def _open_saved_dataset(path: Path, label: str, split: str | None, base_dir: Pat
             f"is a folder but not a dataset written by save_to_disk ({exc})", source=label
         ) from exc
     if isinstance(loaded, datasets.DatasetDict):
-        return _dataset_table(_pick_split(loaded, split, label), label, base_dir, False)
-    return _dataset_table(loaded, label, base_dir, True)
+        table = _dataset_table(_pick_split(loaded, split, label), label, base_dir, False)
+    else:
+        table = _dataset_table(loaded, label, base_dir, True)
+    table.whole = True
+    return table
 
 
 def _hub_table(name: str, split: str | None, base_dir: Path) -> _Table:
@@ -301,19 +406,57 @@ def _dataset_table(dataset: datasets.Dataset, label: str, base_dir: Path, split_
     )
 
 
+def _too_many_rows(label: str, count: int | None = None) -> DataError:
+    held = f"{count:,} rows" if count is not None else f"more than {MAX_ROWS:,} rows"
+    return DataError(
+        f"holds {held}; DeepSynth reads at most {MAX_ROWS:,} rows of one source (it fine-tunes on small "
+        "document sets, and every row is validated); keep the documents to train and evaluate on in a smaller file",
+        source=label,
+    )
+
+
 def _parquet_table(path: Path, label: str, base_dir: Path) -> _Table:
     import pyarrow.parquet as pq  # datasets' own Parquet engine
 
     try:
+        num_rows = pq.ParquetFile(path).metadata.num_rows  # the footer only: refuse a huge file unread
+        if num_rows > MAX_ROWS:
+            raise _too_many_rows(label, num_rows)
         table = pq.read_table(path)
+    except DataError:
+        raise
     except Exception as exc:
-        raise DataError(f"could not be read as Parquet ({exc})", source=label) from exc
-    # Dataset(table) picks up the feature types datasets stores in the schema
-    # metadata (e.g. Image columns), without writing a cache file.
-    return _dataset_table(datasets.Dataset(table), label, base_dir, True)
+        raise DataError(f"could not be read as Parquet ({_cut(exc)})", source=label) from exc
+    try:
+        # Dataset(table) picks up the feature types datasets stores in the schema
+        # metadata (e.g. Image columns), without writing a cache file.
+        dataset = datasets.Dataset(table)
+    except Exception:  # metadata that datasets cannot read: the columns themselves are still usable
+        dataset = datasets.Dataset(table.replace_schema_metadata(None))
+    result = _dataset_table(dataset, label, base_dir, True)
+    result.whole = True
+    return result
 
 
 def _csv_table(path: Path, label: str, base_dir: Path, *, sep: str) -> _Table:
+    frame = _read_csv(path, label, sep)
+    if len(frame) > MAX_ROWS:
+        raise _too_many_rows(label)
+    columns = [str(c) for c in frame.columns]
+    for column in columns:
+        if _has_surrogates(column):
+            raise DataError(_not_utf8_problem(column), source=label, location="row 1", row=1, column=column)
+
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        for index, record in enumerate(frame.to_dict("records")):
+            # The header is row 1 in a spreadsheet, so data starts at row 2.
+            yield index + 2, {str(k): v for k, v in record.items()}
+
+    return _Table(label=label, row_word="row", rows=rows(), base_dir=base_dir, columns=columns,
+                  header_location="row 1", whole=True)
+
+
+def _read_csv(path: Path, label: str, sep: str) -> Any:
     import pandas as pd  # the engine datasets' CSV builder uses
 
     with warnings.catch_warnings():
@@ -321,7 +464,7 @@ def _csv_table(path: Path, label: str, base_dir: Path, *, sep: str) -> _Table:
         # silently shifts columns; treat that as the error it is.
         warnings.simplefilter("error", pd.errors.ParserWarning)
         try:
-            frame = pd.read_csv(
+            return pd.read_csv(
                 path,
                 sep=sep,
                 dtype=object,  # keep every cell as the user typed it
@@ -331,6 +474,7 @@ def _csv_table(path: Path, label: str, base_dir: Path, *, sep: str) -> _Table:
                 # Keep undecodable bytes as surrogates, so the exact row and
                 # column can be reported instead of a byte offset.
                 encoding_errors="surrogateescape",
+                nrows=MAX_ROWS + 1,  # one more than allowed is enough to refuse the file
             )
         except pd.errors.EmptyDataError as exc:
             raise DataError("no rows: the file is empty", source=label) from exc
@@ -348,64 +492,102 @@ def _csv_table(path: Path, label: str, base_dir: Path, *, sep: str) -> _Table:
                 location=f"line {line.group(1)}" if line else None,
                 row=int(line.group(1)) if line else None,
             ) from exc
+        except UnicodeError as exc:  # pandas' Arrow-backed column names refuse escaped bytes
+            raise _csv_encoding_error(path, label) from exc
+        except Exception as exc:  # anything else pandas raises on a hostile file
+            raise DataError(f"could not be read as CSV ({type(exc).__name__}: {_cut(exc)})", source=label) from exc
 
-    columns = [str(c) for c in frame.columns]
-    for column in columns:
-        if _has_surrogates(column):
-            raise DataError(_not_utf8_problem(column), source=label, location="row 1", row=1, column=column)
 
-    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
-        for index, record in enumerate(frame.to_dict("records")):
-            # The header is row 1 in a spreadsheet, so data starts at row 2.
-            yield index + 2, {str(k): v for k, v in record.items()}
-
-    return _Table(
-        label=label, row_word="row", rows=rows(), base_dir=base_dir, columns=columns, header_location="row 1"
-    )
+def _csv_encoding_error(path: Path, label: str) -> DataError:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        start, bad = 0, None
+    except UnicodeDecodeError as exc:
+        start, bad = exc.start, raw[exc.start : exc.start + 1].hex().upper()
+    line = raw[:start].count(b"\n") + 1
+    byte = f" (byte 0x{bad})" if bad else ""
+    return DataError(f"is not valid UTF-8{byte}; re-save the file with UTF-8 encoding",
+                     source=label, location=f"line {line}", row=line)
 
 
 def _json_table(path: Path, label: str, base_dir: Path, *, allow_array: bool) -> _Table:
     try:
-        raw = path.read_bytes()
+        first = _first_byte(path)
     except OSError as exc:
-        raise DataError(f"could not be read ({exc})", source=label) from exc
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
+        raise DataError(f"could not be read ({exc.strerror or exc})", source=label) from exc
     # A .json file may hold one JSON array instead of JSON lines; .jsonl never does.
-    if allow_array and raw.lstrip()[:1] == b"[":
-        return _json_array_table(raw, label, base_dir)
+    if allow_array and first == b"[":
+        rows = _json_array_rows(path, label)
+        return _Table(label=label, row_word="item", rows=rows, base_dir=base_dir, whole=True)
     expected = "one JSON object per line, or a JSON array of objects" if allow_array else "one JSON object per line"
-    return _Table(label=label, row_word="line", rows=_json_lines(raw, label, expected), base_dir=base_dir)
+    return _Table(label=label, row_word="line", rows=_json_lines(path, label, expected), base_dir=base_dir,
+                  whole=True)
 
 
-def _json_lines(raw: bytes, label: str, expected: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    # Parsed line by line (not with datasets' JSON builder) because only this
-    # gives the exact line of a bad record or a non-UTF-8 byte.
-    for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        if not line_bytes.strip():
-            continue
-        location = f"line {number}"
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _json_encoding_error(line_bytes, exc, label, number) from exc
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"is not valid JSON at character {exc.colno} ({exc.msg}); expected {expected}",
-                source=label,
-                location=location,
-                row=number,
-            ) from exc
-        if not isinstance(record, dict):
-            raise DataError(
-                f'expected a JSON object like {{"text": ..., "summary": ...}}, got a {type(record).__name__}',
-                source=label,
-                location=location,
-                row=number,
-            )
-        yield number, record
+def _first_byte(path: Path) -> bytes:
+    """The first byte of the file that is not a BOM or white space (b"" when there is none)."""
+    with path.open("rb") as handle:
+        chunk = handle.read(1 << 16)
+        if chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]
+        while chunk:
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped[:1]
+            chunk = handle.read(1 << 16)
+    return b""
+
+
+def _json_lines(path: Path, label: str, expected: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    # Read line by line (not with datasets' JSON builder) because only this gives
+    # the exact line of a bad record or a non-UTF-8 byte, and a line's length is
+    # checked before it is held whole or parsed: a 20 MB line costs 1 MB, not minutes.
+    with path.open("rb") as handle:
+        number = 0
+        while line_bytes := handle.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(line_bytes) > MAX_LINE_BYTES and not line_bytes.endswith(b"\n"):
+                raise DataError(
+                    f"is longer than {megabytes(MAX_LINE_BYTES)}, the limit for one line (one document and its "
+                    "summary; a long document is rarely over 100 KB); shorten the text or split the document",
+                    source=label, location=f"line {number}", row=number,
+                )
+            if number == 1 and line_bytes.startswith(b"\xef\xbb\xbf"):
+                line_bytes = line_bytes[3:]  # the BOM some editors write
+            if line_bytes.strip():
+                yield number, _json_record(line_bytes, label, number, expected)
+
+
+def _json_record(line_bytes: bytes, label: str, number: int, expected: str) -> dict[str, Any]:
+    location = f"line {number}"
+    try:
+        line = line_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _json_encoding_error(line_bytes, exc, label, number) from exc
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"is not valid JSON at character {exc.colno} ({exc.msg}); expected {expected}",
+                        source=label, location=location, row=number) from exc
+    except (RecursionError, ValueError) as exc:
+        raise DataError(f"cannot be parsed: {_json_limit_problem(exc)}; expected {expected}",
+                        source=label, location=location, row=number) from exc
+    if not isinstance(record, dict):
+        raise DataError(
+            f'expected a JSON object like {{"text": ..., "summary": ...}}, got a {type(record).__name__}',
+            source=label, location=location, row=number,
+        )
+    return record
+
+
+def _json_limit_problem(exc: BaseException) -> str:
+    """What a parse that failed on a limit (not on syntax) ran into."""
+    if isinstance(exc, RecursionError):
+        return "arrays or objects are nested too deeply (a document row needs no nesting)"
+    if "digits" in str(exc):
+        return "a number has more than 4,300 digits"
+    return str(exc)
 
 
 def _json_encoding_error(line_bytes: bytes, exc: UnicodeDecodeError, label: str, number: int) -> DataError:
@@ -413,7 +595,7 @@ def _json_encoding_error(line_bytes: bytes, exc: UnicodeDecodeError, label: str,
     column = None
     try:
         record = json.loads(line_bytes.decode("utf-8", "surrogateescape"))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         record = None
     if isinstance(record, dict):
         column = next((str(k) for k, v in record.items() if _has_surrogates(k) or _has_surrogates(v)), None)
@@ -428,7 +610,9 @@ def _json_encoding_error(line_bytes: bytes, exc: UnicodeDecodeError, label: str,
     )
 
 
-def _json_array_table(raw: bytes, label: str, base_dir: Path) -> _Table:
+def _json_array_rows(path: Path, label: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The items of a JSON array file, parsed one at a time (json.loads would build them all at once)."""
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -436,28 +620,46 @@ def _json_array_table(raw: bytes, label: str, base_dir: Path) -> _Table:
         raise DataError(
             "is not valid UTF-8; re-save the file with UTF-8 encoding", source=label, location=f"line {line}", row=line
         ) from exc
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"is not valid JSON at character {exc.colno} ({exc.msg})",
-            source=label,
-            location=f"line {exc.lineno}",
-            row=exc.lineno,
-        ) from exc
+    del raw
+    decoder = json.JSONDecoder()
+    space = re.compile(r"\s*")
+    position = space.match(text, text.index("[") + 1).end()
+    number = 0
+    while position < len(text) and text[position] != "]":
+        number += 1
+        if number > 1:
+            if text[position] != ",":
+                raise _json_array_syntax(text, position, "expected ',' or ']' after an item", label)
+            position = space.match(text, position + 1).end()
+        start = position
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise _json_array_syntax(text, exc.pos, exc.msg, label) from exc
+        except (RecursionError, ValueError) as exc:
+            raise DataError(f"cannot be parsed: {_json_limit_problem(exc)}", source=label,
+                            location=f"item {number}", row=number) from exc
+        _check_item(record, position - start, label, number)
+        position = space.match(text, position).end()
+        yield number, record
+    if position >= len(text) or text[position + 1 :].strip():
+        raise _json_array_syntax(text, min(position, len(text)), "expected one JSON array of objects", label)
 
-    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
-        for number, record in enumerate(records, start=1):
-            if not isinstance(record, dict):
-                raise DataError(
-                    f"expected a JSON object, got a {type(record).__name__}",
-                    source=label,
-                    location=f"item {number}",
-                    row=number,
-                )
-            yield number, record
 
-    return _Table(label=label, row_word="item", rows=rows(), base_dir=base_dir)
+def _check_item(record: Any, size: int, label: str, number: int) -> None:
+    if size > MAX_LINE_BYTES:
+        raise DataError(f"is larger than {megabytes(MAX_LINE_BYTES)}, the limit for one document and its summary",
+                        source=label, location=f"item {number}", row=number)
+    if not isinstance(record, dict):
+        raise DataError(f"expected a JSON object, got a {type(record).__name__}", source=label,
+                        location=f"item {number}", row=number)
+
+
+def _json_array_syntax(text: str, position: int, problem: str, label: str) -> DataError:
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return DataError(f"is not valid JSON at character {column} ({problem})", source=label,
+                     location=f"line {line}", row=line)
 
 
 # ---------------------------------------------------------------------------
@@ -505,10 +707,33 @@ def _check_header(table: _Table, mapping: dict[str, str]) -> None:
             )
 
 
+def _valid_rows(table: _Table, mapping: dict[str, str]) -> Iterator[_Row]:
+    """Every row of the table, validated, with its 'split' value; at most MAX_ROWS of them."""
+    count = 0
+    for number, raw in table.rows:
+        count += 1
+        if count > MAX_ROWS:
+            raise _too_many_rows(table.label)
+        split = None
+        if table.split_column_ok and "split" in raw:
+            split = _split_value(raw["split"], table, number)
+        text, summary, image = _validate_row(table, number, raw, mapping)
+        yield _Row(split, text, summary, image)
+
+
+def _split_value(value: Any, table: _Table, number: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int, float)):
+        raise DataError(f"expected a split name such as 'train' or 'eval', got {type(value).__name__} {_short(value)}",
+                        source=table.label, location=table.where(number), row=number, column="split")
+    return str(value)
+
+
 def _validate_row(
     table: _Table, number: int, row: dict[str, Any], mapping: dict[str, str]
-) -> tuple[str, str, bytes]:
-    """Check one raw row and return (text, summary, RGB-decodable image bytes)."""
+) -> tuple[str, str, bytes | None]:
+    """Check one raw row and return (text, summary, RGB-decodable image bytes or None)."""
     location = table.where(number)
 
     def fail(problem: str, column: str | None) -> DataError:
@@ -520,18 +745,22 @@ def _validate_row(
                 raise fail(_not_utf8_problem(part), str(key))
 
     summary_col, text_col, image_col = mapping["summary"], mapping["text"], mapping["image"]
-    keys = ", ".join(repr(k) for k in row) or "none"
+    keys = ", ".join(_short(k) for k in list(row)[:20]) + (", ..." if len(row) > 20 else "") if row else "none"
 
     if summary_col not in row:
         raise fail(f"missing (expected the target output); this row has: {keys}; "
                    f"{_column_hint('summary', summary_col)}", summary_col)
     summary = row[summary_col]
     if summary is not None and not isinstance(summary, str):
-        raise fail(f"expected the target output as text, got {type(summary).__name__} {summary!r}", summary_col)
+        raise fail(f"expected the target output as text, got {type(summary).__name__} {_short(summary)}", summary_col)
     if summary is None or not summary.strip():
         raise fail("expected a non-empty target output (summary), got an empty value", summary_col)
+    _check_text(summary, fail, summary_col)
 
-    image = _image_bytes(row.get(image_col), table, fail, image_col)
+    try:
+        image = image_bytes(row.get(image_col), base_dir=table.base_dir, image_root=table.image_root)
+    except ImageProblem as problem:
+        raise fail(str(problem), image_col) from None
 
     if text_col not in row and image is None:
         raise fail(f"missing (expected the document text, or an image in {image_col!r}); "
@@ -540,95 +769,45 @@ def _validate_row(
     if text is None:
         text = ""
     if not isinstance(text, str):
-        raise fail(f"expected the document as text, got {type(text).__name__} {text!r}", text_col)
+        raise fail(f"expected the document as text, got {type(text).__name__} {_short(text)}", text_col)
     if not text.strip() and image is None:
         raise fail(f"is empty and the row has no image in {image_col!r}; expected the document text or an image",
                    text_col)
-
-    if image is None:
-        image = _png_bytes(render_document(text))
+    _check_text(text, fail, text_col)
     return text, summary, image
 
 
-def _image_bytes(value: Any, table: _Table, fail: Any, column: str) -> bytes | None:
-    """Turn any accepted image value into encoded RGB-decodable bytes; None when absent."""
-    if value is None:
-        return None
-    described = "the image"
-    if isinstance(value, Image.Image):
-        try:
-            value.load()
-            return _png_bytes(_to_rgb(value))
-        except Exception as exc:
-            raise fail(f"holds an image that cannot be decoded ({exc})", column) from exc
-    if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
-        if data:
-            value = data
-        elif path:
-            value = path
-        else:
-            return None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-        if not data:
-            return None
-    elif isinstance(value, (str, os.PathLike)):
-        if not str(value).strip():
-            return None
-        resolved = Path(value).expanduser()
-        if not resolved.is_absolute():
-            resolved = table.base_dir / resolved
-        described = f"image file {str(resolved)!r}"
-        if not resolved.is_file():
-            raise fail(f"{described} not found (relative paths are resolved against {str(table.base_dir)!r})",
-                       column)
-        try:
-            data = resolved.read_bytes()
-        except OSError as exc:
-            raise fail(f"{described} could not be read ({exc})", column) from exc
-    else:
-        raise fail(f"expected an image path, image bytes or a PIL image, got {type(value).__name__}", column)
-
+def _check_text(value: str, fail: Any, column: str) -> None:
+    """The text must be storable (UTF-8) and within MAX_TEXT_BYTES."""
     try:
-        return _normalize_image(data)
-    except Exception as exc:  # Pillow raises several types for bad data
-        raise fail(f"{described} cannot be decoded as an image ({type(exc).__name__}: {exc})", column) from exc
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. the JSON escape "\ud800"
+        code = ord(value[exc.start])
+        raise fail(f"holds \\u{code:04x} at character {exc.start + 1}, half of a UTF-16 surrogate pair and not a "
+                   "character; remove it or write the whole character", column) from None
+    if size > MAX_TEXT_BYTES:
+        raise fail(f"is {megabytes(size)} of text; at most {megabytes(MAX_TEXT_BYTES)} per cell (a long document is rarely "
+                   "over 100 KB); shorten it or split the document", column)
 
 
-def _normalize_image(data: bytes) -> bytes:
-    """Decode fully (to catch truncated files now) and return bytes that decode to the right RGB page."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        upright = ImageOps.exif_transpose(image)  # phone photos of documents are often stored sideways
-        rotated = upright is not image
-        if image.mode == "RGB" and not rotated and image.format in ("PNG", "JPEG", "WEBP"):
-            return data  # already what the model needs; keep the original compression
-        return _png_bytes(_to_rgb(upright))
+def _short(value: Any) -> str:
+    """A bounded repr (length and depth): a message never echoes a whole hostile value."""
+    return _REPR.repr(value)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # A plain convert("RGB") would turn transparent areas black, hiding black text.
-        rgba = image.convert("RGBA")
-        page = Image.new("RGB", rgba.size, "white")
-        page.paste(rgba, mask=rgba.getchannel("A"))
-        return page
-    return image.convert("RGB")
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def _cut(error: BaseException, limit: int = 200) -> str:
+    """A library's error message on one line, cut to ``limit`` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def _has_surrogates(value: Any) -> bool:
     # Undecodable bytes survive reading as lone surrogates (surrogateescape).
-    return isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value)
+    return isinstance(value, str) and _ESCAPED_BYTE.search(value) is not None
 
 
 def _not_utf8_problem(value: str) -> str:
-    bad = next(ch for ch in value if "\udc80" <= ch <= "\udcff")
-    byte = ord(bad) - 0xDC00
+    match = _ESCAPED_BYTE.search(value)
+    assert match is not None
+    byte = ord(match.group()) - 0xDC00
     return f"is not valid UTF-8 (byte 0x{byte:02X}); re-save the file with UTF-8 encoding"

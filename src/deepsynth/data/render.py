@@ -6,6 +6,7 @@ we draw it on a white page the way a simple printed document looks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,53 +29,62 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(FONT_PATH), size=size)
 
 
-def _split_long_word(word: str, font: ImageFont.FreeTypeFont, max_width: float) -> list[str]:
+def _fits(text: str, font: ImageFont.FreeTypeFont, max_width: float) -> bool:
+    # Glyphs are at least half a pixel wide (all but zero-width ones), so a longer string never
+    # fits; not measuring it keeps a hostile 1 MB "word" cheap (Pillow refuses 1M characters).
+    return len(text) <= 2 * max_width and font.getlength(text) <= max_width
+
+
+def _split_long_word(word: str, font: ImageFont.FreeTypeFont, max_width: float) -> Iterator[str]:
     """Cut a word wider than the line (a URL, a long number) into pieces that fit."""
-    pieces: list[str] = []
     current = ""
     for char in word:
-        if current and font.getlength(current + char) > max_width:
-            pieces.append(current)
+        if current and not _fits(current + char, font, max_width):
+            yield current
             current = char
         else:
             current += char
     if current:
-        pieces.append(current)
-    return pieces
+        yield current
 
 
-def _wrap_paragraph(paragraph: str, font: ImageFont.FreeTypeFont, max_width: float) -> list[str]:
+def _wrap_paragraph(paragraph: str, font: ImageFont.FreeTypeFont, max_width: float) -> Iterator[str]:
     """Greedy word wrap of one paragraph, measured with the real font."""
     words = paragraph.split()
     if not words:
-        return [""]  # an empty paragraph still takes one blank line
-    lines: list[str] = []
+        yield ""  # an empty paragraph still takes one blank line
+        return
     current = ""
     for word in words:
         candidate = f"{current} {word}" if current else word
-        if font.getlength(candidate) <= max_width:
+        if _fits(candidate, font, max_width):
             current = candidate
             continue
         if current:
-            lines.append(current)
-        if font.getlength(word) <= max_width:
+            yield current
+        if _fits(word, font, max_width):
             current = word
         else:
-            *full, current = _split_long_word(word, font, max_width)
-            lines.extend(full)
-    lines.append(current)
-    return lines
+            current = ""
+            for piece in _split_long_word(word, font, max_width):
+                if current:
+                    yield current
+                current = piece
+    yield current
+
+
+def _wrapped_lines(text: str, *, width: int, font_size: int, margin: int) -> Iterator[str]:
+    # Lazy, so a page stops measuring text once it is full: a 1 MB text costs as much as one page.
+    font = _font(font_size)
+    max_width = width - 2 * margin
+    normalized = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
+    for paragraph in normalized.split("\n"):
+        yield from _wrap_paragraph(paragraph, font, max_width)
 
 
 def wrap_text(text: str, *, width: int = 640, font_size: int = 20, margin: int = 24) -> list[str]:
     """Return the lines `render_document` would draw (before cutting at the page bottom)."""
-    font = _font(font_size)
-    max_width = width - 2 * margin
-    normalized = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
-    lines: list[str] = []
-    for paragraph in normalized.split("\n"):
-        lines.extend(_wrap_paragraph(paragraph, font, max_width))
-    return lines
+    return list(_wrapped_lines(text, width=width, font_size=font_size, margin=margin))
 
 
 def render_document(
@@ -109,7 +119,7 @@ def render_document(
     ascent, descent = font.getmetrics()
 
     y = margin
-    for line in wrap_text(text, width=width, font_size=font_size, margin=margin):
+    for line in _wrapped_lines(text, width=width, font_size=font_size, margin=margin):
         # Stop before a line whose glyphs would cross the bottom margin: a
         # half-drawn line is worse for OCR than a cleanly missing one.
         if y + ascent + descent > height - margin:

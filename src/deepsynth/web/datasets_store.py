@@ -1,4 +1,4 @@
-"""Uploaded datasets of the web app: validated with :func:`deepsynth.data.load_documents`, one folder each.
+"""Uploaded datasets of the web app: validated with :func:`deepsynth.data.check_documents`, one folder each.
 
 Layout: ``<state_dir>/datasets/<id>/`` holds ``meta.json`` and the uploaded data file (or the
 extracted zip: one data file plus the images it names, resolved relative to the data file as
@@ -7,11 +7,15 @@ extracted zip: one data file plus the images it names, resolved relative to the 
 
 Everything a client names is checked before it touches the disk: display names and file names may
 not contain path separators or ``..``; zip members may not be absolute, climb out with ``..``, be
-links, or add up to more than the extraction limit.
+links, have names the file system refuses, hold more than their header declares, or add up to more
+than the extraction limit; the rows' image paths must name files inside the upload (the answer for
+a path outside is the same whether or not a file exists there). Every refusal is a 4xx naming the
+file, row and field; the upload folder is removed whatever happens.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -24,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from deepsynth.data import SAMPLE_DATA_PATH, DataError, load_documents
+from deepsynth.data import SAMPLE_DATA_PATH, DataError, check_documents
 from deepsynth.web.settings import DEFAULT_MAX_UPLOAD_BYTES
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -182,6 +186,8 @@ class DatasetStore:
         """
         try:
             filename = check_name(filename, "filename")
+            if len(filename.encode("utf-8", "surrogateescape")) > 255:
+                raise DatasetRequestError("filename: longer than 255 bytes, which file systems refuse")
             display = check_name(name, "name") if name not in (None, "") else filename
             suffix = PurePosixPath(filename.lower()).suffix
             if suffix not in UPLOAD_SUFFIXES:
@@ -198,12 +204,13 @@ class DatasetStore:
                 data_rel = filename
                 raw.rename(content / filename)
             data_file = content / data_rel
-            # Messages name the file as the user knows it, not our folder.
+            # Messages name the file as the user knows it, never our folder; image paths must stay in the upload.
             try:
-                rows, splits, train_rows = _count(data_file)
+                rows, splits, train_rows = _count(data_file, image_root=content)
             except DataError as error:
                 raise DataError(
-                    error.problem, source=filename if suffix != ".zip" else f"{filename}: {data_rel}",
+                    error.problem.replace(f"{content.resolve()}/", "").replace(f"{content}/", ""),
+                    source=filename if suffix != ".zip" else f"{filename}: {data_rel}",
                     location=error.location, row=error.row, column=error.column,
                 ) from None
             with self._lock:
@@ -234,38 +241,10 @@ class DatasetStore:
         """Extract a zip safely into ``dest``; return the data file's path relative to it."""
         try:
             zf = zipfile.ZipFile(archive)
-        except (zipfile.BadZipFile, OSError) as error:
-            raise DatasetRequestError(f"file: {filename!r} is not a valid zip archive ({error})") from None
+        except Exception as error:  # BadZipFile, and what a forged directory makes zipfile raise
+            raise DatasetRequestError(f"file: {filename!r} is not a valid zip archive ({_reason(error)})") from None
         with zf:
-            members = zf.infolist()
-            if len(members) > MAX_ZIP_MEMBERS:
-                raise DatasetRequestError(f"file: the zip holds {len(members)} entries; at most {MAX_ZIP_MEMBERS}")
-            total = 0
-            data_files: list[str] = []
-            plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-            for member in members:
-                name = member.filename
-                path = PurePosixPath(name)
-                if ("\\" in name or name.startswith("/") or path.is_absolute() or ".." in path.parts
-                        or re.match(r"^[A-Za-z]:", name) or _CONTROL.search(name)):
-                    raise DatasetRequestError(f"file: zip member {name!r} points outside the archive; refused")
-                mode = member.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise DatasetRequestError(f"file: zip member {name!r} is a symbolic link; refused")
-                if member.flag_bits & 0x1:
-                    raise DatasetRequestError(f"file: zip member {name!r} is encrypted")
-                if member.is_dir():
-                    continue
-                if path.parts[0] == "__MACOSX" or path.name.startswith("."):
-                    continue  # Finder's resource forks and hidden files
-                total += member.file_size
-                if total > self.max_extracted_bytes:
-                    raise DatasetRequestError(
-                        f"file: the zip expands to more than {human_size(self.max_extracted_bytes)}", status_code=413
-                    )
-                plan.append((member, path))
-                if path.suffix.lower() in DATA_SUFFIXES:
-                    data_files.append(path.as_posix())
+            plan, data_files = self._plan_zip(zf.infolist())
             if not data_files:
                 raise DataError(
                     f"the zip holds no data file; expected one of {', '.join(DATA_SUFFIXES)} next to the images",
@@ -281,57 +260,76 @@ class DatasetStore:
                 target = (dest / Path(*path.parts)).resolve()
                 if root not in target.parents:
                     raise DatasetRequestError(f"file: zip member {member.filename!r} points outside the archive; refused")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                written = 0
-                with zf.open(member) as source, open(target, "wb") as out:
-                    while chunk := source.read(1 << 20):
-                        written += len(chunk)
-                        if written > member.file_size:  # a lying header: stop at what it announced
-                            raise DatasetRequestError(f"file: zip member {member.filename!r} is larger than declared")
-                        out.write(chunk)
+                _extract_member(zf, member, target)
             return data_files[0]
 
+    def _plan_zip(self, members: list[zipfile.ZipInfo]) -> tuple[list[tuple[zipfile.ZipInfo, PurePosixPath]], list[str]]:
+        """Check every member's name, type and declared size; return (files to extract, data files)."""
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise DatasetRequestError(f"file: the zip holds {len(members)} entries; at most {MAX_ZIP_MEMBERS}")
+        total = 0
+        data_files: list[str] = []
+        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+        for member in members:
+            name = member.filename
+            path = PurePosixPath(name)
+            if ("\\" in name or name.startswith("/") or path.is_absolute() or ".." in path.parts
+                    or re.match(r"^[A-Za-z]:", name) or _CONTROL.search(name)):
+                raise DatasetRequestError(f"file: zip member {name!r} points outside the archive; refused")
+            if any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in path.parts):
+                raise DatasetRequestError(f"file: zip member {name[:80]!r}… has a file or folder name longer than "
+                                          "255 bytes, which file systems refuse")
+            if stat.S_ISLNK(member.external_attr >> 16):
+                raise DatasetRequestError(f"file: zip member {name!r} is a symbolic link; refused")
+            if member.flag_bits & 0x1:
+                raise DatasetRequestError(f"file: zip member {name!r} is encrypted")
+            if member.is_dir() or path.parts[0] == "__MACOSX" or path.name.startswith("."):
+                continue  # folders are made as needed; Finder's resource forks and hidden files are skipped
+            total += member.file_size
+            if total > self.max_extracted_bytes:
+                raise DatasetRequestError(
+                    f"file: the zip expands to more than {human_size(self.max_extracted_bytes)}", status_code=413
+                )
+            plan.append((member, path))
+            if path.suffix.lower() in DATA_SUFFIXES:
+                data_files.append(path.as_posix())
+        return plan, data_files
 
-def _count(data_file: Path) -> tuple[int, dict[str, int], int]:
-    """Validate every row; return (rows, rows per split, training rows)."""
-    rows = len(load_documents(data_file))
-    splits: dict[str, int] = {}
-    train_rows = rows
-    split_values = _split_values(data_file)
-    if split_values:
-        for value in split_values:
-            splits[value] = splits.get(value, 0) + 1
-        if "train" in splits:
-            train_rows = splits["train"]
-    return rows, splits, train_rows
 
-
-def _split_values(data_file: Path) -> list[str]:
-    """The values of a 'split' column, read the way load_documents reads the file (empty when none)."""
-    suffix = data_file.suffix.lower()
+def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path) -> None:
+    """Write one member, never more than its header declares; a damaged member is the client's 400."""
     try:
-        if suffix in (".jsonl", ".json"):
-            text = data_file.read_text(encoding="utf-8-sig")
-            if suffix == ".json" and text.lstrip().startswith("["):
-                records = json.loads(text)
-            else:
-                records = [json.loads(line) for line in text.splitlines() if line.strip()]
-            if not any(isinstance(r, dict) and "split" in r for r in records):
-                return []
-            return ["" if r.get("split") is None else str(r.get("split")) for r in records if isinstance(r, dict)]
-        if suffix in (".csv", ".tsv"):
-            import pandas as pd
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        with zf.open(member) as source, open(target, "wb") as out:
+            while chunk := source.read(1 << 20):
+                written += len(chunk)
+                if written > member.file_size:  # a lying header: stop at what it announced
+                    raise DatasetRequestError(f"file: zip member {member.filename!r} is larger than declared")
+                out.write(chunk)
+    except DatasetRequestError:
+        raise
+    except zipfile.BadZipFile as error:  # e.g. "Bad CRC-32": the header understates the member's size
+        raise DatasetRequestError(f"file: zip member {member.filename!r} is damaged ({_reason(error)})") from None
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DatasetRequestError("file: the server's disk is full; the upload was not kept", 507) from None
+        # A file and a folder of the same name, for instance.
+        raise DatasetRequestError(f"file: zip member {member.filename!r} could not be extracted "
+                                  f"({_reason(error)})") from None
+    except Exception as error:  # zlib.error, EOFError, NotImplementedError (compression), lzma errors...
+        raise DatasetRequestError(f"file: zip member {member.filename!r} is damaged or uses an unsupported "
+                                  f"format ({_reason(error)})") from None
 
-            frame = pd.read_csv(data_file, sep="," if suffix == ".csv" else "\t", dtype=object,
-                                keep_default_na=False, index_col=False, encoding="utf-8-sig")
-            return [str(v) for v in frame["split"]] if "split" in frame.columns else []
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
 
-            table = pq.read_table(data_file)
-            if "split" not in table.column_names:
-                return []
-            return ["" if v is None else str(v) for v in table.column("split").to_pylist()]
-    except Exception:  # already validated by load_documents; the split count is informative only
-        return []
-    return []
+def _reason(error: BaseException) -> str:
+    """An exception's message without file-system paths of the server."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _count(data_file: Path, image_root: Path | None = None) -> tuple[int, dict[str, int], int]:
+    """Validate every row (images confined to ``image_root``); return (rows, rows per split, training rows)."""
+    counts = check_documents(data_file, image_root=image_root)
+    return counts.rows, counts.splits, counts.train_rows
