@@ -179,8 +179,8 @@ def _train_config(args: argparse.Namespace, overrides: dict[str, Any]):
     if args.config or args.preset or args.auto:
         config = build_config(args.config, args.preset, overrides)
         parts = [f"settings from {args.config}" if args.config else "the default settings",
-                 f"LoRA preset {args.preset}" if args.preset else "", "recommended for the data (--auto)" if args.auto else "",
-                 "your flags" if overrides else ""]
+                 f"LoRA preset {args.preset}" if args.preset else "",
+                 "recommended for the data (--auto)" if args.auto else "", "your flags" if overrides else ""]
         return config, args.auto, ", then ".join(part for part in parts if part)
     if overrides.get("data_path"):
         return (build_config(None, None, overrides), True,

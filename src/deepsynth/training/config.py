@@ -109,7 +109,8 @@ class OptimizerConfig:
                                        help="warmup length in optimizer updates (instead of warmup_ratio)")
     warmup_ratio: float | None = setting(None, excludes="warmup_steps",
                                          help="warmup as a share of the updates, in [0, 1) (default 0.1)")
-    scheduler_type: str = setting("cosine", flag="--scheduler", metavar="NAME", help=f"one of {', '.join(SCHEDULER_TYPES)}")
+    scheduler_type: str = setting("cosine", flag="--scheduler", metavar="NAME",
+                                  help=f"one of {', '.join(SCHEDULER_TYPES)}")
 
     DEFAULT_WARMUP_RATIO = 0.1
 
@@ -155,8 +156,10 @@ class TrainerConfig:
 
     model_name: str | None = setting(None, flag="--model", metavar="NAME",
                                      help="model name or directory (default: the embedded tiny DeepSeek-OCR-2)")
-    output_dir: str = setting("outputs/deepsynth-run", metavar="DIR", help="folder for the adapter, metrics and checkpoints")
-    preset: str | None = setting(None, metavar="NAME", help="LoRA preset the lora_* fields come from (see `deepsynth presets`)")
+    output_dir: str = setting("outputs/deepsynth-run", metavar="DIR",
+                              help="folder for the adapter, metrics and checkpoints")
+    preset: str | None = setting(None, metavar="NAME",
+                                 help="LoRA preset the lora_* fields come from (see `deepsynth presets`)")
 
     batch_size: int = setting(1, help="samples per forward/backward step and process")
     num_epochs: int = setting(200, flag="--epochs", help="passes over the training samples")
@@ -200,7 +203,8 @@ class TrainerConfig:
     # Data (deepsynth.data): None = the bundled French samples (train / eval splits).
     data_path: str | None = setting(None, flag="--data", metavar="PATH",
                                     help="data file, folder or Hub dataset (default: the bundled samples)")
-    eval_data_path: str | None = setting(None, flag="--eval-data", metavar="PATH", help="eval data (default: the data's 'eval' split)")
+    eval_data_path: str | None = setting(None, flag="--eval-data", metavar="PATH",
+                                         help="eval data (default: the data's 'eval' split)")
     column_mapping: dict[str, str] | None = setting(
         None, help="canonical=yours pairs, e.g. summary=target,text=document")
     instruction: str | None = setting(None, metavar="TEXT", help="prompt (default: the summarisation instruction)")
@@ -213,7 +217,8 @@ class TrainerConfig:
 
     # Run control.
     seed: int = setting(42, help="seed of LoRA init, dropout, data order and the hold-out")
-    dtype: str | None = setting(None, metavar="NAME", help="float32, bfloat16 or float16 (default: bf16 on GPUs that have it, else fp32)")
+    dtype: str | None = setting(None, metavar="NAME",
+                                help="float32, bfloat16 or float16 (default: bf16 on GPUs that have it, else fp32)")
     gradient_checkpointing: bool = setting(False, help="recompute activations in backward (less memory)")
     # Encode each unique page once when the vision path is frozen (deepsynth.training.feature_cache);
     # false forces per-step encoding. Exact: tests compare losses with and without.
