@@ -114,71 +114,106 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-# Flags of `train` that map one-to-one onto TrainerConfig fields: flag → (field, type).
-TRAIN_FLAGS: dict[str, tuple[str, type]] = {
-    "--model": ("model_name", str),
-    "--output-dir": ("output_dir", str),
-    "--data": ("data_path", str),
-    "--eval-data": ("eval_data_path", str),
-    "--epochs": ("num_epochs", int),
-    "--batch-size": ("batch_size", int),
-    "--grad-accum": ("gradient_accumulation_steps", int),
-    "--learning-rate": ("learning_rate", float),
-    "--warmup-steps": ("warmup_steps", int),
-    "--scheduler": ("scheduler_type", str),
-    "--max-train-samples": ("max_train_samples", int),
-    "--max-eval-samples": ("max_eval_samples", int),
-    "--max-length": ("max_length", int),
-    "--instruction": ("instruction", str),
-    "--seed": ("seed", int),
-    "--resume": ("resume_from_checkpoint", str),
-    "--eval-every": ("eval_every_updates", int),
-    "--early-stopping-patience": ("early_stopping_patience", int),
-    "--max-new-tokens": ("max_new_tokens", int),
-    "--hub-model-id": ("hub_model_id", str),
-    "--gate-dropout": ("gate_dropout_rate", float),
-    "--expert-dropout": ("expert_dropout_rate", float),
-    "--expert-dropout-min-keep": ("expert_dropout_min_keep", int),
-    "--router-aux-loss-coef": ("router_aux_loss_coef", float),
-}
+# --- train: flags generated from TrainerConfig's field metadata ------------------------------------
+
+def train_flags() -> dict[str, Any]:
+    """Flag → FieldInfo for every TrainerConfig field (optimizer fields flat), as TRL's TrlParser
+    derives flags from dataclasses: the field's metadata ``flag`` or ``--field-name``. The Hub token
+    has none: huggingface_hub reads it from HF_TOKEN, never from a command line (shell history, ps)."""
+    from deepsynth.training.config import SECRET_FIELDS, config_fields
+
+    return {info.metadata.get("flag") or "--" + info.name.replace("_", "-"): info
+            for info in config_fields() if info.name not in SECRET_FIELDS}
 
 
-def _train_config(args: argparse.Namespace):
-    from deepsynth.training.config import TrainerConfig
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
-    config = TrainerConfig.from_file(args.config) if args.config else TrainerConfig()
-    data = config.to_dict()
-    for flag, (field, _) in TRAIN_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
-            if field in data["optimizer"]:
-                data["optimizer"][field] = value
-                if field == "warmup_steps":
-                    data["optimizer"]["warmup_ratio"] = None
-            else:
-                data[field] = value
-    if args.column_mapping is not None:
-        data["column_mapping"] = _column_mapping(args.column_mapping)
-    if args.push_to_hub:
-        data["push_to_hub"] = True
-    config = TrainerConfig.from_dict(data)
+
+def _pairs(text: str) -> dict[str, str]:
+    pairs = [pair.split("=", 1) for pair in text.split(",") if pair.strip()]
+    if not all(len(pair) == 2 and pair[0].strip() and pair[1].strip() for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected name=value pairs separated by commas, got {text!r}")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+_FLAG_TYPES = {"int": int, "float": float, "number": _number, "str": str, "list": _names, "dict": _pairs}
+_METAVARS = {"list": "A,B", "dict": "K=V,K=V", "int": "N", "float": "X", "number": "X"}
+
+
+def _add_train_flags(parser: argparse.ArgumentParser, preset_group: argparse._MutuallyExclusiveGroup) -> None:
+    for flag, info in train_flags().items():
+        target = preset_group if info.name == "preset" else parser
+        help_text = info.help.replace("%", "%%")
+        if info.kind == "bool":
+            target.add_argument(flag, dest=info.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            target.add_argument(flag, dest=info.name, type=_FLAG_TYPES[info.kind], default=None,
+                                metavar=info.metadata.get("metavar") or _METAVARS.get(info.kind, "VALUE"),
+                                help=help_text)
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainerConfig fields the flags given on the command line set (field name → value)."""
+    values = {info.name: getattr(args, info.name, None) for info in train_flags().values()}
+    return {name: value for name, value in values.items() if value is not None and name != "preset"}
+
+
+def _train_config(args: argparse.Namespace, overrides: dict[str, Any]):
+    """(config, whether to apply the recommendation, where the settings come from): the CLI's rule.
+
+    ``--config`` / ``--preset`` / ``--auto``: as given. ``--data`` alone: planned for the data as with
+    ``--auto``. Nothing: the README's demonstration on the bundled documents. Flags win throughout.
+    """
+    from deepsynth.training.config import build_config
+    from deepsynth.training.plan import DEMONSTRATION
+
+    if args.config or args.preset or args.auto:
+        config = build_config(args.config, args.preset, overrides)
+        parts = [f"settings from {args.config}" if args.config else "the default settings",
+                 f"LoRA preset {args.preset}" if args.preset else "",
+                 "recommended for the data (--auto)" if args.auto else "", "your flags" if overrides else ""]
+        return config, args.auto, ", then ".join(part for part in parts if part)
+    if overrides.get("data_path"):
+        return (build_config(None, None, overrides), True,
+                "settings recommended for the data (--data without --config or --preset plans as --auto does)")
+    return (build_config(DEMONSTRATION, None, overrides), False,
+            "the README's demonstration on the bundled documents (no --data, --config or --preset; the settings of "
+            "examples/quickstart.yaml). For your documents: deepsynth train --data FILE")
+
+
+def _processes() -> tuple[int, bool]:
+    """(world size, whether this is the main process): under ``accelerate launch`` rank 0 alone prints."""
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.num_processes, state.is_main_process
+
+
+def plan_train(args: argparse.Namespace):
+    """The run plan of ``deepsynth train`` with these arguments (deepsynth.training.plan.plan_run)."""
+    from deepsynth.training.plan import plan_run
+
+    overrides = flag_overrides(args)
+    config, recommended, origin = _train_config(args, overrides)
     if config.column_mapping and not (config.data_path or config.eval_data_path):
         # It would be silently ignored: the bundled samples already have 'text' and 'summary'.
-        flag = "--column-mapping" if args.column_mapping is not None else "column_mapping"
-        raise ConfigError(flag, args.column_mapping or config.column_mapping,
+        raise ConfigError("--column-mapping" if "column_mapping" in overrides else "column_mapping",
+                          config.column_mapping,
                           "--data FILE (or data_path in --config) with it: a column mapping applies to your own data")
-    if args.preset:
-        config = config.with_preset(args.preset)
-    return config
-
-
-def _column_mapping(text: str) -> dict[str, str]:
-    """``summary=target,text=document`` → ``{"summary": "target", "text": "document"}``."""
-    pairs = [pair.strip() for pair in text.split(",") if pair.strip()]
-    if not pairs or not all("=" in pair and all(side.strip() for side in pair.split("=", 1)) for pair in pairs):
-        raise ConfigError("--column-mapping", text, "canonical=yours pairs separated by commas, "
-                                                    "e.g. summary=target,text=document")
-    return {key.strip(): value.strip() for key, value in (pair.split("=", 1) for pair in pairs)}
+    world_size, _ = _processes()
+    names = {info.name: flag for flag, info in train_flags().items()}
+    return plan_run(config, recommend_settings=recommended, keep=overrides, world_size=world_size, names=names,
+                    origin=origin)
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
@@ -188,44 +223,15 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return f"Before/after on {metrics['num_eval_samples']} {where}:\n" + _table(rows, ("metric", "base", "adapted", "change"))
 
 
-def _auto_configure(config):
-    """``config`` with the recommendation for its training data applied (``--auto``).
-
-    The recommendation is told whether the data has eval data (an eval file or an ``eval`` split;
-    without, it holds samples out) and the real count of target tokens (the tokenizer only is loaded).
-    """
-    from deepsynth.models.loading import ModelLoadError
-    from deepsynth.training.config import TrainerConfig
-    from deepsynth.training.production_trainer import UnifiedProductionTrainer, _world_size
-    from deepsynth.training.recommend import count_target_tokens, recommend
-
-    # All the training rows, before any hold-out a config file may already ask for.
-    unsplit = TrainerConfig.from_dict({**config.to_dict(), "holdout_samples": None})
-    data = UnifiedProductionTrainer(unsplit).prepare_data()
-    num_samples = len(data.train)
-    try:
-        tokens = count_target_tokens(config.model_name, data.train["summary"])
-    except ModelLoadError as error:
-        print(f"--auto: target tokens not counted ({error}); assuming a typical summary length")
-        tokens = None
-    rec = recommend(num_samples, model=config.model_name, world_size=_world_size(), num_train_tokens=tokens,
-                    has_eval_data=not data.eval_on_training_data)
-    held = rec.evaluation["holdout_samples"]
-    counted = f"{tokens:,} target tokens" if tokens is not None else "target tokens assumed"
-    print(f"--auto: {num_samples} training samples ({counted}){f', {held} held out for evaluation' if held else ''} → "
-          f"preset {rec.preset_name}, {rec.estimates['effective_updates']} optimizer updates")
-    for warning in rec.warnings:
-        print(f"warning: {warning}")
-    return rec.apply(config)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from deepsynth.training.production_trainer import UnifiedProductionTrainer
 
-    config = _train_config(args)
-    if args.auto:
-        config = _auto_configure(config)
-    metrics, paths = UnifiedProductionTrainer(config).train()
+    plan = plan_train(args)
+    if _processes()[1]:
+        print(plan.text() + "\n", flush=True)
+    if args.dry_run:
+        return 0
+    metrics, paths = UnifiedProductionTrainer(plan.config).train()
     if not metrics:
         return 0  # a non-main process of a distributed run: rank 0 reports and writes
     print()
@@ -280,11 +286,19 @@ def cmd_push(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepsynth", description="LoRA fine-tuning of DeepSeek-OCR-family models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_presets, _add_recommend, _add_inspect, _add_train, _add_eval, _add_generate, _add_export,
+                _add_push, _add_serve):
+        add(sub)
+    return parser
 
+
+def _add_presets(sub: Any) -> None:
     p = sub.add_parser("presets", help="list the LoRA presets")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_presets)
 
+
+def _add_recommend(sub: Any) -> None:
     p = sub.add_parser("recommend", help="recommend a preset and settings for a dataset size")
     p.add_argument("--num-samples", type=int, required=True, help="number of training samples")
     p.add_argument("--model", default=None, help="model name or directory (default: the embedded model)")
@@ -298,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_recommend)
 
+
+def _add_inspect(sub: Any) -> None:
     p = sub.add_parser("inspect", help="show resolved LoRA targets and exact trainable parameters")
     p.add_argument("--model", default=None, help="model name or directory (default: the embedded model)")
     p.add_argument("--preset", required=True, help="preset name (see `deepsynth presets`)")
@@ -305,17 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("train", help="fine-tune with LoRA (default: embedded model, bundled French samples)")
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train", help="fine-tune with LoRA (no arguments: the README's demonstration on the bundled documents)",
+        description="Fine-tune with LoRA. Settings come from --config, then --preset, then the flags. With --data "
+                    "and neither --config nor --preset, the settings are recommended for the data (as --auto); "
+                    "with nothing, the README's demonstration runs. The plan is printed first.")
     p.add_argument("--config", help="YAML/JSON file of TrainerConfig fields (flags override it)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--preset", help="LoRA preset (see `deepsynth presets`)")
     group.add_argument("--auto", action="store_true", help="apply `recommend` for the dataset's size")
-    for flag, (field, kind) in TRAIN_FLAGS.items():
-        p.add_argument(flag, type=kind, default=None, help=f"TrainerConfig.{field}")
-    p.add_argument("--column-mapping", help="canonical=yours pairs, e.g. summary=target,text=document")
-    p.add_argument("--push-to-hub", action="store_true", help="push the adapter to --hub-model-id when done")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop: nothing is trained or written")
+    _add_train_flags(p, group)
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="before/after metrics of an adapter on a dataset")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
     p.add_argument("--data", default=None, help="data file or folder (default: bundled eval samples)")
@@ -323,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate with an adapter")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
     source = p.add_mutually_exclusive_group(required=True)
@@ -331,11 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.set_defaults(func=cmd_generate)
 
+
+def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="merge an adapter into its base model")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
     p.add_argument("--merge", required=True, metavar="OUT", help="folder for the merged model")
     p.set_defaults(func=cmd_export)
 
+
+def _add_push(sub: Any) -> None:
     p = sub.add_parser("push", help="push an adapter folder to the Hugging Face Hub")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
     p.add_argument("--repo-id", required=True, help="ORG/NAME")
@@ -343,12 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("http", "git"), default=None, help="default: $DS_PUSH_BACKEND or http")
     p.set_defaults(func=cmd_push)
 
+
+def _add_serve(sub: Any) -> None:
     from deepsynth.web.server import add_serve_arguments, run_serve
 
     p = sub.add_parser("serve", help="run the web UI and API (loopback by default)")
     add_serve_arguments(p)
     p.set_defaults(func=run_serve)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from deepsynth.training.config import OptimizerConfig, TrainerConfig
+from deepsynth.training.config import OptimizerConfig, TrainerConfig, build_config, config_fields
 from deepsynth.training.errors import ConfigError
 
 SEED_TEST_1 = dict(
@@ -127,6 +127,20 @@ def test_unknown_fields_are_refused():
         TrainerConfig.from_dict({"lora_rnak": 8})
 
 
+def test_seed_test_2_keywords_and_the_flat_defaults():
+    # Test 2 sets the flat LoRA fields; without them, TrainerConfig's defaults are exactly today's.
+    config = TrainerConfig(batch_size=1, num_epochs=200, max_train_samples=20, gradient_accumulation_steps=16,
+                           lora_rank=32, lora_alpha=64, lora_dropout=0.08,
+                           lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"])
+    assert config.lora_config().target_modules[-3:] == ["gate_proj", "up_proj", "down_proj"]
+    default = TrainerConfig()
+    assert (default.use_lora, default.lora_rank, default.lora_alpha, default.lora_dropout) == (True, 32, 64, 0.08)
+    assert default.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
+    assert (default.lora_modules_to_save, default.lora_bias, default.lora_quantization) == (None, "none", None)
+    assert default.lora_include_routed_experts is False
+
+
 def test_with_preset_copies_preset_fields():
     config = TrainerConfig(batch_size=2).with_preset("balanced")
     assert (config.preset, config.lora_rank, config.lora_alpha, config.lora_dropout) == ("balanced", 32, 64, 0.08)
@@ -162,3 +176,32 @@ def test_values_of_the_wrong_kind_name_the_field(data, field):
     with pytest.raises(ConfigError) as error:
         TrainerConfig.from_dict(data)
     assert error.value.field == field
+
+
+def test_build_config_applies_file_then_preset_then_overrides(tmp_path):
+    path = TrainerConfig(num_epochs=7, lora_rank=8, optimizer=OptimizerConfig(warmup_ratio=0.2)).save(tmp_path / "c.yaml")
+    config = build_config(path, "balanced", {"lora_dropout": 0.2, "learning_rate": 1e-3, "warmup_steps": 4})
+    assert config.num_epochs == 7  # from the file
+    assert (config.preset, config.lora_rank, config.lora_alpha) == ("balanced", 32, 64)  # the preset's, over the file's
+    assert config.lora_dropout == 0.2 and config.optimizer.learning_rate == 1e-3  # the overrides, over both
+    # warmup_steps replaces the file's warmup_ratio rather than clashing with it.
+    assert (config.optimizer.warmup_steps, config.optimizer.warmup_ratio) == (4, None)
+    assert build_config(None, None, {"warmup_ratio": 0.3, "warmup_steps": None}).optimizer.warmup_ratio == 0.3
+    assert build_config({"num_epochs": 3}) == TrainerConfig(num_epochs=3)
+    with pytest.raises(ConfigError) as error:
+        build_config(None, None, {"num_epochs": 0})
+    assert error.value.field == "num_epochs"
+    with pytest.raises(ConfigError, match="lora_rnak"):
+        build_config(None, None, {"lora_rnak": 8})
+
+
+def test_every_field_has_a_one_line_help_and_a_kind():
+    infos = config_fields()
+    names = [info.name for info in infos]
+    assert len(names) == len(set(names))  # optimizer fields flat, no clash with TrainerConfig's
+    assert set(names) == (set(TrainerConfig.__dataclass_fields__) - {"optimizer"}) | set(OptimizerConfig.__dataclass_fields__)
+    for info in infos:
+        assert info.help and "\n" not in info.help, info.name
+        assert info.kind in {"bool", "int", "float", "number", "str", "list", "dict"}, info.name
+    kinds = {info.name: info.kind for info in infos}
+    assert (kinds["lora_target_modules"], kinds["column_mapping"], kinds["lora_alpha"]) == ("list", "dict", "number")

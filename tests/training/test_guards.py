@@ -18,7 +18,8 @@ from deepsynth.models import tiny
 from deepsynth.training import recommend as rec_module
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.errors import ConfigError
-from deepsynth.training.production_trainer import UnifiedProductionTrainer, split_holdout
+from deepsynth.data.splits import load_splits, split_holdout
+from deepsynth.training.production_trainer import UnifiedProductionTrainer
 from deepsynth.training.recommend import count_target_tokens, holdout_size, recommend
 
 V1 = "deepseek-ai/DeepSeek-OCR"
@@ -281,11 +282,24 @@ def test_trainer_holds_out_documents_it_never_trains_on(tmp_path):
     assert not {target(NOTES[i][1]) for i in indices} & set(trained)
 
 
+def test_load_splits_says_why_there_is_no_eval_split_in_the_users_terms(tmp_path):
+    data = tmp_path / "notes.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "summary": s}, ensure_ascii=False) + "\n" for t, s in NOTES),
+                    encoding="utf-8")
+    split = load_splits(str(data), holdout_samples=2, seed=3)
+    assert split.eval_from == "holdout" and len(split.train) == 5 and len(split.eval) == 2
+    assert split.no_eval_split == "it has no 'split' column"  # not the loader's "pass split=None"
+    assert split.held_out_indices == split_holdout(load_splits(str(data)).train, 2, seed=3)[2]
+    unsplit = load_splits(str(data), max_eval_samples=3)
+    assert unsplit.eval_on_training_data and unsplit.eval_from == "training_data" and len(unsplit.eval) == 3
+
+
 def test_trainer_ignores_the_holdout_when_eval_data_is_given(tmp_path):
     config = TrainerConfig(output_dir=str(tmp_path / "run"), max_train_samples=3, max_eval_samples=1,
                            holdout_samples=1)
     data = UnifiedProductionTrainer(config).prepare_data()  # bundled samples: they have an eval split
     assert len(data.train) == 3 and data.held_out_indices == [] and data.eval_on_training_data is False
+    assert data.eval_from == "eval_split"
 
 
 def test_trainer_refuses_a_holdout_that_leaves_nothing_to_train(tmp_path):

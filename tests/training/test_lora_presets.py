@@ -1,7 +1,15 @@
 import pytest
 
 from deepsynth.training.errors import ConfigError
-from deepsynth.training.lora_config import LORA_PRESETS, LoRAConfig, get_lora_preset
+from deepsynth.training.config import TrainerConfig
+from deepsynth.training.lora_config import (
+    DEFAULT_ADAPTER,
+    FLAT_FIELDS,
+    LORA_PRESETS,
+    AdapterSettings,
+    adapter_settings,
+    get_lora_preset,
+)
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -41,10 +49,44 @@ def test_unknown_preset_names_the_choices():
 @pytest.mark.parametrize("name", sorted(LORA_PRESETS))
 def test_to_dict_from_dict_round_trip(name):
     preset = get_lora_preset(name)
-    assert LoRAConfig.from_dict(preset.to_dict()) == preset
+    assert AdapterSettings.from_dict(preset.to_dict()) == preset
 
 
 @pytest.mark.parametrize("kwargs", [{"rank": 0}, {"alpha": -1}, {"dropout": 1}, {"bias": "x"}, {"target_modules": []}])
 def test_invalid_lora_config(kwargs):
     with pytest.raises(ConfigError):
-        LoRAConfig(**kwargs)
+        AdapterSettings(**kwargs)
+
+
+def test_one_default_the_trainer_configs():
+    # The design guide's flat TrainerConfig defaults (rank 32, alpha 64, dropout 0.08, attention +
+    # down_proj) are the one default: a TrainerConfig's settings and the settings built without a
+    # preset (the web estimate's) are the same.
+    assert TrainerConfig().lora_config() == DEFAULT_ADAPTER == adapter_settings() == AdapterSettings()
+    assert (DEFAULT_ADAPTER.rank, DEFAULT_ADAPTER.alpha, DEFAULT_ADAPTER.dropout) == (32, 64, 0.08)
+    assert DEFAULT_ADAPTER.target_modules == ATTN + ["down_proj"]
+
+
+def test_flat_fields_round_trip_and_name_the_flat_field():
+    for name in sorted(LORA_PRESETS):
+        preset = get_lora_preset(name)
+        assert AdapterSettings.from_flat(preset.to_flat()) == preset
+        assert TrainerConfig.from_dict(preset.to_flat()).lora_config() == preset
+    assert set(FLAT_FIELDS) == {name for name in TrainerConfig.__dataclass_fields__
+                                if name.startswith("lora_") or name == "use_lora"}
+    with pytest.raises(ConfigError) as error:
+        AdapterSettings.from_flat({"lora_rank": 0})
+    assert error.value.field == "lora_rank"
+
+
+def test_adapter_settings_start_from_the_preset_then_the_overrides():
+    settings = adapter_settings("router_focused", {"rank": 4})
+    expected = get_lora_preset("router_focused")
+    expected.rank = 4
+    assert settings == expected
+    assert adapter_settings(None, {"rank": 8}).target_modules == DEFAULT_ADAPTER.target_modules
+    with pytest.raises(ConfigError, match="surprise"):
+        adapter_settings(None, {"surprise": 1})
+    with pytest.raises(ConfigError) as error:
+        adapter_settings(None, {"dropout": 1.5})
+    assert error.value.field == "dropout"

@@ -4,7 +4,7 @@ import pytest
 
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.config import TrainerConfig
-from deepsynth.training.recommend import estimate_updates, preset_for, recommend
+from deepsynth.training.recommend import estimate_updates, preset_for, preset_reason, recommend
 from deepsynth.training.targets import count_trainable_params
 from deepsynth.training.lora_config import get_lora_preset
 
@@ -15,6 +15,11 @@ V1 = "deepseek-ai/DeepSeek-OCR"
                                        (50, "high_capacity_moe"), (5000, "high_capacity_moe")])
 def test_thresholds_follow_the_seed(n, preset):
     assert preset_for(n) == preset
+
+
+@pytest.mark.parametrize("n, reason", [(1, "< 10"), (9, "< 10"), (10, "10-49"), (49, "10-49"), (50, ">= 50")])
+def test_the_preset_reason_names_the_threshold(n, reason):
+    assert preset_reason(n) == reason
 
 
 def test_seed_tiny_recipe_counts_real_updates():
@@ -83,3 +88,11 @@ def test_apply_builds_the_trainer_config():
     assert config.optimizer.resolve_warmup(rec.estimates["effective_updates"]) == rec.estimates["warmup_steps"]
     assert config.optimizer.learning_rate == 2e-5
     assert config.hub_token == "t" and config.output_dir == "x"
+
+
+def test_decisions_are_the_warnings_that_state_a_choice():
+    rec = recommend(10, model=V1, has_eval_data=False)
+    assert set(rec.decisions) == {"evaluation", "early_stopping"}
+    assert all(text in rec.warnings for text in rec.decisions.values())
+    assert "decisions" not in rec.to_dict()  # the API's recommendation is unchanged
+    assert recommend(60, model=V1).decisions == {}

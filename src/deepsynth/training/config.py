@@ -2,6 +2,11 @@
 
 A config round-trips exactly through ``to_dict``/``from_dict``, JSON and YAML. The Hub token is
 held in memory only: it is excluded from ``to_dict``, ``repr`` and every file written from a config.
+
+Each field carries metadata (``help``; optionally ``flag``, ``kind``, ``excludes``, ``secret``), as
+TRL's ``TrlParser`` reads its dataclasses: the CLI's train flags are generated from it
+(:func:`config_fields`), and :func:`build_config` is the one way from (file, preset, overrides) to a
+config.
 """
 
 from __future__ import annotations
@@ -11,30 +16,28 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from deepsynth.training.errors import ConfigError
-from deepsynth.training.lora_config import LORA_PRESETS, LoRAConfig, get_lora_preset
+from deepsynth.training.lora_config import DEFAULT_ADAPTER, FLAT_FIELDS, LORA_PRESETS, AdapterSettings, get_lora_preset
 
 SCHEDULER_TYPES = ("cosine", "linear", "constant", "none")
 DTYPES = (None, "float32", "bfloat16", "float16")
-# Fields never serialised.
-SECRET_FIELDS = ("hub_token",)
 
 
-def _preset_fields(name: str) -> dict[str, Any]:
-    """TrainerConfig LoRA fields of preset ``name``."""
-    preset = get_lora_preset(name)
-    return dict(
-        use_lora=preset.enabled, lora_rank=preset.rank, lora_alpha=preset.alpha, lora_dropout=preset.dropout,
-        lora_target_modules=preset.target_modules, lora_modules_to_save=preset.modules_to_save,
-        lora_bias=preset.bias, lora_include_routed_experts=preset.include_routed_experts,
-        lora_quantization=preset.quantization,
-    )
+def setting(default: Any = MISSING, *, help: str, factory: Any = MISSING, **metadata: Any) -> Any:
+    """A dataclass field with its metadata: ``help`` (one line) plus any of ``flag`` (the CLI flag when
+    it is not ``--field-name``), ``metavar``, ``kind`` ("number": int or float), ``excludes`` (a field
+    this one clears when set as an override) and ``secret`` (never serialised, never a flag)."""
+    metadata = {"help": help, **metadata}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata, repr=not metadata.get("secret", False))
 
 
 def _is_number(value: Any) -> bool:
@@ -66,8 +69,7 @@ def check_value_kinds(data: dict[str, Any]) -> None:
         hint = hints.get(name)
         if hint is None or name == "optimizer":
             continue
-        kinds = {typing.get_origin(arg) or arg for arg in (typing.get_args(hint) if typing.get_origin(hint) in
-                                                             (typing.Union, types.UnionType) else (hint,))}
+        kinds = _hint_kinds(hint)
         if value is None:
             if type(None) not in kinds:
                 raise ConfigError(name, value, f"a value (not null) of type {_kind_name(kinds)}")
@@ -83,6 +85,12 @@ def check_value_kinds(data: dict[str, Any]) -> None:
                 raise ConfigError(name, value, "a string" + (" or null" if type(None) in kinds else ""))
 
 
+def _hint_kinds(hint: Any) -> set:
+    """The runtime types a type hint allows: ``int | None`` → {int, NoneType}; ``list[str]`` → {list}."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return {typing.get_origin(arg) or arg for arg in (typing.get_args(hint) if union else (hint,))}
+
+
 def _kind_name(kinds: set) -> str:
     return " or ".join(sorted(getattr(k, "__name__", str(k)) for k in kinds if k is not type(None)))
 
@@ -95,11 +103,14 @@ class OptimizerConfig:
     with neither, 10% of the updates warm up. Warmup is always bounded by the run's length.
     """
 
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None
-    warmup_ratio: float | None = None
-    scheduler_type: str = "cosine"
+    learning_rate: float = setting(5e-5, help="peak learning rate of AdamW")
+    weight_decay: float = setting(0.01, help="AdamW weight decay")
+    warmup_steps: int | None = setting(None, excludes="warmup_ratio",
+                                       help="warmup length in optimizer updates (instead of warmup_ratio)")
+    warmup_ratio: float | None = setting(None, excludes="warmup_steps",
+                                         help="warmup as a share of the updates, in [0, 1) (default 0.1)")
+    scheduler_type: str = setting("cosine", flag="--scheduler", metavar="NAME",
+                                  help=f"one of {', '.join(SCHEDULER_TYPES)}")
 
     DEFAULT_WARMUP_RATIO = 0.1
 
@@ -143,74 +154,95 @@ class TrainerConfig:
     rank 32, attention + down_proj). ``deepsynth recommend`` / ``--auto`` picks settings by dataset size.
     """
 
-    model_name: str | None = None  # None: the embedded tiny DeepSeek-OCR-2 model
-    output_dir: str = "outputs/deepsynth-run"
-    preset: str | None = None  # label of the preset the LoRA fields came from, if any
+    model_name: str | None = setting(None, flag="--model", metavar="NAME",
+                                     help="model name or directory (default: the embedded tiny DeepSeek-OCR-2)")
+    output_dir: str = setting("outputs/deepsynth-run", metavar="DIR",
+                              help="folder for the adapter, metrics and checkpoints")
+    preset: str | None = setting(None, metavar="NAME",
+                                 help="LoRA preset the lora_* fields come from (see `deepsynth presets`)")
 
-    batch_size: int = 1
-    num_epochs: int = 200
-    gradient_accumulation_steps: int = 16
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    batch_size: int = setting(1, help="samples per forward/backward step and process")
+    num_epochs: int = setting(200, flag="--epochs", help="passes over the training samples")
+    gradient_accumulation_steps: int = setting(16, flag="--grad-accum",
+                                               help="steps per optimizer update (restarts every epoch)")
+    max_train_samples: int | None = setting(None, help="use only the first N training samples")
+    max_eval_samples: int | None = setting(None, help="score only the first N eval samples")
+    optimizer: OptimizerConfig = setting(factory=OptimizerConfig, help="AdamW and schedule settings")
 
-    use_lora: bool = True
-    lora_rank: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.08
-    lora_target_modules: list[str] | None = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
-    )
-    lora_modules_to_save: list[str] | None = None
-    lora_bias: str = "none"
-    lora_include_routed_experts: bool = False
-    lora_quantization: str | None = None  # "4bit" / "8bit": QLoRA, CUDA + bitsandbytes only
+    # LoRA, flat (the design guide's keyword arguments); defaults from lora_config.DEFAULT_ADAPTER.
+    use_lora: bool = setting(DEFAULT_ADAPTER.enabled, flag="--lora",
+                             help="train LoRA adapters (--no-lora: train the unfrozen weights in full)")
+    lora_rank: int = setting(DEFAULT_ADAPTER.rank, help="LoRA rank r")
+    lora_alpha: int = setting(DEFAULT_ADAPTER.alpha, kind="number", help="LoRA alpha (scale alpha / r)")
+    lora_dropout: float = setting(DEFAULT_ADAPTER.dropout, help="dropout on the LoRA input, in [0, 1)")
+    lora_target_modules: list[str] | None = setting(
+        factory=lambda: list(DEFAULT_ADAPTER.target_modules),
+        help="logical module names to adapt, comma-separated (q_proj,...,down_proj,router)")
+    lora_modules_to_save: list[str] | None = setting(None, help="module names trained in full, comma-separated")
+    lora_bias: str = setting(DEFAULT_ADAPTER.bias, metavar="NAME", help="none, all or lora_only")
+    lora_include_routed_experts: bool = setting(DEFAULT_ADAPTER.include_routed_experts,
+                                                help="MLP targets also adapt every routed expert")
+    lora_quantization: str | None = setting(DEFAULT_ADAPTER.quantization, metavar="4bit|8bit",
+                                            help="4bit or 8bit base weights: QLoRA, CUDA + bitsandbytes only")
 
     # MoE regularisation (see deepsynth.training.moe and docs/moe.md).
     # gate_dropout_rate: dropout on the gradient of the trainable router tensors (router LoRA or full
     # copy); inactive, with a warning, when the router is frozen. Keywords only ever select the router.
-    gate_dropout_rate: float = 0.0
-    gate_dropout_keywords: tuple[str, ...] = ("gate", "router")
+    gate_dropout_rate: float = setting(0.0, flag="--gate-dropout",
+                                       help="dropout on the router's gradient, in [0, 1)")
+    gate_dropout_keywords: tuple[str, ...] = setting(("gate", "router"),
+                                                     help="names that select router tensors, comma-separated")
     # expert_dropout_rate: in training forwards, each routed expert is withheld per token with this
     # probability; at least max(expert_dropout_min_keep, top_k) experts stay selectable.
-    expert_dropout_rate: float = 0.0
-    expert_dropout_min_keep: int = 1
+    expert_dropout_rate: float = setting(0.0, flag="--expert-dropout",
+                                         help="chance a routed expert is withheld per token, in [0, 1)")
+    expert_dropout_min_keep: int = setting(1, help="experts always left selectable (at least top_k)")
     # router_aux_loss_coef: weight of the load-balancing loss on the router logits (0 = off).
-    router_aux_loss_coef: float = 0.0
+    router_aux_loss_coef: float = setting(0.0, help="weight of the router load-balancing loss (0: off)")
 
     # Data (deepsynth.data): None = the bundled French samples (train / eval splits).
-    data_path: str | None = None
-    eval_data_path: str | None = None
-    column_mapping: dict[str, str] | None = None
-    instruction: str | None = None  # None: the summarisation instruction of deepsynth.data.collate
-    max_length: int = 512
+    data_path: str | None = setting(None, flag="--data", metavar="PATH",
+                                    help="data file, folder or Hub dataset (default: the bundled samples)")
+    eval_data_path: str | None = setting(None, flag="--eval-data", metavar="PATH",
+                                         help="eval data (default: the data's 'eval' split)")
+    column_mapping: dict[str, str] | None = setting(
+        None, help="canonical=yours pairs, e.g. summary=target,text=document")
+    instruction: str | None = setting(None, metavar="TEXT", help="prompt (default: the summarisation instruction)")
+    max_length: int = setting(512, help="tokens per example (prompt + page + target)")
     # Without eval data (no eval file, no 'eval' split), hold this many training samples out for
     # evaluation and early stopping, chosen with ``seed``; they are never trained on. None: no hold-out
     # (the metrics are then on the training samples, and say so). Ignored when eval data is given.
-    # ``recommend(..., has_eval_data=False)`` / ``--auto`` set it (deepsynth.training.recommend.holdout_size).
-    holdout_samples: int | None = None
+    # The planner (deepsynth.training.plan, ``--auto``) sets it from recommend.holdout_size.
+    holdout_samples: int | None = setting(None, help="without eval data: training samples held out for evaluation")
 
     # Run control.
-    seed: int = 42
-    dtype: str | None = None  # None: bf16 on GPUs that support it, fp32 on CPU
-    gradient_checkpointing: bool = False
+    seed: int = setting(42, help="seed of LoRA init, dropout, data order and the hold-out")
+    dtype: str | None = setting(None, metavar="NAME",
+                                help="float32, bfloat16 or float16 (default: bf16 on GPUs that have it, else fp32)")
+    gradient_checkpointing: bool = setting(False, help="recompute activations in backward (less memory)")
     # Encode each unique page once when the vision path is frozen (deepsynth.training.feature_cache);
     # false forces per-step encoding. Exact: tests compare losses with and without.
-    use_feature_cache: bool = True
-    save_total_limit: int = 2
-    checkpoint_every_updates: int | None = None  # None: about 5 checkpoints per run
-    resume_from_checkpoint: str | None = "auto"  # "auto": latest in output_dir if any; "never"; or a path
-    eval_every_updates: int | None = None  # held-out loss during training; needed by early stopping
-    early_stopping_patience: int | None = None
+    use_feature_cache: bool = setting(True, flag="--feature-cache",
+                                      help="encode each page once when the vision path is frozen")
+    save_total_limit: int = setting(2, help="checkpoints kept")
+    checkpoint_every_updates: int | None = setting(None, flag="--checkpoint-every",
+                                                   help="updates between checkpoints (default: about 5 per run)")
+    resume_from_checkpoint: str | None = setting("auto", flag="--resume", metavar="auto|never|DIR",
+                                                 help="auto (latest in output_dir), never, or a checkpoint folder")
+    eval_every_updates: int | None = setting(None, flag="--eval-every",
+                                             help="held-out loss every N updates (needed by early stopping)")
+    early_stopping_patience: int | None = setting(None, help="stop after N evaluations without improvement")
 
     # Generation for before/after metrics.
-    max_new_tokens: int = 96
-    no_repeat_ngram_size: int = 6  # repetition guard: OCR-family models loop without it
+    max_new_tokens: int = setting(96, help="tokens generated per sample for the before/after metrics")
+    # Repetition guard: OCR-family models loop without it.
+    no_repeat_ngram_size: int = setting(6, help="forbid repeating n-grams of this size in generation (0: off)")
 
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private: bool = False
-    hub_token: str | None = field(default=None, repr=False)
+    push_to_hub: bool = setting(False, help="push the adapter to hub_model_id when done")
+    hub_model_id: str | None = setting(None, metavar="ORG/NAME", help="Hub repo id (org/name)")
+    hub_private: bool = setting(False, help="create the Hub repo private")
+    # Held in memory only, never a flag or a file: None lets huggingface_hub read HF_TOKEN.
+    hub_token: str | None = setting(None, secret=True, help="Hub token")
 
     def __post_init__(self) -> None:
         if isinstance(self.optimizer, dict):
@@ -232,12 +264,6 @@ class TrainerConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value <= 0):
                 raise ConfigError(name, value, "null or an integer > 0")
-        if not _is_int(self.lora_rank) or self.lora_rank <= 0:
-            raise ConfigError("lora_rank", self.lora_rank, "an integer > 0")
-        if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
-            raise ConfigError("lora_alpha", self.lora_alpha, "a number > 0")
-        if not _is_number(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
-            raise ConfigError("lora_dropout", self.lora_dropout, "a number in [0, 1)")
         for name in ("gate_dropout_rate", "expert_dropout_rate"):
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value < 1:
@@ -271,31 +297,15 @@ class TrainerConfig:
             raise ConfigError("preset", self.preset, f"null or one of {', '.join(LORA_PRESETS)}")
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("hub_model_id", self.hub_model_id, "a repo id (org/name) when push_to_hub is true")
-        if self.use_lora:
-            try:
-                self.lora_config()
-            except ConfigError as error:
-                raise ConfigError(f"lora_{error.field.removeprefix('lora ')}", error.value, error.expected) from None
+        self.lora_config()  # the LoRA fields, checked as the one AdapterSettings shape
 
-    def lora_config(self) -> LoRAConfig:
-        """The LoRA settings of this run as a LoRAConfig."""
-        return LoRAConfig(
-            enabled=self.use_lora,
-            rank=self.lora_rank,
-            alpha=self.lora_alpha,
-            dropout=self.lora_dropout,
-            target_modules=list(self.lora_target_modules or []),
-            modules_to_save=list(self.lora_modules_to_save or []),
-            bias=self.lora_bias,
-            include_routed_experts=self.lora_include_routed_experts,
-            quantization=self.lora_quantization,
-        )
+    def lora_config(self) -> AdapterSettings:
+        """The LoRA settings of this run (AdapterSettings; errors name the flat field, ``lora_rank``)."""
+        return AdapterSettings.from_flat({name: getattr(self, name) for name in FLAT_FIELDS})
 
     def with_preset(self, name: str) -> "TrainerConfig":
         """A copy whose LoRA fields come from preset ``name``."""
-        data = self.to_dict()
-        data.update(preset=name, **_preset_fields(name))
-        return TrainerConfig.from_dict(data, hub_token=self.hub_token)
+        return build_config(self.to_dict(), name, hub_token=self.hub_token)
 
     # --- serialisation -------------------------------------------------------------------------
 
@@ -334,7 +344,7 @@ class TrainerConfig:
             raise ConfigError("config", unknown, "known TrainerConfig fields; see `deepsynth train --help`")
         if data.get("preset") is not None:
             # A preset fills the LoRA fields the mapping does not set itself.
-            for name, value in _preset_fields(data["preset"]).items():
+            for name, value in get_lora_preset(data["preset"]).to_flat().items():
                 data.setdefault(name, value)
         if hub_token is not None:
             data["hub_token"] = hub_token
@@ -366,3 +376,81 @@ class TrainerConfig:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json(), encoding="utf-8")
         return path
+
+
+# Fields never serialised (metadata ``secret``).
+SECRET_FIELDS = tuple(f.name for f in fields(TrainerConfig) if f.metadata.get("secret"))
+_OPTIMIZER_FIELDS = tuple(f.name for f in fields(OptimizerConfig))
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One field a user sets, as generated interfaces see it (the CLI's flags; the web form next)."""
+
+    name: str  # the key in TrainerConfig.from_dict (optimizer fields flat: ``learning_rate``)
+    nested_in: str | None  # "optimizer" for OptimizerConfig's fields
+    kind: str  # bool, int, float, number (int or float), str, list (of names) or dict (str → str)
+    optional: bool  # null accepted
+    default: Any
+    metadata: Mapping[str, Any]
+
+    @property
+    def help(self) -> str:
+        return self.metadata["help"]
+
+
+def config_fields() -> list[FieldInfo]:
+    """Every field of TrainerConfig in declaration order, OptimizerConfig's in the place of ``optimizer``."""
+    return _fields_of(TrainerConfig, None)
+
+
+def _fields_of(owner: type, nested_in: str | None) -> list[FieldInfo]:
+    hints = typing.get_type_hints(owner)
+    infos: list[FieldInfo] = []
+    for f in fields(owner):
+        if f.name == "optimizer":
+            infos.extend(_fields_of(OptimizerConfig, "optimizer"))
+            continue
+        kinds = _hint_kinds(hints[f.name])
+        kind = f.metadata.get("kind") or _kind_of(kinds - {type(None)})
+        default = f.default_factory() if f.default is MISSING else f.default
+        infos.append(FieldInfo(f.name, nested_in, kind, type(None) in kinds, default, f.metadata))
+    return infos
+
+
+def _kind_of(kinds: set) -> str:
+    (kind,) = kinds  # every field has one type besides None
+    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", tuple: "list", dict: "dict"}[kind]
+
+
+def build_config(
+    source: str | Path | Mapping[str, Any] | None = None,
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    hub_token: str | None = None,
+) -> TrainerConfig:
+    """The one way from (config file, preset, overrides) to a TrainerConfig (the CLI's ``train``).
+
+    In order, each step replacing what came before: ``source`` — a .yaml/.json file, a mapping of
+    fields, or None for the defaults; ``preset`` — all its LoRA fields (and the ``preset`` label);
+    ``overrides`` — a plain dict of TrainerConfig fields (optimizer fields flat, e.g.
+    ``learning_rate``), applied as given (None included). Overriding a field whose metadata says
+    ``excludes`` clears that field (``warmup_steps`` clears ``warmup_ratio``) unless it is overridden
+    too. Raises ConfigError naming the first invalid field.
+    """
+    if isinstance(source, (str, Path)):
+        data = TrainerConfig.from_file(source).to_dict()
+    else:
+        data = TrainerConfig.from_dict(dict(source or {})).to_dict()
+    if preset is not None:
+        data.update(preset=preset, **get_lora_preset(preset).to_flat())
+    overrides = dict(overrides or {})
+    excludes = {info.name: info.metadata.get("excludes") for info in config_fields()}
+    for name, value in overrides.items():
+        holder = data["optimizer"] if name in _OPTIMIZER_FIELDS else data
+        holder[name] = copy.deepcopy(value)
+        cleared = excludes.get(name)
+        if cleared and cleared not in overrides:
+            holder[cleared] = None
+    return TrainerConfig.from_dict(data, hub_token=hub_token)

@@ -1,15 +1,8 @@
-"""The one error type for invalid settings."""
+"""The one error type for invalid settings (defined in :mod:`deepsynth.errors`, so that ``data/`` can
+raise it without importing ``training/``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from deepsynth.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """An invalid setting: names the field, the value given and what is accepted."""
-
-    def __init__(self, field: str, value: Any, expected: str) -> None:
-        self.field = field
-        self.value = value
-        self.expected = expected
-        super().__init__(f"{field}: got {value!r}, expected {expected}")
+__all__ = ["ConfigError"]

@@ -13,10 +13,8 @@ import hashlib
 import importlib.util
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,8 @@ from accelerate import PartialState
 from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from deepsynth.data import DataError, load_documents, load_sample_dataset
 from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, DataCollator, RowEncodingError, encode_rows
+from deepsynth.data.splits import PreparedData, load_splits
 from deepsynth.evaluation.compare import METRIC_NAMES, evaluate_model
 from deepsynth.models.families import CAUSAL_LM, family_names
 from deepsynth.models.adapters import load_adapter_weights
@@ -110,39 +108,6 @@ class RestoreAdapterOnResume(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: D102 (TrainerCallback API)
         load_adapter_weights(model, self.checkpoint)
-
-
-@dataclass
-class PreparedData:
-    """Training and evaluation rows of a run.
-
-    ``held_out_indices``: rows of the loaded training data held out for evaluation (never trained
-    on) because no eval data was given and ``holdout_samples`` asked for it; empty otherwise.
-    """
-
-    train: datasets.Dataset
-    eval: datasets.Dataset
-    eval_on_training_data: bool
-    held_out_indices: list[int] = field(default_factory=list)
-
-
-def split_holdout(rows: datasets.Dataset, count: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset, list[int]]:
-    """Split ``count`` rows off ``rows`` for evaluation: (train, held_out, held-out row indices).
-
-    The rows are drawn with ``random.Random(seed)``, so the same data and seed always hold out the
-    same documents; both parts keep the data's order.
-
-    Raises:
-        ConfigError: naming ``holdout_samples`` when ``count`` would leave no row to train on.
-    """
-    if isinstance(count, bool) or not isinstance(count, int) or not 0 < count < len(rows):
-        raise ConfigError("holdout_samples", count,
-                          f"an integer from 1 to {len(rows) - 1} (fewer than the {len(rows)} training samples, "
-                          "so that at least one remains to train on)")
-    held = sorted(random.Random(seed).sample(range(len(rows)), count))
-    chosen = set(held)
-    kept = [index for index in range(len(rows)) if index not in chosen]
-    return rows.select(kept), rows.select(held), held
 
 
 class UnifiedProductionTrainer:
@@ -317,39 +282,17 @@ class UnifiedProductionTrainer:
     def prepare_data(self, dataset: Any = None, eval_dataset: Any = None) -> PreparedData:
         """Load and validate train and eval samples (raises DataError before anything is written).
 
-        Without a dataset the bundled French samples are used (train / eval splits). Without eval
-        data, a source with a ``split`` column provides its ``eval`` rows; otherwise
-        ``holdout_samples`` of the training samples (drawn with ``seed``, see :func:`split_holdout`)
-        are held out and never trained on, or, with ``holdout_samples`` None, the training samples
-        are scored and the metrics say so.
+        ``dataset`` / ``eval_dataset`` default to the config's data; see :func:`deepsynth.data.splits.load_splits`
+        for where the eval rows come from (eval data, an ``eval`` split, ``holdout_samples``, or the
+        training rows, said in the metrics).
         """
         config = self.config
-        mapping = config.column_mapping
-        source = dataset if dataset is not None else config.data_path
-        eval_source = eval_dataset if eval_dataset is not None else config.eval_data_path
-        if source is None:
-            train = load_sample_dataset("train", max_samples=config.max_train_samples)
-            evaluation = (load_documents(eval_source, column_mapping=mapping, max_samples=config.max_eval_samples)
-                          if eval_source is not None else load_sample_dataset("eval", max_samples=config.max_eval_samples))
-            return PreparedData(train, evaluation, False)
-        train = load_documents(source, column_mapping=mapping, split="train", max_samples=config.max_train_samples)
-        if eval_source is not None:
-            evaluation = load_documents(eval_source, column_mapping=mapping, max_samples=config.max_eval_samples)
-            return PreparedData(train, evaluation, False)
-        if not isinstance(source, datasets.Dataset):
-            try:
-                evaluation = load_documents(source, column_mapping=mapping, split="eval",
-                                            max_samples=config.max_eval_samples)
-                return PreparedData(train, evaluation, False)
-            except DataError as error:
-                LOGGER.info("no eval split in %s (%s)", source, error.problem if hasattr(error, "problem") else error)
-        if config.holdout_samples is not None:
-            train, held_out, indices = split_holdout(train, config.holdout_samples, config.seed)
-            LOGGER.info("no eval data: %d training sample(s) held out for evaluation (rows %s)", len(indices), indices)
-            count = min(len(held_out), config.max_eval_samples or len(held_out))
-            return PreparedData(train, held_out.select(range(count)), False, indices)
-        count = min(len(train), config.max_eval_samples or len(train))
-        return PreparedData(train, train.select(range(count)), True)
+        return load_splits(
+            dataset if dataset is not None else config.data_path,
+            eval_dataset if eval_dataset is not None else config.eval_data_path,
+            column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
+            max_eval_samples=config.max_eval_samples, holdout_samples=config.holdout_samples, seed=config.seed,
+        )
 
     def _adapt(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:
         lora = self.config.lora_config()

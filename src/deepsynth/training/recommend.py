@@ -1,5 +1,6 @@
-"""Recommend a preset and training settings for a dataset size — the one function behind
-``deepsynth recommend``, ``--auto``, the web API and the UI's Auto-Configure button.
+"""Recommend a preset and training settings for a dataset size: ``deepsynth recommend``, the web
+API's recommendation, and the settings the run planner (:mod:`deepsynth.training.plan`) applies for
+``--auto`` / ``deepsynth train --data F``.
 
 Update counts follow the trainer's real semantics (transformers' Trainer): gradient accumulation
 restarts at every epoch, and the last, shorter accumulation window of an epoch still makes an
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepsynth.training.config import OptimizerConfig, TrainerConfig
+from deepsynth.training.config import OptimizerConfig, TrainerConfig, build_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import get_lora_preset
 from deepsynth.training.targets import count_trainable_params
@@ -121,13 +122,27 @@ def count_target_tokens(model: str | None, targets: Iterable[str]) -> int:
     return sum(len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 1 for target in targets)
 
 
+# The seed's thresholds, on training samples: below 10 tiny_data, below 50 balanced, else high_capacity_moe.
+PRESET_THRESHOLDS: tuple[tuple[int, str], ...] = ((10, "tiny_data"), (50, "balanced"))
+LARGEST_PRESET = "high_capacity_moe"
+
+
 def preset_for(num_samples: int) -> str:
     """The seed's thresholds: < 10 tiny_data, < 50 balanced, else high_capacity_moe."""
-    if num_samples < 10:
-        return "tiny_data"
-    if num_samples < 50:
-        return "balanced"
-    return "high_capacity_moe"
+    for below, name in PRESET_THRESHOLDS:
+        if num_samples < below:
+            return name
+    return LARGEST_PRESET
+
+
+def preset_reason(num_samples: int) -> str:
+    """The threshold range of :func:`preset_for` that ``num_samples`` falls in: "< 10", "10-49" or ">= 50"."""
+    lower = None
+    for below, _ in PRESET_THRESHOLDS:
+        if num_samples < below:
+            return f"< {below}" if lower is None else f"{lower}-{below - 1}"
+        lower = below
+    return f">= {lower}"
 
 
 @dataclass
@@ -151,6 +166,9 @@ class Recommendation:
     trainable_params_by_group: dict[str, int]
     warnings: list[str] = field(default_factory=list)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    # The warnings that state a choice ("evaluation": the hold-out, "early_stopping"), by topic: the
+    # run plan states those choices in its own lines and prints only the other warnings.
+    decisions: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,23 +183,22 @@ class Recommendation:
             "evaluation": self.evaluation,
         }
 
-    def apply(self, config: TrainerConfig) -> TrainerConfig:
-        """``config`` with this recommendation's preset and training settings applied.
+    def overrides(self) -> dict[str, Any]:
+        """The TrainerConfig fields this recommendation sets besides the preset's LoRA fields.
 
-        Warmup is applied as the recipe's ratio (``warmup_steps`` None), so a run shortened
-        afterwards still warms up over the same share of its updates. Early-stopping settings and
-        the hold-out (``holdout_samples``) are set when the recommendation has them; otherwise
-        ``config``'s own values stay.
+        Warmup as the recipe's ratio (``warmup_steps`` None), so a run shortened afterwards still
+        warms up over the same share of its updates; early stopping and the hold-out
+        (``holdout_samples``) only when the recommendation has them.
         """
-        data = config.with_preset(self.preset_name).to_dict()
-        training = dict(self.training_config)
-        run_fields = ("batch_size", "num_epochs", "gradient_accumulation_steps",
-                      "eval_every_updates", "early_stopping_patience")  # run control, not optimizer
-        data.update({k: training.pop(k) for k in run_fields if k in training})
-        data["optimizer"] = {**training, "warmup_steps": None}
+        overrides = {**self.training_config, "warmup_steps": None}
         if self.evaluation.get("holdout_samples"):
-            data["holdout_samples"] = self.evaluation["holdout_samples"]
-        return TrainerConfig.from_dict(data, hub_token=config.hub_token)
+            overrides["holdout_samples"] = self.evaluation["holdout_samples"]
+        return overrides
+
+    def apply(self, config: TrainerConfig) -> TrainerConfig:
+        """``config`` with this recommendation's preset and :meth:`overrides` applied; its other
+        fields (early stopping and hold-out included, when the recommendation has none) stay."""
+        return build_config(config.to_dict(), self.preset_name, self.overrides(), hub_token=config.hub_token)
 
 
 def recommend(
@@ -206,6 +223,45 @@ def recommend(
     trained on when samples are held out); None assumes ``ASSUMED_TARGET_TOKENS_PER_SAMPLE`` per
     sample and says so.
     """
+    _check_request(num_samples, num_train_tokens, has_eval_data)
+    warnings: list[str] = []
+    held_out, num_train_tokens = _evaluation(num_samples, has_eval_data, num_train_tokens, warnings)
+    decisions = {"evaluation": warnings[-1]} if warnings else {}
+    train_samples = num_samples - held_out
+    preset_name = preset_for(train_samples)
+    recipe, lora = RECIPES[preset_name], get_lora_preset(preset_name)
+    accumulation = _accumulation(recipe, train_samples, world_size, warnings)
+    estimate = estimate_updates(train_samples, recipe.batch_size, accumulation, recipe.num_epochs, world_size)
+    report = count_trainable_params(model, lora)
+    warnings.extend(report.targets.warnings)
+    warnings.extend(_size_warnings(train_samples))
+    tokens, per_token = _params_per_token(report.trainable, train_samples, num_train_tokens, warnings)
+    training_config = _training_config(recipe, accumulation)
+    if train_samples < EARLY_STOPPING_BELOW and (has_eval_data or held_out > 0):
+        training_config.update(_early_stopping(estimate, recipe, train_samples, warnings))
+        decisions["early_stopping"] = warnings[-1]
+    minutes = _calibrated_minutes(model, lora, recipe, estimate, warnings) if calibrate else None
+    estimates = {
+        "total_steps": estimate.total_steps,
+        "effective_updates": estimate.effective_updates,
+        "warmup_steps": _optimizer(recipe).resolve_warmup(estimate.effective_updates),
+        "trainable_params": report.trainable,
+        "train_tokens": tokens,
+        "train_tokens_assumed": num_train_tokens is None,
+        "params_per_train_token": round(per_token, 1),
+        # Measured only by calibration (deepsynth recommend --calibrate); never guessed.
+        "estimated_time_minutes": minutes,
+    }
+    return Recommendation(
+        num_samples=num_samples, model=report.model, preset_name=preset_name, lora_config=lora.to_dict(),
+        training_config=training_config, estimates=estimates, trainable_params_by_group=report.by_group,
+        warnings=warnings, evaluation={"holdout_samples": held_out, "train_samples": train_samples,
+                                       "eval_on_training_data": not (has_eval_data or held_out > 0)},
+        decisions=decisions,
+    )
+
+
+def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 0 < num_samples <= MAX_SAMPLES:
         raise ConfigError("num_samples", num_samples, f"an integer between 1 and {MAX_SAMPLES:,}")
     if num_train_tokens is not None and (isinstance(num_train_tokens, bool) or not isinstance(num_train_tokens, int)
@@ -213,7 +269,11 @@ def recommend(
         raise ConfigError("num_train_tokens", num_train_tokens, "null or an integer > 0")
     if not isinstance(has_eval_data, bool):
         raise ConfigError("has_eval_data", has_eval_data, "true or false")
-    warnings: list[str] = []
+
+
+def _evaluation(num_samples: int, has_eval_data: bool, num_train_tokens: int | None,
+                warnings: list[str]) -> tuple[int, int | None]:
+    """(samples held out, target tokens of the samples that remain for training)."""
     held_out = 0 if has_eval_data else holdout_size(num_samples)
     train_samples = num_samples - held_out
     if held_out:
@@ -231,11 +291,11 @@ def recommend(
             "will be computed on the training samples and measure memorisation, not quality; early stopping is "
             "off. Give eval data (even 1-2 documents) for a real score"
         )
-    evaluates = has_eval_data or held_out > 0
-    preset_name = preset_for(train_samples)
-    recipe = RECIPES[preset_name]
-    lora = get_lora_preset(preset_name)
+    return held_out, num_train_tokens
 
+
+def _accumulation(recipe: Recipe, train_samples: int, world_size: int, warnings: list[str]) -> int:
+    """The recipe's accumulation, capped at the batches of an epoch (accumulation does not span epochs)."""
     batches = math.ceil(math.ceil(train_samples / world_size) / recipe.batch_size)
     accumulation = min(recipe.gradient_accumulation_steps, batches)
     if accumulation < recipe.gradient_accumulation_steps:
@@ -244,34 +304,42 @@ def recommend(
             f"an epoch has only {batches} batch(es) and accumulation does not span epochs, so each update "
             f"averages the whole epoch ({train_samples} samples)"
         )
-    estimate = estimate_updates(train_samples, recipe.batch_size, accumulation, recipe.num_epochs, world_size)
-    optimizer = OptimizerConfig(
-        learning_rate=recipe.learning_rate,
-        weight_decay=recipe.weight_decay,
-        warmup_ratio=recipe.warmup_ratio,
-        scheduler_type=recipe.scheduler_type,
-    )
-    warmup = optimizer.resolve_warmup(estimate.effective_updates)
-    report = count_trainable_params(model, lora)
-    warnings.extend(report.targets.warnings)
+    return accumulation
+
+
+def _size_warnings(train_samples: int) -> list[str]:
     if train_samples < 3:
-        warnings.append(f"only {train_samples} sample(s): the adapter will memorise them; 3 or more are advised")
+        return [f"only {train_samples} sample(s): the adapter will memorise them; 3 or more are advised"]
     if train_samples > 1000:
-        warnings.append("presets are tuned for 3-50 samples; with this much data consider fewer epochs")
+        return ["presets are tuned for 3-50 samples; with this much data consider fewer epochs"]
+    return []
+
+
+def _params_per_token(trainable: int, train_samples: int, num_train_tokens: int | None,
+                      warnings: list[str]) -> tuple[int, float]:
+    """(training target tokens, trainable parameters per token), warning above ``PARAMS_PER_TOKEN_WARNING``."""
     tokens = num_train_tokens if num_train_tokens is not None else train_samples * ASSUMED_TARGET_TOKENS_PER_SAMPLE
-    per_token = report.trainable / tokens
+    per_token = trainable / tokens
     if per_token > PARAMS_PER_TOKEN_WARNING:
         counted = "" if num_train_tokens is not None else (
             f" (assumed: {ASSUMED_TARGET_TOKENS_PER_SAMPLE} per sample; pass num_train_tokens, or --train-tokens, "
             "for the real count)")
         warnings.append(
-            f"{report.trainable:,} trainable parameters for {tokens:,} training target tokens{counted}: "
+            f"{trainable:,} trainable parameters for {tokens:,} training target tokens{counted}: "
             f"{per_token:,.0f} parameters per token (> {PARAMS_PER_TOKEN_WARNING:,}). The adapter can memorise the "
             "training summaries outright; trust held-out metrics only, keep early stopping on, or pick a smaller "
             "preset (e.g. 'standard' or 'minimal')"
         )
+    return tokens, per_token
 
-    training_config = {
+
+def _optimizer(recipe: Recipe) -> OptimizerConfig:
+    return OptimizerConfig(learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay,
+                           warmup_ratio=recipe.warmup_ratio, scheduler_type=recipe.scheduler_type)
+
+
+def _training_config(recipe: Recipe, accumulation: int) -> dict[str, Any]:
+    return {
         "batch_size": recipe.batch_size,
         "num_epochs": recipe.num_epochs,
         "gradient_accumulation_steps": accumulation,
@@ -280,45 +348,26 @@ def recommend(
         "warmup_ratio": recipe.warmup_ratio,  # a ratio, not a count: stays right if the run is shortened
         "scheduler_type": recipe.scheduler_type,
     }
-    if train_samples < EARLY_STOPPING_BELOW and evaluates:
-        every = max(1, math.ceil(estimate.effective_updates / EVALS_PER_RUN))
-        training_config["eval_every_updates"] = every
-        training_config["early_stopping_patience"] = EARLY_STOPPING_PATIENCE
-        warnings.append(
-            f"early stopping on: held-out loss every {every} update(s), stop after {EARLY_STOPPING_PATIENCE} "
-            f"evaluations without improvement and keep the best adapter; the {recipe.num_epochs}-epoch recipe "
-            f"over {train_samples} samples is an upper bound, not a target"
-        )
-    minutes = None
-    if calibrate:
-        from deepsynth.training.calibrate import measure_seconds_per_step
 
-        seconds = measure_seconds_per_step(model, lora, recipe.batch_size)
-        minutes = round(seconds * estimate.total_steps / 60, 2)
-        warnings.append(
-            f"time estimate measured here: {seconds:.3f} s per forward/backward step x {estimate.total_steps} "
-            "steps; training only, evaluation and checkpoint writes come on top"
-        )
-    estimates = {
-        "total_steps": estimate.total_steps,
-        "effective_updates": estimate.effective_updates,
-        "warmup_steps": warmup,
-        "trainable_params": report.trainable,
-        "train_tokens": tokens,
-        "train_tokens_assumed": num_train_tokens is None,
-        "params_per_train_token": round(per_token, 1),
-        # Measured only by calibration (deepsynth recommend --calibrate); never guessed.
-        "estimated_time_minutes": minutes,
-    }
-    return Recommendation(
-        num_samples=num_samples,
-        model=report.model,
-        preset_name=preset_name,
-        lora_config=lora.to_dict(),
-        training_config=training_config,
-        estimates=estimates,
-        trainable_params_by_group=report.by_group,
-        warnings=warnings,
-        evaluation={"holdout_samples": held_out, "train_samples": train_samples,
-                    "eval_on_training_data": not evaluates},
+
+def _early_stopping(estimate: UpdateEstimate, recipe: Recipe, train_samples: int,
+                    warnings: list[str]) -> dict[str, int]:
+    every = max(1, math.ceil(estimate.effective_updates / EVALS_PER_RUN))
+    warnings.append(
+        f"early stopping on: held-out loss every {every} update(s), stop after {EARLY_STOPPING_PATIENCE} "
+        f"evaluations without improvement and keep the best adapter; the {recipe.num_epochs}-epoch recipe "
+        f"over {train_samples} samples is an upper bound, not a target"
     )
+    return {"eval_every_updates": every, "early_stopping_patience": EARLY_STOPPING_PATIENCE}
+
+
+def _calibrated_minutes(model: str | None, lora: Any, recipe: Recipe, estimate: UpdateEstimate,
+                        warnings: list[str]) -> float:
+    from deepsynth.training.calibrate import measure_seconds_per_step
+
+    seconds = measure_seconds_per_step(model, lora, recipe.batch_size)
+    warnings.append(
+        f"time estimate measured here: {seconds:.3f} s per forward/backward step x {estimate.total_steps} "
+        "steps; training only, evaluation and checkpoint writes come on top"
+    )
+    return round(seconds * estimate.total_steps / 60, 2)

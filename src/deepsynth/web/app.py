@@ -313,12 +313,10 @@ def create_app(
 
     @app.post("/api/lora/estimate", tags=["lora"], summary="Exact trainable parameters of LoRA settings")
     def estimate(body: EstimateRequest) -> dict[str, Any]:
-        from deepsynth.training.lora_config import LoRAConfig, get_lora_preset
+        from deepsynth.training.lora_config import adapter_settings
         from deepsynth.training.targets import count_trainable_params
 
-        settings = get_lora_preset(body.preset).to_dict() if body.preset else LoRAConfig().to_dict()
-        settings.update(body.model_dump(exclude_none=True, exclude={"model", "preset"}))
-        lora = LoRAConfig.from_dict(settings)
+        lora = adapter_settings(body.preset, body.model_dump(exclude_none=True, exclude={"model", "preset"}))
         return _model_call(body.model, count_trainable_params, body.model, lora).to_dict()
 
     @app.get("/api/trainer/defaults", tags=["jobs"], summary="TrainerConfig defaults (the fields a job accepts)")

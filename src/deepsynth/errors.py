@@ -1,0 +1,15 @@
+"""The error type for invalid settings, at the bottom of the package so every layer can raise it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid setting: names the field, the value given and what is accepted."""
+
+    def __init__(self, field: str, value: Any, expected: str) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{field}: got {value!r}, expected {expected}")
