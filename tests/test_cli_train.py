@@ -37,7 +37,8 @@ def test_every_train_flag_reaches_the_config(tmp_path):
               "--max-length": "700", "--instruction": "Résume.", "--seed": "11", "--resume": "never",
               "--eval-every": "3", "--early-stopping-patience": "2", "--max-new-tokens": "12",
               "--hub-model-id": "org/name", "--gate-dropout": "0.1", "--expert-dropout": "0.05",
-              "--expert-dropout-min-keep": "2", "--router-aux-loss-coef": "0.01"}
+              "--expert-dropout-min-keep": "2", "--router-aux-loss-coef": "0.01",
+              "--loss-on-labelled-positions": "false"}
     assert set(values) == set(TRAIN_FLAGS)
     argv = ["train"] + [item for pair in values.items() for item in pair] + ["--column-mapping", "summary=target",
                                                                            "--push-to-hub"]

@@ -114,8 +114,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-# Flags of `train` that map one-to-one onto TrainerConfig fields: flag → (field, type).
-TRAIN_FLAGS: dict[str, tuple[str, type]] = {
+def _true_false(text: str) -> bool:
+    """A boolean flag value: true/false (argparse's ``type=bool`` would read "false" as True)."""
+    value = {"true": True, "false": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+# Flags of `train` that map one-to-one onto TrainerConfig fields: flag → (field, type or parser).
+TRAIN_FLAGS: dict[str, tuple[str, Any]] = {
     "--model": ("model_name", str),
     "--output-dir": ("output_dir", str),
     "--data": ("data_path", str),
@@ -140,6 +148,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type]] = {
     "--expert-dropout": ("expert_dropout_rate", float),
     "--expert-dropout-min-keep": ("expert_dropout_min_keep", int),
     "--router-aux-loss-coef": ("router_aux_loss_coef", float),
+    "--loss-on-labelled-positions": ("loss_on_labelled_positions", _true_false),
 }
 
 

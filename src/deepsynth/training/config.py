@@ -197,6 +197,10 @@ class TrainerConfig:
     # Encode each unique page once when the vision path is frozen (deepsynth.training.feature_cache);
     # false forces per-step encoding. Exact: tests compare losses with and without.
     use_feature_cache: bool = True
+    # Compute logits and loss only where a next token is labelled (deepsynth.training.loss): skips the
+    # lm_head and the fp32 logits of image and prompt positions. Exact: tests compare loss and LoRA
+    # gradients with the full-logits path (false).
+    loss_on_labelled_positions: bool = True
     save_total_limit: int = 2
     checkpoint_every_updates: int | None = None  # None: about 5 checkpoints per run
     resume_from_checkpoint: str | None = "auto"  # "auto": latest in output_dir if any; "never"; or a path
@@ -256,6 +260,8 @@ class TrainerConfig:
                 raise ConfigError(name, value, "null or an integer > 0")
         if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             raise ConfigError("no_repeat_ngram_size", self.no_repeat_ngram_size, "an integer >= 0 (0 disables)")
+        if not isinstance(self.loss_on_labelled_positions, bool):
+            raise ConfigError("loss_on_labelled_positions", self.loss_on_labelled_positions, "true or false")
         if not _is_int(self.seed):
             raise ConfigError("seed", self.seed, "an integer")
         if self.dtype not in DTYPES:
