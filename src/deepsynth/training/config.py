@@ -224,6 +224,9 @@ class TrainerConfig:
     # false forces per-step encoding. Exact: tests compare losses with and without.
     use_feature_cache: bool = setting(True, flag="--feature-cache",
                                       help="encode each page once when the vision path is frozen")
+    # Logits and loss only where a next token is labelled (deepsynth.training.loss): skips lm_head and the
+    # fp32 logits of image and prompt positions. Exact: tests compare loss and LoRA gradients with false.
+    loss_on_labelled_positions: bool = setting(True, help="compute logits and loss on labelled positions only")
     save_total_limit: int = setting(2, help="checkpoints kept")
     checkpoint_every_updates: int | None = setting(None, flag="--checkpoint-every",
                                                    help="updates between checkpoints (default: about 5 per run)")
@@ -282,6 +285,8 @@ class TrainerConfig:
                 raise ConfigError(name, value, "null or an integer > 0")
         if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             raise ConfigError("no_repeat_ngram_size", self.no_repeat_ngram_size, "an integer >= 0 (0 disables)")
+        if not isinstance(self.loss_on_labelled_positions, bool):
+            raise ConfigError("loss_on_labelled_positions", self.loss_on_labelled_positions, "true or false")
         if not _is_int(self.seed):
             raise ConfigError("seed", self.seed, "an integer")
         if self.dtype not in DTYPES:

@@ -210,6 +210,7 @@ class UnifiedProductionTrainer:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
         trainer = MoeTrainer(
             moe=moe,
+            loss_on_labelled_positions=config.loss_on_labelled_positions,
             model=model,
             args=args,
             train_dataset=train_examples,

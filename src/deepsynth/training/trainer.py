@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import Trainer
 
+from deepsynth.training.loss import labelled_loss_inputs
 from deepsynth.training.moe.install import MoeRegularisation
 
 LOGGER = logging.getLogger("deepsynth")
@@ -18,14 +19,19 @@ class MoeTrainer(Trainer):
     The aux term is ``coef × load_balancing_loss`` per micro-batch, scaled like the language-model
     loss so that an optimizer update sees its mean over the accumulated micro-batches. The logged
     ``loss`` is the total optimised loss; ``aux_loss`` is the unscaled balance term.
+    With ``loss_on_labelled_positions``, logits and loss are computed where a label exists only
+    (:mod:`deepsynth.training.loss`), in training and evaluation forwards alike.
     """
 
-    def __init__(self, *args: Any, moe: MoeRegularisation | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, moe: MoeRegularisation | None = None, loss_on_labelled_positions: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.moe = moe
+        self.loss_on_labelled_positions = loss_on_labelled_positions
         self._aux_since_log: list[float] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
+        inputs = labelled_loss_inputs(self, model, inputs)
         moe = self.moe
         if moe is None or not moe.aux_loss_active or not model.training:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
