@@ -39,12 +39,12 @@ def build(model_name: str | None, batch_size: int):
     from deepsynth.data.collate import DataCollator, build_example
     from deepsynth.models.loading import load_model_and_processor
     from deepsynth.training.feature_cache import CachedFeatureCollator, precompute_image_features
-    from deepsynth.training.lora_config import LoRAConfig
+    from deepsynth.training.lora_config import AdapterSettings
     from deepsynth.training.targets import apply_lora, resolve_targets
 
     torch.manual_seed(0)
     loaded = load_model_and_processor(model_name, dtype="float32")
-    lora = LoRAConfig(rank=16, alpha=32, dropout=0.0,
+    lora = AdapterSettings(rank=16, alpha=32, dropout=0.0,
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                                       "gate"],
                       include_routed_experts=True)

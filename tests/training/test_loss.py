@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.training.errors import ConfigError
-from deepsynth.training.lora_config import LoRAConfig
+from deepsynth.training.lora_config import AdapterSettings
 from deepsynth.training.loss import labelled_logits_support, labelled_positions, with_labelled_logits
 from deepsynth.training.moe import install_moe
 from deepsynth.training.trainer import MoeTrainer
@@ -23,7 +23,7 @@ def adapted(family):
     """Tiny model with LoRA on attention (+ router for the MoE families), B non-zero so every LoRA tensor learns."""
     model = FAMILY_BUILDERS[family]()
     targets = ["q_proj", "v_proj", "down_proj"] + (["gate"] if family != "causal_lm" else [])
-    lora = LoRAConfig(rank=4, alpha=8, dropout=0.0, target_modules=targets)
+    lora = AdapterSettings(rank=4, alpha=8, dropout=0.0, target_modules=targets)
     peft_model = apply_lora(model, resolve_targets(model, lora, family))
     torch.manual_seed(7)
     for name, parameter in peft_model.named_parameters():

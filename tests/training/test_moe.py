@@ -8,7 +8,7 @@ from tiny_families import example_inputs, tiny_ocr2, tiny_ocr_v1
 from transformers import TrainingArguments
 
 from deepsynth.models.families import family_names
-from deepsynth.training.lora_config import LoRAConfig
+from deepsynth.training.lora_config import AdapterSettings
 from deepsynth.training.moe import find_routers, install_moe, routing_decisions
 from deepsynth.training.moe.regularisers import ExpertDropout, GateDropout, load_balancing_loss, resolve_gate_dropout
 from deepsynth.training.moe.routers import route_from_logits
@@ -32,7 +32,7 @@ def _one_thread():
 def adapted(targets=("q_proj", "gate_proj", "down_proj", "gate"), save=(), family=OCR2, builder=tiny_ocr2):
     """Tiny model with LoRA (B initialised non-zero so that every LoRA tensor gets a gradient)."""
     model = builder()
-    lora = LoRAConfig(rank=4, alpha=8, dropout=0.0, target_modules=list(targets), modules_to_save=list(save))
+    lora = AdapterSettings(rank=4, alpha=8, dropout=0.0, target_modules=list(targets), modules_to_save=list(save))
     peft_model = apply_lora(model, resolve_targets(model, lora, family))
     torch.manual_seed(7)
     for name, parameter in peft_model.named_parameters():

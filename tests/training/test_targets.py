@@ -9,7 +9,7 @@ from tiny_families import FAMILY_BUILDERS, example_inputs
 from deepsynth.models.families import family_names
 from deepsynth.models.resolver import ARCHITECTURES_DIR
 from deepsynth.training.errors import ConfigError
-from deepsynth.training.lora_config import LORA_PRESETS, LoRAConfig, get_lora_preset
+from deepsynth.training.lora_config import LORA_PRESETS, AdapterSettings, get_lora_preset
 from deepsynth.training.targets import apply_lora, count_trainable_params, resolve_targets
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -21,11 +21,11 @@ V1_CONFIG = ARCHITECTURES_DIR / "deepseek-ocr.json"
 @pytest.mark.parametrize(
     "lora, expected",
     [
-        (LoRAConfig(rank=16, target_modules=ATTN), 1_966_080),
-        (LoRAConfig(rank=16, target_modules=ATTN + ["down_proj"]), 2_636_800),
-        (LoRAConfig(rank=16, target_modules=ATTN + ["down_proj"], include_routed_experts=True), 27_147_264),
-        (LoRAConfig(rank=32, target_modules=ATTN + ["gate_proj", "up_proj", "down_proj"]), 7_956_480),
-        (LoRAConfig(rank=16, target_modules=["router"]), 236_544),
+        (AdapterSettings(rank=16, target_modules=ATTN), 1_966_080),
+        (AdapterSettings(rank=16, target_modules=ATTN + ["down_proj"]), 2_636_800),
+        (AdapterSettings(rank=16, target_modules=ATTN + ["down_proj"], include_routed_experts=True), 27_147_264),
+        (AdapterSettings(rank=32, target_modules=ATTN + ["gate_proj", "up_proj", "down_proj"]), 7_956_480),
+        (AdapterSettings(rank=16, target_modules=["router"]), 236_544),
     ],
 )
 def test_reference_counts_at_deepseek_ocr_real_dims(lora, expected):
@@ -37,13 +37,13 @@ def test_reference_counts_at_deepseek_ocr_real_dims(lora, expected):
 
 
 def test_full_router_training_count():
-    report = count_trainable_params(V1, LoRAConfig(rank=16, target_modules=["q_proj"], modules_to_save=["gate"]))
+    report = count_trainable_params(V1, AdapterSettings(rank=16, target_modules=["q_proj"], modules_to_save=["gate"]))
     assert report.by_group["router"] == 901_120
     assert report.targets.router_mode == "full"
 
 
 def test_groups_split_at_real_dims():
-    report = count_trainable_params(V1, LoRAConfig(rank=16, target_modules=ATTN + ["down_proj"], include_routed_experts=True))
+    report = count_trainable_params(V1, AdapterSettings(rank=16, target_modules=ATTN + ["down_proj"], include_routed_experts=True))
     assert report.by_group == {"attention": 1_966_080, "dense_mlp": 130_048, "shared_experts": 540_672,
                                "routed_experts": 24_510_464, "router": 0, "other": 0}
 
@@ -85,7 +85,7 @@ def test_router_in_both_lists_uses_lora_and_warns():
 
 def test_unmatched_names_are_reported():
     model = FAMILY_BUILDERS["causal_lm"]()
-    targets = resolve_targets(model, LoRAConfig(target_modules=["q_proj", "router", "qkv_nope"]), "causal_lm")
+    targets = resolve_targets(model, AdapterSettings(target_modules=["q_proj", "router", "qkv_nope"]), "causal_lm")
     assert targets.unmatched == ["router", "qkv_nope"]
     assert any("router, qkv_nope" in w for w in targets.warnings)
 
@@ -93,7 +93,7 @@ def test_unmatched_names_are_reported():
 def test_nothing_matching_is_an_error_listing_available_layers():
     model = FAMILY_BUILDERS["causal_lm"]()
     with pytest.raises(ConfigError, match="q_proj"):
-        resolve_targets(model, LoRAConfig(target_modules=["router"]), "causal_lm")
+        resolve_targets(model, AdapterSettings(target_modules=["router"]), "causal_lm")
 
 
 def test_routed_experts_are_opt_in():

@@ -10,12 +10,12 @@ import torch
 from deepsynth.data import load_sample_dataset
 from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, DataCollator, encode_rows
 from deepsynth.models.loading import load_model_and_processor
-from deepsynth.training.lora_config import LoRAConfig
+from deepsynth.training.lora_config import AdapterSettings
 from deepsynth.training.targets import apply_lora, resolve_targets
 
 
 def measure_seconds_per_step(
-    model_name: str | None, lora: LoRAConfig, batch_size: int, *, steps: int = 3, max_length: int = 2048
+    model_name: str | None, lora: AdapterSettings, batch_size: int, *, steps: int = 3, max_length: int = 2048
 ) -> float:
     """Median wall time of one forward + backward + AdamW step of ``model_name`` with ``lora``.
 

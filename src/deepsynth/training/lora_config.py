@@ -127,10 +127,8 @@ FLAT_NAMES: dict[str, str] = {name: flat for flat, name in FLAT_FIELDS.items()}
 #: The one set of defaults (TrainerConfig's flat fields read theirs from here).
 DEFAULT_ADAPTER = AdapterSettings()
 
-# Kept importable only for modules outside this step of the redesign that still say LoRAConfig
-# (training/targets.py and calibrate.py, tests/web, tests/training/test_moe.py and test_targets.py,
-# benchmarks/moe_experts.py); the design guide's tests do not use it. The same class, not a second
-# shape: remove once those say AdapterSettings.
+# The design guide's name for this class (its preset tables are written as LoRAConfig(...)): kept as
+# an alias of the same class, not a second shape. DeepSynth's own code says AdapterSettings.
 LoRAConfig = AdapterSettings
 
 

@@ -23,14 +23,14 @@ from torch import nn
 from deepsynth.models.families import CAUSAL_LM, GROUPS, ROUTER_ALIASES, FamilyNames, family_names
 from deepsynth.models.resolver import resolve_config
 from deepsynth.training.errors import ConfigError
-from deepsynth.training.lora_config import LoRAConfig
+from deepsynth.training.lora_config import AdapterSettings
 
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
 class ResolvedTargets:
-    """The outcome of resolving a LoRAConfig against one model."""
+    """The outcome of resolving a AdapterSettings against one model."""
 
     family: str
     peft_config: LoraConfig
@@ -116,7 +116,7 @@ class _Found:
     router_full: bool = False
 
 
-def resolve_targets(model: nn.Module, lora: LoRAConfig, family: str) -> ResolvedTargets:
+def resolve_targets(model: nn.Module, lora: AdapterSettings, family: str) -> ResolvedTargets:
     """Turn ``lora``'s logical names into a PEFT LoraConfig for ``model`` of ``family``."""
     layout = _Layout.of(model, family)
     found = _Found()
@@ -139,7 +139,7 @@ def resolve_targets(model: nn.Module, lora: LoRAConfig, family: str) -> Resolved
                            float(lora.dropout))
 
 
-def _resolve_target(layout: _Layout, lora: LoRAConfig, name: str, found: _Found) -> None:
+def _resolve_target(layout: _Layout, lora: AdapterSettings, name: str, found: _Found) -> None:
     """One ``target_modules`` name: router LoRA (a parameter target), linear modules, routed experts on opt-in."""
     hits: list[str] = []
     router, experts = layout.router, layout.experts
@@ -211,7 +211,7 @@ def _router_mode(layout: _Layout, found: _Found) -> str | None:
     return None
 
 
-def _peft_config(layout: _Layout, lora: LoRAConfig, family: str, found: _Found) -> LoraConfig:
+def _peft_config(layout: _Layout, lora: AdapterSettings, family: str, found: _Found) -> LoraConfig:
     """PEFT's LoraConfig: module targets as one regex scoped to the decoder layers, parameter targets by full name."""
     target_regex = None
     if found.module_targets:
@@ -282,7 +282,7 @@ def count_by_group(model: nn.Module, family: str) -> dict[str, int]:
     return counts
 
 
-def count_trainable_params(model_name: str | None, lora: LoRAConfig) -> ParamReport:
+def count_trainable_params(model_name: str | None, lora: AdapterSettings) -> ParamReport:
     """Exact trainable-parameter counts of ``lora`` on ``model_name``, built on the meta device.
 
     No weights are loaded and nothing is downloaded for the embedded model, shipped architectures

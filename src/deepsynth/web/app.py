@@ -82,7 +82,7 @@ class RecommendRequest(BaseModel):
 
 
 class EstimateRequest(BaseModel):
-    """Body of ``POST /api/lora/estimate``: LoRA settings (unset ones come from ``preset`` or LoRAConfig)."""
+    """Body of ``POST /api/lora/estimate``: LoRA settings (unset ones come from ``preset`` or AdapterSettings)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model: StrictStr | None = Field(None, max_length=500, description="model name or directory; null: the embedded model")
