@@ -1,4 +1,4 @@
-"""Fixtures of the web tests: the app over a temporary state folder, a real uvicorn server."""
+"""Fixtures of the web tests: the app over a temporary state folder, real uvicorn servers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 # Make the helper module of this folder importable whatever pytest's import mode is.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from web_support import LiveServer  # noqa: E402
+from web_support import ACCESS_TOKEN, AUTH, LiveServer, ServeProcess  # noqa: E402
 
 from deepsynth.web.app import create_app  # noqa: E402
 
@@ -38,9 +38,9 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def client(state_dir: Path) -> Iterator[TestClient]:
-    """The app with its job supervisor running (lifespan), for plain API tests."""
-    app = create_app(state_dir, poll_interval_s=0.1)
-    with TestClient(app) as test_client:
+    """The app with its job supervisor running (lifespan), for plain API tests; sends the token."""
+    app = create_app(state_dir, access_token=ACCESS_TOKEN, poll_interval_s=0.1)
+    with TestClient(app, headers=AUTH) as test_client:
         yield test_client
 
 
@@ -48,3 +48,9 @@ def client(state_dir: Path) -> Iterator[TestClient]:
 def live_server(state_dir: Path) -> Callable[..., LiveServer]:
     """Factory: ``with live_server(**create_app_options) as server:`` (uvicorn on 127.0.0.1)."""
     return lambda **options: LiveServer(state_dir, **options)
+
+
+@pytest.fixture
+def serve_process(state_dir: Path) -> Callable[..., ServeProcess]:
+    """Factory: ``with serve_process(*serve_flags, env=...) as server:`` (`deepsynth serve` in a process)."""
+    return lambda *args, **options: ServeProcess(state_dir, *args, **options)

@@ -1,9 +1,9 @@
 """The web API without training processes: presets, recommendation, estimates, datasets, job
-validation, artifacts, push, security. Real training runs are in test_web_jobs.py."""
+validation, artifacts, push, the OpenAPI document. Real training runs are in test_web_jobs.py; the
+access token, Host/Origin checks and the model_name rule in test_web_auth.py."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
@@ -15,26 +15,29 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
-from web_support import HUB_TOKEN, JSONL_ROWS
+from web_support import ACCESS_TOKEN, AUTH, HUB_TOKEN, JSONL_ROWS
 
 from deepsynth.cli import main as cli_main
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
-from deepsynth.training.errors import ConfigError
-from deepsynth.training.lora_config import LORA_PRESETS, PRESET_DESCRIPTIONS, LoRAConfig, get_lora_preset
+from deepsynth.training.lora_config import LORA_PRESETS, PRESET_DESCRIPTIONS, AdapterSettings, get_lora_preset
 from deepsynth.training.targets import count_trainable_params
 from deepsynth.web.app import create_app
 from deepsynth.web.jobs import train_command
-from deepsynth.web.server import add_serve_arguments, check_bind, is_loopback, run_serve
 
 V1 = "deepseek-ai/DeepSeek-OCR"
 # Any URL but the SVG namespace name (an identifier, never fetched).
 EXTERNAL_URL = re.compile(r"(https?:)?//(?!www\.w3\.org/2000/svg)[a-z0-9.-]+\.[a-z]{2,}", re.IGNORECASE)
 
 
+def app_client(state_dir: Path, **options) -> TestClient:
+    """A client of the app (without its lifespan) that sends the access token, as scripts do."""
+    return TestClient(create_app(state_dir, access_token=ACCESS_TOKEN, **options), headers=AUTH)
+
+
 @pytest.fixture
 def idle(state_dir: Path) -> TestClient:
     """The app without its lifespan: the supervisor does not run, so jobs stay queued."""
-    return TestClient(create_app(state_dir))
+    return app_client(state_dir)
 
 
 def upload(client: TestClient, filename: str, content: bytes, name: str | None = None):
@@ -117,7 +120,8 @@ def test_recommended_without_eval_data_equals_the_cli_json(idle, capsys):
     ({}, 422, "num_samples"),
     ({"num_samples": 5, "extra": 1}, 422, "extra"),
     ({"num_samples": 5, "model": "no-such-org/no-such-model"}, 422, "model"),
-    ({"num_samples": 5, "model": "x" * 300}, 422, "model"),
+    ({"num_samples": 5, "model": "x" * 600}, 422, "model"),
+    ({"num_samples": 5, "model": "x" * 300}, 400, "model"),  # not a Hub id, not a folder of the server
     ({"num_samples": 5, "model": 7}, 422, "model"),
     ({"num_samples": 5, "has_eval_data": "no"}, 422, "has_eval_data"),
     ({"num_samples": 5, "has_eval_data": None}, 422, "has_eval_data"),
@@ -144,7 +148,7 @@ def test_estimate_is_exact_for_custom_settings(idle):
             "modules_to_save": ["gate"], "include_routed_experts": True}
     response = idle.post("/api/lora/estimate", json=body)
     assert response.status_code == 200, response.text
-    lora = LoRAConfig(rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
+    lora = AdapterSettings(rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
                       modules_to_save=["gate"], include_routed_experts=True)
     assert response.json() == json.loads(json.dumps(count_trainable_params(V1, lora).to_dict()))
     # Defaults come from the preset when one is named; the embedded model when none is.
@@ -164,7 +168,6 @@ def test_estimate_is_exact_for_custom_settings(idle):
     ({"bias": "sometimes"}, "bias"),
     ({"preset": "no_such_preset"}, "preset"),
     ({"rank": 8, "surprise": True}, "surprise"),
-    ({"model": "../../etc"}, "model"),
 ])
 def test_estimate_rejects_bad_input(idle, body, field):
     assert_error(idle.post("/api/lora/estimate", json=body), 422, field)
@@ -262,7 +265,7 @@ def test_zip_image_missing_is_422_naming_the_row(idle):
 
 
 def test_oversized_uploads_are_413(state_dir):
-    app = TestClient(create_app(state_dir, max_upload_bytes=2000))
+    app = app_client(state_dir, max_upload_bytes=2000)
     assert_error(upload(app, "big.jsonl", JSONL_ROWS * 200), 413, "limit")
 
     def chunks():  # no Content-Length: the limit is enforced while the body streams in
@@ -577,104 +580,37 @@ def test_ui_page_and_assets_are_local(idle):
     assert "alert(" not in idle.get("/static/app.js").text
 
 
-# --------------------------------------------------------------------------------------- security
+def test_openapi_declares_the_errors_each_route_gives(idle):
+    schema = idle.get("/openapi.json").json()
+    declared = {(method.upper(), path): set(op["responses"])
+                for path, ops in schema["paths"].items() for method, op in ops.items()}
+    every = {"401", "403", "413"}  # no token; a foreign Host or Origin; a body over the limit
+    assert declared[("POST", "/api/jobs")] == every | {"201", "400", "422"}
+    assert declared[("POST", "/api/datasets")] == every | {"201", "400", "422"}
+    assert declared[("DELETE", "/api/datasets/{dataset_id}")] == every | {"200", "400", "404", "409"}
+    assert declared[("GET", "/api/jobs/{job_id}/artifacts")] == every | {"200", "404", "409"}
+    assert declared[("POST", "/api/jobs/{job_id}/push")] == every | {"200", "400", "404", "409", "422", "502"}
+    assert declared[("GET", "/api/jobs")] == every | {"200"}
+    # Errors have our shape ({"error": ...}), not FastAPI's stock {"detail": ...}.
+    push = schema["paths"]["/api/jobs/{job_id}/push"]["post"]["responses"]
+    for code in ("400", "404", "409", "422", "502"):
+        assert push[code]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "HTTPValidationError" not in json.dumps(schema)
+    assert "text/event-stream" in schema["paths"]["/api/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert all(op["security"] == [{"bearer": []}] for ops in schema["paths"].values() for op in ops.values())
 
 
-def test_access_token_is_required_when_set(state_dir):
-    secret = "s3cret-access-token-0123456789"
-    client = TestClient(create_app(state_dir, access_token=secret))
-    assert_error(client.get("/api/jobs"), 401, "access token")
-    assert_error(client.get("/api/jobs", headers={"Authorization": "Bearer wrong"}), 401)
-    assert client.get("/api/jobs", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
-    assert client.get("/api/health").status_code == 200
-    assert client.get("/static/app.js").status_code == 200
-    login = client.get("/")
-    assert login.status_code == 401 and 'id="access-token"' in login.text and secret not in login.text
-    assert_error(client.post("/api/session", headers={"Authorization": "Bearer wrong"}), 401)
-    response = client.post("/api/session", headers={"Authorization": f"Bearer {secret}"})
-    assert response.status_code == 200 and "httponly" in response.headers["set-cookie"].lower()
-    assert secret not in response.headers["set-cookie"]
-    assert client.get("/api/jobs").status_code == 200  # the cookie now
-    assert client.get("/").status_code == 200
-
-    fresh = TestClient(create_app(state_dir / "other", access_token=secret), follow_redirects=False)
-    response = fresh.get(f"/?token={secret}")
-    assert response.status_code == 303 and response.headers["location"] == "/"
-    assert fresh.get("/api/datasets").status_code == 200
-    assert TestClient(create_app(state_dir / "third", access_token=secret)).get("/?token=nope").status_code == 401
-
-
-def test_dns_rebinding_and_cross_site_requests_are_refused(state_dir):
-    client = TestClient(create_app(state_dir, allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1:8000")
-    assert client.get("/api/datasets").status_code == 200
-    assert_error(client.get("/api/datasets", headers={"Host": "evil.example"}), 403, "host")
-    assert_error(client.post("/api/lora/presets/recommended", json={"num_samples": 3},
-                             headers={"Origin": "http://evil.example"}), 403, "origin")
-    assert_error(upload_with_origin(client, "null"), 403, "origin")
-    ok = client.post("/api/lora/presets/recommended", json={"num_samples": 3},
-                     headers={"Origin": "http://127.0.0.1:8000"})
-    assert ok.status_code == 200
-
-
-def upload_with_origin(client: TestClient, origin: str):
-    return client.post("/api/datasets", files={"file": ("a.jsonl", JSONL_ROWS)}, headers={"Origin": origin})
-
-
-def test_serve_refuses_non_loopback_without_an_access_token(monkeypatch, tmp_path):
-    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.8.0.1")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
-    check_bind("127.0.0.1", None)
-    check_bind("0.0.0.0", "a-long-enough-access-token")
-    with pytest.raises(ConfigError, match="host"):
-        check_bind("0.0.0.0", None)
-    with pytest.raises(ConfigError, match="16 characters"):
-        check_bind("0.0.0.0", "short")
-
-    monkeypatch.delenv("DEEPSYNTH_ACCESS_TOKEN", raising=False)
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
-    args = parser.parse_args(["--host", "0.0.0.0", "--port", "0", "--state-dir", str(tmp_path / "s")])
-    assert (args.host, args.port) == ("0.0.0.0", 0)
-    with pytest.raises(ConfigError, match="DEEPSYNTH_ACCESS_TOKEN"):
-        run_serve(args)
-    assert not (tmp_path / "s").exists()  # refused before anything is created
-    defaults = parser.parse_args([])
-    assert defaults.host == "127.0.0.1" and defaults.port == 8000 and defaults.max_concurrent_jobs == 1
-
-
-def test_serve_runs_uvicorn_and_honours_the_access_token(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import httpx2 as httpx
-    from web_support import free_port
-
-    port = free_port()
-    secret = "serve-test-access-token-42"
-    env = {**os.environ, "DEEPSYNTH_ACCESS_TOKEN": secret}
-    code = (f"from deepsynth.web.server import serve; serve('127.0.0.1', {port}, {str(tmp_path / 'state')!r}, "
-            "log_level='warning')")
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-                time.sleep(0.2)
-        assert health.json()["auth_required"] is True
-        assert httpx.get(f"http://127.0.0.1:{port}/api/jobs").status_code == 401
-        ok = httpx.get(f"http://127.0.0.1:{port}/api/jobs", headers={"Authorization": f"Bearer {secret}"})
-        assert ok.status_code == 200 and ok.json() == {"jobs": []}
-        assert (tmp_path / "state" / "jobs.sqlite3").is_file()
-    finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert f"http://127.0.0.1:{port}/" in output and secret not in output
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("PUT", "/api/jobs", "GET, POST"),
+    ("DELETE", "/api/jobs/abc", "GET"),
+    ("GET", "/api/jobs/abc/cancel", "POST"),
+    ("PATCH", "/api/datasets/sample", "DELETE, GET"),
+    ("POST", "/static/app.js", "GET, HEAD"),
+])
+def test_405_answers_list_the_allowed_methods(idle, method, path, allowed):
+    response = idle.request(method, path)
+    assert_error(response, 405, method, allowed)
+    assert response.headers["allow"] == allowed
+    for other in allowed.split(", "):  # and each method it lists is served there
+        assert idle.request(other, path, json={} if other == "POST" else None).status_code != 405

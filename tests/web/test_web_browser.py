@@ -1,6 +1,7 @@
-"""End to end in a real browser (Debian's headless Chromium): upload a dataset, choose a preset,
-Apply & Auto-Configure, start a real training job on the embedded model, watch it finish, read the
-before/after metrics; the Hub token appears in no file, response or page."""
+"""End to end in a real browser (Debian's headless Chromium) against `deepsynth serve` run as a user
+runs it: sign in through the URL it prints (or by pasting the token), upload a dataset, choose a
+preset, Apply & Auto-Configure, start a real training job on the embedded model, watch it finish, read
+the before/after metrics; the Hub token appears in no file, response or page."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
-from web_support import HUB_TOKEN, JSONL_ROWS, files_containing
+from web_support import ACCESS_TOKEN, HUB_TOKEN, JSONL_ROWS, files_containing
 
-from deepsynth.training.lora_config import LoRAConfig
+from deepsynth.training.lora_config import AdapterSettings
 from deepsynth.training.recommend import recommend
 from deepsynth.training.targets import count_trainable_params
 
@@ -51,19 +52,24 @@ def start_job_with_short_generations(page) -> str:
     return page.text_content("#job-id")
 
 
-def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, live_server, state_dir, tmp_path,
-                                                                monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, serve_process, state_dir, tmp_path):
     data_file = tmp_path / "notes-e2e.jsonl"
     data_file.write_bytes(JSONL_ROWS)
-    with live_server() as server:
+    with serve_process(env={"HF_TOKEN": HUB_TOKEN}) as server:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         dialogs: list[str] = []
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url)
+        # Sign in as a user does: open the address `deepsynth serve` printed. The token leaves the
+        # address bar; the page keeps an HttpOnly SameSite=Strict cookie that scripts cannot read.
+        assert "?token=" in server.login_url
+        page.goto(server.login_url)
         page.wait_for_selector("body[data-ready='1']")
+        assert page.url == f"{server.url}/"
+        [cookie] = page.context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and server.token not in cookie["value"]
+        assert page.evaluate("document.cookie") == ""
         # Every preset of the library is offered, after Custom.
         options = page.eval_on_selector_all("#preset-select option", "els => els.map(e => e.value)")
         presets = [p["name"] for p in server.http.get("/api/lora/presets").json()["presets"]]
@@ -73,7 +79,9 @@ def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, live_s
         page.set_input_files("#dataset-file", str(data_file))
         page.fill("#dataset-name", "E2E notes")
         page.click("#dataset-upload")
-        page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('Uploaded')")
+        # A fresh server imports transformers once, in the background; the first upload waits for it.
+        page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('Uploaded')",
+                               timeout=120_000)
         uploaded = next(d for d in server.http.get("/api/datasets").json()["datasets"] if d["name"] == "E2E notes")
         assert page.input_value("#dataset-select") == uploaded["id"] and uploaded["rows"] == 3
 
@@ -115,7 +123,7 @@ def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, live_s
 
         # Editing a LoRA field updates the exact count live and makes the settings custom.
         page.fill("#f-lora_rank", "4")
-        lora_4 = LoRAConfig(**{**lora, "rank": 4})
+        lora_4 = AdapterSettings(**{**lora, "rank": 4})
         exact_4 = f"{count_trainable_params(None, lora_4).trainable:,}"
         page.wait_for_function(f"document.getElementById('trainable-params').textContent === '{exact_4}'")
         assert page.input_value("#preset-select") == "custom"
@@ -174,6 +182,9 @@ def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, live_s
         assert not [text for text in seen if HUB_TOKEN in text]
         assert not dialogs and not errors
     assert files_containing(state_dir, HUB_TOKEN) == []
+    # The access token was printed once (the address) and is in no saved file or log line.
+    assert server.returncode == 0 and server.output.count(server.token) == 1, server.output
+    assert files_containing(state_dir, server.token) == []
 
 
 def test_apply_without_eval_data_holds_out_samples_and_the_job_never_trains_on_them(browser, live_server, tmp_path):
@@ -181,11 +192,18 @@ def test_apply_without_eval_data_holds_out_samples_and_the_job_never_trains_on_t
             for i in range(7)]
     data_file = tmp_path / "seven.jsonl"
     data_file.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    with live_server() as server:
+    with live_server() as server:  # (the app in this process: the other test runs `deepsynth serve`)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        # Without the token in the address: the sign-in form; a wrong token is refused, the right one
+        # (pasted, as from the terminal) opens the app.
         page.goto(server.url)
+        page.fill("#access-token", "not-the-token")
+        page.click("#login-button")
+        page.wait_for_function("document.getElementById('login-error').textContent.includes('access token')")
+        page.fill("#access-token", ACCESS_TOKEN)
+        page.click("#login-button")
         page.wait_for_selector("body[data-ready='1']")
         page.set_input_files("#dataset-file", str(data_file))
         page.click("#dataset-upload")

@@ -39,9 +39,9 @@ def _gone(pid: int, timeout: float = 20) -> bool:
 class EventReader(threading.Thread):
     """Reads a job's SSE stream in the background, keeping (event, data) pairs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
         super().__init__(daemon=True)
-        self.url = url
+        self.url, self.headers = url, headers
         self.events: list[tuple[str, dict]] = []
         self.raw = ""
         self.error: BaseException | None = None
@@ -50,7 +50,7 @@ class EventReader(threading.Thread):
         import httpx2 as httpx
 
         try:
-            with httpx.stream("GET", self.url, timeout=httpx.Timeout(120, read=120)) as response:
+            with httpx.stream("GET", self.url, headers=self.headers, timeout=httpx.Timeout(120, read=120)) as response:
                 assert response.headers["content-type"].startswith("text/event-stream")
                 kind = None
                 for line in response.iter_lines():
@@ -94,7 +94,7 @@ def test_queue_live_progress_cancel_keeps_checkpoints_and_token_stays_in_env(liv
         config_text = (state_dir / "jobs" / first["id"] / "config.yaml").read_text()
         assert HUB_TOKEN not in config_text
 
-        reader = EventReader(f"{server.url}/api/jobs/{first['id']}/events")
+        reader = EventReader(f"{server.url}/api/jobs/{first['id']}/events", server.headers)
         reader.start()
         reader.wait_for(lambda kind, data: kind == "progress" and data.get("event") == "start")
         reader.wait_for(lambda kind, data: kind == "progress" and data.get("event") == "log" and data["step"] >= 2)

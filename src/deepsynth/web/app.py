@@ -5,11 +5,15 @@ Every route calls the same library function as the CLI (presets, ``recommend``,
 nothing is decided twice. Errors are JSON ``{"error": "<message naming the field>"}`` with a 4xx
 status for anything a client sends; the Hub token is never read from or returned to a client.
 
-Security: with an access token (``DEEPSYNTH_ACCESS_TOKEN``), every request must carry it as
-``Authorization: Bearer <token>`` or in the session cookie set by ``POST /api/session`` (or by
-opening ``/?token=<token>`` once). Requests that change state must come from the app's own origin
-(a cross-site form post is refused), and ``allowed_hosts`` (set by :func:`deepsynth.web.server.serve`
-on loopback) defeats DNS rebinding.
+Security, as Jupyter does it: the app always has an access token (``deepsynth serve`` makes a random
+one per launch unless one is configured). Every ``/api/`` request must carry it as
+``Authorization: Bearer <token>``, or the session cookie a browser gets by opening ``/?token=<token>``
+once (or by ``POST /api/session`` with the bearer header); without it the answer is 401. The cookie is
+HttpOnly, SameSite=Strict and holds an HMAC of the token, never the token. Open without the token: the
+page ``/`` itself (a sign-in form until the cookie is set), the static assets and ``/openapi.json``
+(the same for every install; no state). Requests that change state must come from the app's own
+origin (a cross-site form post is refused, 403), and ``allowed_hosts`` (set by
+:func:`deepsynth.web.server.serve` on loopback) defeats DNS rebinding (403).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import zipfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 import anyio
@@ -36,12 +40,23 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    create_model,
+)
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
-from deepsynth.training.config import TrainerConfig
+from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.training.errors import ConfigError
 from deepsynth.web.datasets_store import (
     DatasetNotFound,
@@ -50,20 +65,76 @@ from deepsynth.web.datasets_store import (
     human_size,
 )
 from deepsynth.web.jobs import SERVER_FIELDS, TERMINAL, CommandBuilder, JobError, JobManager, train_command, trainer_fields
-from deepsynth.web.settings import ACCESS_TOKEN_ENV, DEFAULT_MAX_UPLOAD_BYTES  # noqa: F401 (re-exported)
+from deepsynth.web.model_policy import ModelNotAllowed, ModelPolicy
+from deepsynth.web.settings import ACCESS_TOKEN_ENV, DEFAULT_MAX_UPLOAD_BYTES, MIN_TOKEN_LENGTH  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The cookie's name carries a fingerprint of the token: two servers on one host (cookies ignore the
+# port) keep their own sessions instead of overwriting each other's.
 SESSION_COOKIE = "deepsynth_session"
 MAX_JSON_BODY = 1024 * 1024
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # Model building (meta device) and recommendation share torch state: one at a time.
 _MODEL_LOCK = threading.Lock()
+# transformers is imported lazily, and two request threads importing it at once leave one with a
+# half-initialised module: in a fresh `deepsynth serve`, the page's first estimate next to an upload
+# (datasets' hashing looks for transformers' tokenizer class) gave HTTP 500 "module 'transformers' has
+# no attribute 'PreTrainedTokenizerBase'". So it is imported once, by one thread (_import_libraries).
+_IMPORT_LOCK = threading.Lock()
+_imported = False
 
 
 class UploadTooLarge(Exception):
     pass
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one message naming the field, file or row and what was expected."""
+
+    error: str = Field(..., description="what was wrong, naming the field/file/row and what is expected")
+    details: list[dict[str, str]] | None = Field(None, description="validation errors: [{field, message}]")
+    report: dict[str, Any] | None = Field(None, description="push failures: what was uploaded and what failed")
+
+
+_ERROR_MEANINGS = {
+    400: "Bad request: a body that is not valid JSON or multipart, a bad id or name, a model name the "
+         "server does not accept",
+    401: "Access token missing or wrong (send 'Authorization: Bearer <token>')",
+    403: "Refused: a Host that is not this server's (DNS rebinding) or a cross-site Origin",
+    404: "No such dataset or job",
+    409: "Conflict with the job's or dataset's state",
+    413: "Body or upload larger than the server's limit",
+    422: "A field with a wrong type or value (the message names it)",
+    502: "The Hugging Face Hub refused or failed the push (the report says what was uploaded)",
+}
+
+
+# One server-sent event of /api/jobs/{id}/events (OpenAPI 3.1: the schema of an event stream is that
+# of each event). `data` is JSON: a progress.jsonl line, or the job as GET /api/jobs/{id} gives it.
+_SSE_EVENT = {
+    "type": "object", "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "status", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string", "description": "progress events: their number (send it back as Last-Event-ID)"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
+def _links(name: str, field: str, operations: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """OpenAPI links from a created resource (its ``id``) to the routes that take it as ``field``."""
+    return {label: {"operationRef": "#/paths/" + path.replace("/", "~1") + "/" + method,
+                    "parameters": {field: "$response.body#/id"}, "description": f"this {name}"}
+            for label, (method, path) in operations.items()}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of a route: the errors it gives, plus those every /api route can give."""
+    every = {401, 403, 413}  # no token; a foreign Host or Origin; a body over the limit
+    return {code: {"model": ErrorBody, "description": _ERROR_MEANINGS[code]} for code in sorted({*every, *codes})}
 
 
 # --------------------------------------------------------------------------------------- requests
@@ -107,16 +178,25 @@ class PushRequest(BaseModel):
 
 
 def _job_request_model() -> type[BaseModel]:
-    """Documents every TrainerConfig field in OpenAPI; validation itself is TrainerConfig.from_dict's."""
+    """Documents every TrainerConfig field in OpenAPI; validation itself is TrainerConfig.from_dict's.
+
+    Each field's JSON type comes from TrainerConfig's (or OptimizerConfig's) annotation; an unknown
+    field is refused (422, naming it), which the schema says with ``additionalProperties: false``.
+    """
     defaults = TrainerConfig().to_dict()
+    hints = {**get_type_hints(OptimizerConfig), **get_type_hints(TrainerConfig)}
     attrs: dict[str, Any] = {
-        "dataset_id": (StrictStr, Field(..., description="id from GET /api/datasets ('sample': the bundled set)")),
+        "dataset_id": (StrictStr, Field(..., description="id from GET /api/datasets ('sample': the bundled set)",
+                                        examples=["sample"])),
         "eval_dataset_id": (StrictStr | None, Field(None, description="held-out dataset id (optional)")),
     }
     for name in trainer_fields():
         default = defaults.get(name, defaults["optimizer"].get(name) if name != "optimizer" else None)
-        attrs[name] = (Any, Field(None, description=f"TrainerConfig.{name} (default {default!r})"))
-    return create_model("JobRequest", __config__=ConfigDict(extra="allow", protected_namespaces=()), **attrs)
+        kind = {"type": "object"} if name == "optimizer" else TypeAdapter(hints[name]).json_schema()
+        attrs[name] = (Any, Field(None, description=f"TrainerConfig.{name} (default {default!r})",
+                                  json_schema_extra=kind))
+    config = ConfigDict(extra="allow", protected_namespaces=(), json_schema_extra={"additionalProperties": False})
+    return create_model("JobRequest", __config__=config, **attrs)
 
 
 JobRequest = _job_request_model()
@@ -125,8 +205,8 @@ JobRequest = _job_request_model()
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def _validation_message(errors: Sequence[dict[str, Any]]) -> tuple[int, str, list[dict[str, Any]]]:
@@ -145,12 +225,30 @@ def _validation_message(errors: Sequence[dict[str, Any]]) -> tuple[int, str, lis
 
 
 def _model_call(model_name: str | None, function, /, *args, **kwargs):
-    """Run a model-building library call; an unusable model name is the client's error (422)."""
+    """Run a model-building library call; an unusable model name is the client's error (422).
+
+    The caller has already checked ``model_name`` against the server's ModelPolicy (400 if refused).
+    """
     with _MODEL_LOCK:
         try:
             return function(*args, **kwargs)
         except OSError as error:
             raise ConfigError("model", model_name, f"a model name or local directory ({error.strerror or error})") from None
+
+
+def _import_libraries() -> None:
+    """Import transformers and the model code once; other threads wait until that is complete."""
+    global _imported
+    with _IMPORT_LOCK:
+        if not _imported:
+            import transformers
+
+            import deepsynth.models.configs
+            import deepsynth.training.recommend
+            import deepsynth.training.targets  # noqa: F401
+
+            transformers.PreTrainedTokenizerBase  # noqa: B018 (a lazy attribute: this imports it)
+            _imported = True
 
 
 def _sse(event: str, data: Any, event_id: int | None = None) -> str:
@@ -161,7 +259,8 @@ def _sse(event: str, data: Any, event_id: int | None = None) -> str:
 def _login_page() -> str:
     return """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>DeepSynth — sign in</title>
 <link rel="stylesheet" href="/static/style.css"></head><body><main class="login">
-<h1>DeepSynth</h1><p>This server requires its access token (the value of DEEPSYNTH_ACCESS_TOKEN).</p>
+<h1>DeepSynth</h1><p>Open the address <code>deepsynth serve</code> printed (it ends in <code>?token=…</code>),
+or paste its access token (or your DEEPSYNTH_ACCESS_TOKEN) here.</p>
 <form id="login-form"><input id="access-token" type="password" autocomplete="current-password" placeholder="access token">
 <button id="login-button" type="submit">Sign in</button></form><p id="login-error" class="error"></p>
 <script src="/static/login.js"></script></main></body></html>"""
@@ -173,7 +272,8 @@ def _login_page() -> str:
 def create_app(
     state_dir: Path,
     *,
-    access_token: str | None = None,
+    access_token: str,
+    allowed_models: Sequence[str] = (),
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_concurrent_jobs: int = 1,
     cancel_grace_s: float = 30.0,
@@ -184,19 +284,27 @@ def create_app(
 ) -> FastAPI:
     """Build the app over ``state_dir`` (datasets, jobs, jobs.sqlite3).
 
+    ``access_token`` (required, at least 16 characters) guards every API route; ``allowed_models``
+    are the models clients may name besides Hub ids and folders in ``state_dir`` (see ModelPolicy).
     The job supervisor starts with the app's lifespan (uvicorn, or ``with TestClient(app)``).
     """
+    if not isinstance(access_token, str) or len(access_token) < MIN_TOKEN_LENGTH:
+        raise ConfigError("access_token", "<hidden>", f"a string of at least {MIN_TOKEN_LENGTH} characters")
     state_dir = Path(state_dir).expanduser()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    # A new state folder is private (0700): its datasets, logs and adapters are the owner's alone.
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state_dir / "tmp").mkdir(exist_ok=True)
     store = DatasetStore(state_dir, max_upload_bytes=max_upload_bytes)
     jobs = JobManager(state_dir, store, max_concurrent_jobs=max_concurrent_jobs, cancel_grace_s=cancel_grace_s,
                       poll_interval_s=poll_interval_s, command=job_command)
     hosts = {h.lower().strip("[]") for h in allowed_hosts} if allowed_hosts is not None else None
+    models = ModelPolicy(state_dir, allowed_models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs.start()
+        # In the background, so the server answers at once; a request that needs them waits for it.
+        threading.Thread(target=_import_libraries, name="deepsynth-imports", daemon=True).start()
         try:
             yield
         finally:
@@ -218,11 +326,9 @@ def create_app(
     app.state.store = store
     app.state.jobs = jobs
     app.state.state_dir = state_dir
+    app.state.models = models
 
     app.add_middleware(_Guard, access_token=access_token, hosts=hosts)
-
-    def _authorized(request: Request) -> bool:
-        return _token_ok(request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE), access_token)
 
     def _set_session(response: Response) -> None:
         _set_session_cookie(response, access_token)
@@ -236,7 +342,15 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:  # RFC 9110: a 405 lists the methods the resource has
+            allowed = ", ".join(_allowed_methods(app, request.url.path))
+            return _error(405, f"method: {request.method} is not allowed here; allowed: {allowed}",
+                          headers={"Allow": allowed})
         return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ModelNotAllowed)
+    async def on_model_refused(request: Request, exc: ModelNotAllowed):
+        return _error(exc.status_code, str(exc))
 
     @app.exception_handler(DatasetRequestError)
     async def on_dataset_request(request: Request, exc: DatasetRequestError):
@@ -271,21 +385,21 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/api/health", tags=["server"])
+    @app.get("/api/health", tags=["server"], responses=_errors(),
+             summary="Liveness probe; like every /api route it needs the access token")
     async def health() -> dict[str, Any]:
-        return {"ok": True, "version": _version(), "auth_required": bool(access_token)}
+        return {"ok": True, "version": _version()}
 
-    @app.post("/api/session", tags=["server"], summary="Exchange the access token for a session cookie")
+    @app.post("/api/session", tags=["server"], summary="Exchange the access token for a session cookie",
+              responses=_errors())
     async def session(request: Request) -> Response:
-        if not access_token:
-            return JSONResponse({"ok": True, "auth_required": False})
-        if not _authorized(request):
-            return _error(401, "access token: wrong or missing (send it as 'Authorization: Bearer <token>')")
+        # The guard has checked the bearer header (or an existing session cookie) already.
         response = JSONResponse({"ok": True})
         _set_session(response)
         return response
 
-    @app.get("/api/hub", tags=["server"], summary="Whether a Hub token is configured (never the token)")
+    @app.get("/api/hub", tags=["server"], summary="Whether a Hub token is configured (never the token)",
+             responses=_errors())
     def hub_status() -> dict[str, Any]:
         from deepsynth.publishing.hub import resolve_token
 
@@ -294,7 +408,7 @@ def create_app(
 
     # --- LoRA presets, recommendation, estimates ----------------------------------------------
 
-    @app.get("/api/lora/presets", tags=["lora"])
+    @app.get("/api/lora/presets", tags=["lora"], responses=_errors())
     def presets() -> dict[str, Any]:
         from deepsynth.training.lora_config import LORA_PRESETS, PRESET_DESCRIPTIONS
 
@@ -303,23 +417,29 @@ def create_app(
             for name, preset in LORA_PRESETS.items()
         ]}
 
-    @app.post("/api/lora/presets/recommended", tags=["lora"],
+    @app.post("/api/lora/presets/recommended", tags=["lora"], responses=_errors(400, 422),
               summary="recommend(num_samples, model, ...).to_dict(), as `deepsynth recommend --json`")
     def recommended(body: RecommendRequest) -> dict[str, Any]:
+        _import_libraries()
         from deepsynth.training.recommend import recommend
 
-        return _model_call(body.model, recommend, body.num_samples, model=body.model,
+        model = models.check(body.model, "model")
+        return _model_call(model, recommend, body.num_samples, model=model,
                            has_eval_data=body.has_eval_data, num_train_tokens=body.num_train_tokens).to_dict()
 
-    @app.post("/api/lora/estimate", tags=["lora"], summary="Exact trainable parameters of LoRA settings")
+    @app.post("/api/lora/estimate", tags=["lora"], summary="Exact trainable parameters of LoRA settings",
+              responses=_errors(400, 422))
     def estimate(body: EstimateRequest) -> dict[str, Any]:
+        _import_libraries()
         from deepsynth.training.lora_config import adapter_settings
         from deepsynth.training.targets import count_trainable_params
 
+        model = models.check(body.model, "model")
         lora = adapter_settings(body.preset, body.model_dump(exclude_none=True, exclude={"model", "preset"}))
-        return _model_call(body.model, count_trainable_params, body.model, lora).to_dict()
+        return _model_call(model, count_trainable_params, model, lora).to_dict()
 
-    @app.get("/api/trainer/defaults", tags=["jobs"], summary="TrainerConfig defaults (the fields a job accepts)")
+    @app.get("/api/trainer/defaults", tags=["jobs"], summary="TrainerConfig defaults (the fields a job accepts)",
+             responses=_errors())
     def trainer_defaults() -> dict[str, Any]:
         defaults = TrainerConfig().to_dict()
         for name in SERVER_FIELDS:
@@ -328,7 +448,7 @@ def create_app(
 
     # --- datasets ----------------------------------------------------------------------------
 
-    @app.get("/api/datasets", tags=["datasets"])
+    @app.get("/api/datasets", tags=["datasets"], responses=_errors())
     def list_datasets() -> dict[str, Any]:
         return {"datasets": [info.to_dict() for info in store.list()],
                 "max_upload_bytes": store.max_upload_bytes}
@@ -336,6 +456,9 @@ def create_app(
     @app.post(
         "/api/datasets", tags=["datasets"], status_code=201,
         summary="Upload a JSONL/JSON/CSV/TSV/Parquet file, or a zip of one data file plus its images",
+        responses={**_errors(400, 422), 201: {"description": "the dataset, validated", "links": _links(
+            "dataset", "dataset_id", {"GetDataset": ("get", "/api/datasets/{dataset_id}"),
+                                      "DeleteDataset": ("delete", "/api/datasets/{dataset_id}")})}},
         openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"],
             "properties": {"file": {"type": "string", "format": "binary"},
@@ -379,16 +502,17 @@ def create_app(
             except BaseException:
                 shutil.rmtree(upload_dir, ignore_errors=True)
                 raise
-            info = await anyio.to_thread.run_sync(lambda: store.add(upload_dir, upload.filename or "", name))
+            await anyio.to_thread.run_sync(_import_libraries)
+            info = await anyio.to_thread.run_sync(store.add, upload_dir, upload.filename or "", name)
         finally:
             await form.close()
         return JSONResponse(info.to_dict(), status_code=201)
 
-    @app.get("/api/datasets/{dataset_id}", tags=["datasets"])
+    @app.get("/api/datasets/{dataset_id}", tags=["datasets"], responses=_errors(400, 404))
     def get_dataset(dataset_id: str) -> dict[str, Any]:
         return store.get(dataset_id).to_dict()
 
-    @app.delete("/api/datasets/{dataset_id}", tags=["datasets"])
+    @app.delete("/api/datasets/{dataset_id}", tags=["datasets"], responses=_errors(400, 404, 409))
     def delete_dataset(dataset_id: str) -> dict[str, Any]:
         store.get(dataset_id)
         users = jobs.uses_dataset(dataset_id)
@@ -398,26 +522,36 @@ def create_app(
 
     # --- jobs --------------------------------------------------------------------------------
 
-    @app.get("/api/jobs", tags=["jobs"])
+    @app.get("/api/jobs", tags=["jobs"], responses=_errors())
     def list_jobs() -> dict[str, Any]:
         return {"jobs": jobs.list()}
 
-    @app.post("/api/jobs", tags=["jobs"], status_code=201,
+    @app.post("/api/jobs", tags=["jobs"], status_code=201, responses={**_errors(400, 422), 201: {
+                  "description": "the queued job", "links": _links("job", "job_id", {
+                      "GetJob": ("get", "/api/jobs/{job_id}"), "CancelJob": ("post", "/api/jobs/{job_id}/cancel"),
+                      "JobEvents": ("get", "/api/jobs/{job_id}/events"),
+                      "JobArtifacts": ("get", "/api/jobs/{job_id}/artifacts"),
+                      "PushJob": ("post", "/api/jobs/{job_id}/push")})}},
               summary="Queue a training run: any TrainerConfig field plus dataset_id [, eval_dataset_id]")
     def create_job(body: JobRequest) -> JSONResponse:  # type: ignore[valid-type]
         request = body.model_dump(exclude_unset=True)
+        if "model_name" in request:
+            _import_libraries()  # the model rule names the embedded model (deepsynth.models.configs)
+            request["model_name"] = models.check(request["model_name"], "model_name")
         return JSONResponse(jobs.submit(request), status_code=201)
 
-    @app.get("/api/jobs/{job_id}", tags=["jobs"])
+    @app.get("/api/jobs/{job_id}", tags=["jobs"], responses=_errors(404))
     def get_job(job_id: str) -> dict[str, Any]:
         return jobs.detail(job_id)
 
-    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
+    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"], responses=_errors(404, 409))
     def cancel_job(job_id: str) -> dict[str, Any]:
         return jobs.cancel(job_id)
 
     @app.get("/api/jobs/{job_id}/events", tags=["jobs"], summary="Live progress (server-sent events)",
-             response_class=StreamingResponse)
+             response_class=StreamingResponse, responses={
+                 200: {"description": "progress, status and end events",
+                       "content": {"text/event-stream": {"schema": _SSE_EVENT}}}, **_errors(404)})
     async def job_events(job_id: str, request: Request) -> StreamingResponse:
         jobs.get(job_id)  # 404 before the stream starts
         try:
@@ -459,7 +593,10 @@ def create_app(
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/api/jobs/{job_id}/artifacts", tags=["jobs"], summary="Zip of the job's adapter folder",
-             response_class=FileResponse)
+             response_class=FileResponse, responses={
+                 200: {"description": "the adapter's publishable files",
+                       "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                 **_errors(404, 409)})
     def job_artifacts(job_id: str) -> FileResponse:
         from deepsynth.publishing.hub import list_publishable_files
 
@@ -473,7 +610,7 @@ def create_app(
         return FileResponse(path, media_type="application/zip", filename=f"deepsynth-{job_id}-{suffix}.zip",
                             background=BackgroundTask(_unlink, path))
 
-    @app.post("/api/jobs/{job_id}/push", tags=["jobs"],
+    @app.post("/api/jobs/{job_id}/push", tags=["jobs"], responses=_errors(400, 404, 409, 422, 502),
               summary="Push the job's adapter to the Hub with the server's token (HF_TOKEN / hf auth login)")
     def push_job(job_id: str, body: PushRequest) -> JSONResponse:
         from deepsynth.publishing import PushError, push_adapter
@@ -491,7 +628,40 @@ def create_app(
             return _error(502, str(error), report=report.to_dict() if report is not None else None)
         return JSONResponse(report.to_dict())
 
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with its stock 422 replaced by our error body, or dropped where it cannot occur.
+
+    FastAPI documents a 422 of its own shape on every route with parameters; ours is ``ErrorBody``
+    and only routes with a request body give it (a path parameter is any string).
+    """
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        for operation in (op for ops in schema["paths"].values() for op in ops.values()):
+            stock = operation["responses"].get("422", {})
+            if "HTTPValidationError" in json.dumps(stock):
+                if "requestBody" in operation:
+                    operation["responses"]["422"] = {"description": _ERROR_MEANINGS[422], "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                else:
+                    del operation["responses"]["422"]
+        schema["components"]["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "the access token `deepsynth serve` printed (…/?token=<token>) or DEEPSYNTH_ACCESS_TOKEN; "
+                           "a browser that opened /?token=<token> sends an HttpOnly session cookie instead"}}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+        for name in ("HTTPValidationError", "ValidationError"):
+            if name not in json.dumps(schema["paths"]):
+                schema["components"]["schemas"].pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _session_value(access_token: str) -> str:
@@ -499,24 +669,39 @@ def _session_value(access_token: str) -> str:
     return hmac.new(access_token.encode(), b"deepsynth web session", hashlib.sha256).hexdigest()
 
 
+def _cookie_name(access_token: str) -> str:
+    return f"{SESSION_COOKIE}_{_session_value(access_token)[:12]}"
+
+
 def _set_session_cookie(response: Response, access_token: str) -> None:
-    response.set_cookie(SESSION_COOKIE, _session_value(access_token), httponly=True, samesite="strict", path="/")
+    response.set_cookie(_cookie_name(access_token), _session_value(access_token), httponly=True,
+                        samesite="strict", path="/")
 
 
-def _token_ok(header: str | None, cookie: str | None, access_token: str | None) -> bool:
-    """Does the request carry the access token (bearer header) or a session cookie derived from it?"""
-    if not access_token:
-        return True
-    header = header or ""
-    if header.lower().startswith("bearer "):
+def _token_ok(request: Request, access_token: str) -> bool:
+    """Does the request carry the access token (bearer header) or the session cookie derived from it?"""
+    header = request.headers.get("authorization") or ""
+    if header[:7].lower() == "bearer ":
         return hmac.compare_digest(header[7:].strip().encode(), access_token.encode())
+    cookie = request.cookies.get(_cookie_name(access_token))
     return bool(cookie) and hmac.compare_digest(cookie.encode(), _session_value(access_token).encode())
 
 
-class _Guard:
-    """ASGI middleware: Host allow-list, same-origin check for state changes, access token."""
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at ``path`` (routes of one path are separate objects in Starlette)."""
+    if path.startswith("/static/"):
+        return ["GET", "HEAD"]
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, Route) and route.path_regex.match(path):
+            methods |= route.methods or set()
+    return sorted(methods)
 
-    def __init__(self, app, *, access_token: str | None, hosts: set[str] | None) -> None:
+
+class _Guard:
+    """ASGI middleware: Host allow-list, same-origin check for state changes, access token on /api/."""
+
+    def __init__(self, app, *, access_token: str, hosts: set[str] | None) -> None:
         self.app = app
         self.access_token = access_token
         self.hosts = hosts
@@ -539,25 +724,34 @@ class _Guard:
             origin = request.headers.get("origin")
             if origin is not None and (origin == "null" or urlsplit(origin).netloc.lower() != host):
                 return _error(403, "origin: cross-site requests are refused")
-        length = request.headers.get("content-length", "")
-        if (request.url.path != "/api/datasets" and length.isdigit() and int(length) > MAX_JSON_BODY):
-            return _error(413, f"body: larger than {MAX_JSON_BODY // 1024} KB")
-        if not self.access_token:
-            return None
         path = request.url.path
         if path == "/" and "token" in request.query_params:
-            if hmac.compare_digest(request.query_params["token"].encode(), self.access_token.encode()):
-                response = RedirectResponse("/", status_code=303)
-                _set_session_cookie(response, self.access_token)
-                return response
-            return HTMLResponse(_login_page(), status_code=401)
-        if path.startswith("/static/") or path in ("/api/session", "/api/health"):
-            return None
-        if _token_ok(request.headers.get("authorization"), request.cookies.get(SESSION_COOKIE), self.access_token):
-            return None
+            return self.sign_in(request.query_params["token"])
+        if _token_ok(request, self.access_token):
+            return self.size_check(request)
         if path == "/":
-            return HTMLResponse(_login_page(), status_code=401)
-        return _error(401, "access token required: send 'Authorization: Bearer <token>' or sign in at /")
+            return HTMLResponse(_login_page(), status_code=401, headers={"Cache-Control": "no-store"})
+        if path.startswith("/static/") or path == "/openapi.json":
+            return self.size_check(request)  # the same for every install: no state, no secret
+        # Anything else needs the token (deny by default), and its body is never read without it.
+        return _error(401, "access token required: send 'Authorization: Bearer <token>', or open the address "
+                           "`deepsynth serve` printed (…/?token=…) in the browser")
+
+    def sign_in(self, token: str) -> Response:
+        """``/?token=…``: set the session cookie and drop the token from the address bar."""
+        if not hmac.compare_digest(token.encode(), self.access_token.encode()):
+            return HTMLResponse(_login_page(), status_code=401, headers={"Cache-Control": "no-store"})
+        response = RedirectResponse("/", status_code=303, headers={"Referrer-Policy": "no-referrer",
+                                                                   "Cache-Control": "no-store"})
+        _set_session_cookie(response, self.access_token)
+        return response
+
+    @staticmethod
+    def size_check(request: Request) -> Response | None:
+        length = request.headers.get("content-length", "")
+        if request.url.path != "/api/datasets" and length.isdigit() and int(length) > MAX_JSON_BODY:
+            return _error(413, f"body: larger than {MAX_JSON_BODY // 1024} KB")
+        return None
 
 
 def _unlink(path: Path) -> None:

@@ -1,7 +1,11 @@
-"""``deepsynth serve``: run the web app with uvicorn.
+"""``deepsynth serve``: run the web app with uvicorn, behind an access token (as Jupyter does).
 
-Loopback (127.0.0.1) by default. Any other address needs an access token the user chooses
-(``DEEPSYNTH_ACCESS_TOKEN``, at least 16 characters): the server refuses to start without it.
+Every launch has an access token: ``$DEEPSYNTH_ACCESS_TOKEN`` or ``--token-file`` when the user
+configures one, else a random one made for this launch (``secrets.token_urlsafe``). Once the server
+listens, it prints the address to open, ``http://127.0.0.1:PORT/?token=…``, on standard output — the
+token appears there only for a per-launch token (a configured one is never echoed), and never in a log
+record, a file or an API response. Loopback (127.0.0.1) by default; any other address needs a
+configured token (at least 16 characters): the server refuses to start without one.
 
 CLI wiring (in ``deepsynth.cli.build_parser``)::
 
@@ -16,7 +20,14 @@ import argparse
 import ipaddress
 import logging
 import os
+import re
+import secrets
+import stat
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from deepsynth.training.errors import ConfigError
 from deepsynth.web.settings import (
@@ -28,6 +39,17 @@ from deepsynth.web.settings import (
 )
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s]*", re.IGNORECASE)
+
+
+class RedactToken(logging.Filter):
+    """Hides ``token=…`` in uvicorn's access log lines (the browser opens ``/?token=…`` once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a.lower() for a in record.args):
+            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1[hidden]", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
 
 
 def is_loopback(host: str) -> bool:
@@ -46,15 +68,37 @@ def default_state_dir() -> Path:
 
 
 def check_bind(host: str, access_token: str | None) -> None:
-    """Refuse a non-loopback address without a (long enough) access token."""
+    """Refuse a short configured token, and a non-loopback address without a configured token."""
     if access_token is not None and len(access_token) < MIN_TOKEN_LENGTH:
         raise ConfigError(ACCESS_TOKEN_ENV, "<hidden>", f"at least {MIN_TOKEN_LENGTH} characters")
     if not is_loopback(host) and not access_token:
         raise ConfigError(
             "host", host,
-            f"a loopback address (127.0.0.1, localhost, ::1), or set {ACCESS_TOKEN_ENV} to an access token of "
-            f"at least {MIN_TOKEN_LENGTH} characters to serve on other interfaces",
+            f"a loopback address (127.0.0.1, localhost, ::1), or set {ACCESS_TOKEN_ENV} (or --token-file) to an "
+            f"access token of at least {MIN_TOKEN_LENGTH} characters to serve on other interfaces",
         )
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in ``path`` (first line), which no other user may read (like ssh's private keys)."""
+    path = Path(path).expanduser()
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text(encoding="utf-8").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("--token-file", str(path), f"a readable UTF-8 text file ({error})") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError("--token-file", str(path), "a file only its owner can read (chmod 600)")
+    if not token or not token[0].strip():
+        raise ConfigError("--token-file", str(path), "a file whose first line is the token")
+    return token[0].strip()
+
+
+def login_url(host: str, port: int, token: str | None) -> str:
+    """The address the user opens: with ``?token=`` for a per-launch token."""
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}/"
+    return f"{base}?token={quote(token, safe='')}" if token else base
 
 
 def serve(
@@ -63,12 +107,19 @@ def serve(
     state_dir: Path | str | None = None,
     *,
     access_token: str | None = None,
+    allowed_models: Sequence[str] = (),
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_concurrent_jobs: int = 1,
     stop_jobs_on_exit: bool = False,
     log_level: str = "info",
+    **app_options: Any,
 ) -> None:
-    """Serve the app until interrupted. ``access_token`` defaults to ``$DEEPSYNTH_ACCESS_TOKEN``."""
+    """Serve the app until interrupted.
+
+    ``access_token`` defaults to ``$DEEPSYNTH_ACCESS_TOKEN``, else a random token for this launch.
+    ``port`` 0 takes a free port (the printed address says which). ``app_options`` go to
+    :func:`deepsynth.web.app.create_app` (``job_command``, ``poll_interval_s``, ...).
+    """
     import uvicorn
 
     from deepsynth.web.app import create_app
@@ -78,25 +129,54 @@ def serve(
     check_bind(host, access_token)
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError("port", port, "an integer in [0, 65535]")
+    generated = access_token is None
+    token = secrets.token_urlsafe(32) if generated else access_token
     state = Path(state_dir).expanduser() if state_dir else default_state_dir()
-    # Without a token, only loopback names are served (DNS rebinding protection); with one, any Host.
-    allowed = None if access_token else [*LOOPBACK_NAMES, host]
-    app = create_app(state, access_token=access_token, max_upload_bytes=max_upload_bytes,
+    # On loopback only loopback names are served (DNS rebinding protection); elsewhere any Host.
+    allowed = [*LOOPBACK_NAMES, host] if is_loopback(host) else None
+    app = create_app(state, access_token=token, allowed_models=allowed_models, max_upload_bytes=max_upload_bytes,
                      max_concurrent_jobs=max_concurrent_jobs, allowed_hosts=allowed,
-                     stop_jobs_on_shutdown=stop_jobs_on_exit)
-    shown = f"[{host}]" if ":" in host else host
-    logging.getLogger(__name__).info("DeepSynth on http://%s:%d (state in %s)", shown, port, state)
-    print(f"DeepSynth web UI: http://{shown}:{port}/  (state folder: {state})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+                     stop_jobs_on_shutdown=stop_jobs_on_exit, **app_options)
+    logging.getLogger(__name__).info("DeepSynth serving state folder %s", state)
+
+    class AnnouncingServer(uvicorn.Server):
+        """uvicorn's server, printing the sign-in address once it listens (so with the real port)."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and self.servers and self.servers[0].sockets:
+                bound = self.servers[0].sockets[0].getsockname()[1]
+                _announce(host, bound, token if generated else None, state)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level)  # (re)configures uvicorn's loggers
+    logging.getLogger("uvicorn.access").addFilter(RedactToken())
+    try:
+        AnnouncingServer(config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; uvicorn.run() swallows it too
+        pass
+
+
+def _announce(host: str, port: int, token: str | None, state: Path) -> None:
+    """Print the address to open, on standard output only (a log handler could write it to a file)."""
+    url = login_url(host, port, token)
+    how = "" if token else f"  (sign in with your {ACCESS_TOKEN_ENV} / --token-file token)"
+    print(f"DeepSynth web UI: {url}{how}\n  state folder: {state}", file=sys.stdout, flush=True)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``deepsynth serve``."""
     parser.add_argument("--host", default="127.0.0.1",
-                        help=f"address to bind (default 127.0.0.1; others need ${ACCESS_TOKEN_ENV})")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+                        help=f"address to bind (default 127.0.0.1; others need ${ACCESS_TOKEN_ENV} or --token-file)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     parser.add_argument("--state-dir", default=None,
                         help=f"datasets, jobs and their database (default ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})")
+    # No --token flag: a command line is visible to every local user (ps); environment and files are not.
+    parser.add_argument("--token-file", default=None,
+                        help=f"read the access token from this file (mode 600) instead of ${ACCESS_TOKEN_ENV}; "
+                             "without either, a random token is made for this launch and printed in the URL")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME_OR_DIR",
+                        help="a model API clients may name besides Hub ids and folders in the state folder "
+                             "(repeatable; the embedded default is always allowed)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                         help="largest dataset upload in MB (default 50)")
     parser.add_argument("--max-concurrent-jobs", type=int, default=1,
@@ -110,6 +190,8 @@ def run_serve(args: argparse.Namespace) -> int:
     """``deepsynth serve`` command: returns the exit status."""
     if args.max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb", args.max_upload_mb, "a number > 0")
-    serve(args.host, args.port, args.state_dir, max_upload_bytes=int(args.max_upload_mb * 2**20),
-          max_concurrent_jobs=args.max_concurrent_jobs, stop_jobs_on_exit=args.stop_jobs_on_exit)
+    token = read_token_file(args.token_file) if args.token_file else None
+    serve(args.host, args.port, args.state_dir, access_token=token, allowed_models=args.model,
+          max_upload_bytes=int(args.max_upload_mb * 2**20), max_concurrent_jobs=args.max_concurrent_jobs,
+          stop_jobs_on_exit=args.stop_jobs_on_exit)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-ACCESS_TOKEN_ENV = "DEEPSYNTH_ACCESS_TOKEN"  # required to serve on anything but loopback
+ACCESS_TOKEN_ENV = "DEEPSYNTH_ACCESS_TOKEN"  # a configured token (else a random one per launch)
 STATE_DIR_ENV = "DEEPSYNTH_STATE_DIR"
 DEFAULT_STATE_DIR = "~/.deepsynth/web"
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 2**20

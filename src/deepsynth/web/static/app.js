@@ -36,6 +36,10 @@ async function api(path, options = {}) {
     delete init.json;
   }
   const response = await fetch(path, init);
+  if (response.status === 401) {
+    // The session cookie no longer matches (the server restarted with a new token): back to sign-in.
+    window.location.assign("/");
+  }
   const text = await response.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (_) { body = { error: text }; }
