@@ -243,7 +243,7 @@ def _import_libraries() -> None:
         if not _imported:
             import transformers
 
-            import deepsynth.models.configs
+            import deepsynth.models.resolver
             import deepsynth.training.recommend
             import deepsynth.training.targets  # noqa: F401
 
@@ -536,7 +536,7 @@ def create_app(
     def create_job(body: JobRequest) -> JSONResponse:  # type: ignore[valid-type]
         request = body.model_dump(exclude_unset=True)
         if "model_name" in request:
-            _import_libraries()  # the model rule names the embedded model (deepsynth.models.configs)
+            _import_libraries()  # the model rule names the embedded model (deepsynth.models.resolver)
             request["model_name"] = models.check(request["model_name"], "model_name")
         return JSONResponse(jobs.submit(request), status_code=201)
 
