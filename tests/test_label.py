@@ -54,11 +54,12 @@ def test_label_drafts_every_page_into_a_targets_file_train_reads(tmp_path, capsy
     assert [max(image.size) for image in rows["image"]] == [1024, 1024, 400, 400]
 
 
-def test_batched_drafts_equal_drafts_made_one_page_at_a_time(tmp_path):
+def test_batched_drafts_equal_drafts_made_one_page_at_a_time(tmp_path, capsys):
     folder = _pages(tmp_path, pdf_pages=1)
-    options = dict(instruction="Free OCR.", max_new_tokens=4, progress=False)
-    batched = draft_labels(folder, tmp_path / "batched.jsonl", batch_size=3, **options)
-    single = draft_labels(folder, tmp_path / "single.jsonl", batch_size=1, **options)
+    options = dict(instruction="Free OCR.", max_new_tokens=4)
+    batched = draft_labels(folder, tmp_path / "batched.jsonl", batch_size=3, progress=True, **options)
+    assert "3/3" in capsys.readouterr().err  # the progress bar, in pages
+    single = draft_labels(folder, tmp_path / "single.jsonl", batch_size=1, progress=False, **options)
     assert batched.drafted == single.drafted == 3
     assert _lines(tmp_path / "batched.jsonl") == _lines(tmp_path / "single.jsonl")
 

@@ -248,5 +248,6 @@ def left_padded(parts: list[dict[str, Any]], pad: int) -> dict[str, Any]:
     for key in dict.fromkeys(key for part in parts for key in part):
         if key not in batch:
             values = [part[key] for part in parts if key in part]
-            batch[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else [v for value in values for v in value]
+            joined = [item for value in values for item in value] if not isinstance(values[0], torch.Tensor) else None
+            batch[key] = torch.cat(values) if joined is None else joined
     return batch

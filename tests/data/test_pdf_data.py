@@ -66,6 +66,9 @@ def test_an_image_column_may_name_a_pdf_page_and_a_jsonl_targets_file_works_too(
 def test_pages_are_rendered_at_the_size_the_processor_reads(tmp_path):
     folder = _folder(tmp_path, TARGETS)
     assert max(load_documents(folder, page_size=384)["image"][0].size) == 384
+    with pytest.raises(ValueError, match="target_size: got 0") as error:  # the caller's mistake, not the PDF's
+        load_documents(folder, page_size=0)
+    assert not isinstance(error.value, DataError)
     # The embedded model's view (384 px) and DeepSeek-OCR's Base mode (1024 px, from its processor_config).
     from deepsynth.models import tiny
     from deepsynth.models.loading import build_deepseek_ocr_processor

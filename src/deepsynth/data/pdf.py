@@ -87,7 +87,7 @@ def render_page(data: bytes, page: int | None, *, described: str, target_size: P
             size = _target(target_size, width, height)
             image = pdf_page.render(scale=size / max(width, height), may_draw_forms=True).to_pil()
             image = image.convert("RGB")  # a copy: the bitmap's memory goes with the document
-        except ImageProblem:
+        except (ImageProblem, _TargetSizeError):
             raise
         except Exception as exc:  # pdfium.PdfiumError, or what a damaged page makes PDFium return
             raise ImageProblem(f"{described}, page {page or 1}: cannot be rendered ({_cut(exc)})") from None
@@ -134,10 +134,15 @@ def _check_page(page: int | None, count: int, described: str) -> int:
     return page
 
 
+class _TargetSizeError(ValueError):
+    """A caller's bad ``target_size``: a programming error, not a problem of the user's PDF."""
+
+
 def _target(target_size: PageSize, width: float, height: float) -> int:
     size = target_size(width, height) if callable(target_size) else target_size
     if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= _MAX_PAGE_SIZE:
-        raise ValueError(f"target_size: got {size!r}, expected a whole number of pixels from 16 to {_MAX_PAGE_SIZE}")
+        raise _TargetSizeError(f"target_size: got {size!r}, expected a whole number of pixels from 16 to "
+                               f"{_MAX_PAGE_SIZE}")
     return size
 
 
