@@ -154,6 +154,8 @@ def test_a_folder_without_exactly_one_targets_file_says_what_to_do(tmp_path):
 def test_a_pdf_given_as_data_says_to_name_it_in_a_targets_file(tmp_path):
     with pytest.raises(DataError, match="name it in a targets file"):
         load_documents(write_pdf(tmp_path / "one.pdf", ["Seule"]))
+    with pytest.raises(DataError, match="absent.pdf: file not found"):  # a local path, not a Hub dataset name
+        load_documents("absent.pdf")
 
 
 def test_train_from_a_folder_of_pdfs_end_to_end(tmp_path, capsys):

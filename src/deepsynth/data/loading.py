@@ -366,7 +366,7 @@ def _looks_like_path(name: str) -> bool:
     # relative/absolute prefix is meant as a local path, so say "not found"
     # instead of making a network call that fails confusingly.
     return (
-        Path(name).suffix.lower() in _FILE_SUFFIXES
+        Path(name).suffix.lower() in (*_FILE_SUFFIXES, ".pdf", *folders.IMAGE_SUFFIXES)
         or name.startswith(("/", "./", "../", "~", ".\\", "..\\"))
         or os.path.isabs(name)
         or name.count("/") > 1
