@@ -261,6 +261,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from deepsynth.labeling import draft_labels
+
+    report = draft_labels(args.data, args.out, adapter=args.adapter, model=args.model, instruction=args.instruction,
+                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    skipped = f" ({report.skipped} already in the file, skipped)" if report.skipped else ""
+    print(f"{report.drafted} of {report.pages} pages drafted{skipped}: {report.out}")
+    if report.empty:
+        print(f"warning: {len(report.empty)} empty drafts (the model stopped at once): {', '.join(report.empty[:10])}"
+              f"{', …' if len(report.empty) > 10 else ''}; write their summary before training")
+    if report.cut:
+        print(f"warning: {len(report.cut)} drafts stopped at --max-new-tokens: {', '.join(report.cut[:10])}"
+              f"{', …' if len(report.cut) > 10 else ''}")
+    print(f"Correct each line's 'summary', then: deepsynth train --data {report.out}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from deepsynth.evaluation.adapter_folder import export_merged
 
@@ -286,8 +303,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepsynth", description="LoRA fine-tuning of DeepSeek-OCR-family models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_presets, _add_recommend, _add_inspect, _add_train, _add_eval, _add_generate, _add_export,
-                _add_push, _add_serve):
+    for add in (_add_presets, _add_recommend, _add_inspect, _add_train, _add_eval, _add_generate, _add_label,
+                _add_export, _add_push, _add_serve):
         add(sub)
     return parser
 
@@ -353,6 +370,27 @@ def _add_generate(sub: Any) -> None:
     source.add_argument("--text", help="document text (rendered to a page for OCR models)")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.set_defaults(func=cmd_generate)
+
+
+def _add_label(sub: Any) -> None:
+    p = sub.add_parser(
+        "label", help="draft targets for unlabelled pages (to correct, then train on)",
+        description="Run the base model (or an adapter) over a folder of page images and PDFs, one PDF or one image, "
+                    "and write one JSON line per page ({\"image\": ..., \"summary\": <draft>}) that train reads. "
+                    "Re-running skips the pages the file already has.")
+    p.add_argument("--data", required=True, help="folder of page images and/or PDFs, a PDF, or an image")
+    p.add_argument("--out", required=True, help="drafts file (.jsonl); FOLDER/targets.jsonl makes it the folder's "
+                                                "targets file")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--adapter", default=None, help="adapter folder: its base, instruction and limits")
+    model.add_argument("--model", default=None, help="base model name or folder (default: the embedded model)")
+    p.add_argument("--instruction", default=None,
+                   help="prompt (default: the adapter's, else the summary instruction; 'Free OCR.' drafts "
+                        "transcriptions)")
+    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="pages generated at once (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="tokens per draft (default: the adapter's setting, else 96)")
+    p.set_defaults(func=cmd_label)
 
 
 def _add_export(sub: Any) -> None:

@@ -61,7 +61,7 @@ def image_bytes(value: Any, *, base_dir: Path, image_root: Path | None = None) -
     elif isinstance(value, (str, os.PathLike)):
         if not str(value).strip():
             return None
-        data, described = _read_file(os.fspath(value), base_dir, image_root)
+        data, described = read_file(os.fspath(value), base_dir, image_root)
     else:
         raise ImageProblem(f"expected an image path, image bytes or a PIL image, got {type(value).__name__}")
     try:
@@ -83,31 +83,31 @@ def _pil_bytes(image: Image.Image) -> bytes:
         raise ImageProblem(f"holds an image that cannot be decoded ({exc})") from exc
 
 
-def _read_file(text: str, base_dir: Path, image_root: Path | None) -> tuple[bytes, str]:
-    """Read the image file a row names: (its bytes, how messages name it)."""
+def read_file(text: str, base_dir: Path, image_root: Path | None, what: str = "image file") -> tuple[bytes, str]:
+    """Read the image (or PDF: ``what``) file a row names: (its bytes, how messages name it)."""
     _check_path_text(text)
     if image_root is not None:
         path = confined_path(text, base_dir, image_root)
-        described, where = f"image file {_quoted(text)}", "in the uploaded dataset (paths are relative to the data file)"
+        described, where = f"{what} {_quoted(text)}", "in the uploaded dataset (paths are relative to the data file)"
     else:
         path = Path(text).expanduser()
         if not path.is_absolute():
             path = base_dir / path
-        described = f"image file {str(path)!r}"
+        described = f"{what} {str(path)!r}"
         where = f"(relative paths are resolved against {str(base_dir)!r})"
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
             raise ImageProblem(f"{described} is not a regular file")
         if info.st_size > MAX_IMAGE_BYTES:
-            raise ImageProblem(f"{described} is {megabytes(info.st_size)}; at most {megabytes(MAX_IMAGE_BYTES)} per image")
+            raise ImageProblem(f"{described} is {megabytes(info.st_size)}; at most {megabytes(MAX_IMAGE_BYTES)} per file")
         data = _read_at_most(path, MAX_IMAGE_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         raise ImageProblem(f"{described} not found {where}") from None
     except OSError as exc:
         raise ImageProblem(f"{described} could not be read ({exc.strerror or exc})") from None
     if data is None:
-        raise ImageProblem(f"{described} is larger than {megabytes(MAX_IMAGE_BYTES)}, the limit per image")
+        raise ImageProblem(f"{described} is larger than {megabytes(MAX_IMAGE_BYTES)}, the limit per file")
     return data, described
 
 

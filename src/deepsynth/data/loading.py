@@ -1,12 +1,14 @@
 """Load a user's documents into one canonical `datasets.Dataset`.
 
-Every source (JSON lines, CSV, Parquet, a `save_to_disk` folder, a `Dataset`
-object, a Hub name) ends up with the same three columns:
+Every source (JSON lines, CSV, Parquet, a folder of page images and PDFs with a
+targets file, a `save_to_disk` folder, a `Dataset` object, a Hub name) ends up
+with the same three columns:
 
 - ``text``: the document text (``""`` allowed only when an image is given),
 - ``summary``: the target output, never blank,
 - ``image``: a page image, decoded as an RGB ``PIL.Image.Image``; rendered from
-  ``text`` when the row has none.
+  ``text`` when the row has none. A row names its page in ``image`` or in
+  ``file`` (+ ``page``); PDF pages are rasterised by :mod:`deepsynth.data.pdf`.
 
 Datasets here are tiny (3-60 documents), so everything is validated eagerly:
 every row of a file (all splits, also the rows past ``max_samples``) is checked
@@ -36,7 +38,9 @@ from typing import Any
 
 import datasets
 
-from .images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageProblem, image_bytes, megabytes, png_bytes
+from . import folders
+from .images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageProblem, megabytes, png_bytes
+from .pdf import DEFAULT_PAGE_SIZE, PageSize
 from .render import render_document
 
 __all__ = [
@@ -129,6 +133,7 @@ class _Table:
     split_column_ok: bool = True  # False once `split` already picked a split (DatasetDict, Hub)
     whole: bool = False  # a local file or folder: every row is validated, whatever max_samples says
     image_root: Path | None = None  # image paths must stay inside this folder (uploads)
+    page_size: PageSize = DEFAULT_PAGE_SIZE  # longer side of a rendered PDF page, in pixels
 
     def where(self, number: int) -> str:
         return f"{self.row_word} {number}"
@@ -165,15 +170,20 @@ def load_documents(
     max_samples: int | None = None,
     base_dir: Path | None = None,
     image_root: Path | None = None,
+    page_size: PageSize = DEFAULT_PAGE_SIZE,
 ) -> datasets.Dataset:
     """Load and validate documents into the canonical ``text``/``summary``/``image`` columns.
 
     Args:
         source: a ``.jsonl``/``.json`` (JSON lines, or a JSON array of objects),
-            ``.csv``/``.tsv`` or ``.parquet`` file; a folder written by
+            ``.csv``/``.tsv`` or ``.parquet`` file; a folder of page images and/or
+            PDFs with one such file beside them (the targets file, see
+            :mod:`deepsynth.data.folders`); a folder written by
             ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``; a
             ``datasets.Dataset``/``DatasetDict``; or a Hugging Face Hub dataset
-            name (tried only when the string is not an existing path).
+            name (tried only when the string is not an existing path). A row's
+            page is its ``image`` (a path, ``file.pdf#page=N``, bytes or an
+            image) or its ``file`` and ``page`` columns.
         column_mapping: canonical name -> the user's column name, e.g.
             ``{"summary": "target", "text": "document"}``.
         split: for a DatasetDict or Hub dataset, the split to use (default
@@ -191,6 +201,9 @@ def load_documents(
             whether or not the file they name exists. Without it (the command
             line), paths are the user's own: relative ones resolve against
             ``base_dir``, absolute ones are read as given.
+        page_size: the longer side, in pixels, of a rendered PDF page, or a
+            function of the page's (width, height) in points giving it
+            (:func:`deepsynth.data.pdf.page_size_for` reads it from a processor).
 
     Returns:
         A ``datasets.Dataset`` with features :data:`FEATURES`; rows without an
@@ -203,7 +216,7 @@ def load_documents(
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}")
-    table, mapping = _prepare(source, column_mapping, split, base_dir, image_root)
+    table, mapping = _prepare(source, column_mapping, split, base_dir, image_root, page_size)
     kept = _select(table, mapping, split if table.split_column_ok else None, max_samples)
     images = [{"bytes": r.image if r.image is not None else png_bytes(render_document(r.text)), "path": None}
               for r in kept]
@@ -244,13 +257,14 @@ def check_documents(
     column_mapping: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
     image_root: Path | None = None,
+    page_size: PageSize = DEFAULT_PAGE_SIZE,
 ) -> DocumentCounts:
     """Validate every row as :func:`load_documents` does, without rendering pages; return the counts.
 
     Raises :class:`DataError` for the first bad row, and when a ``split`` column
     leaves no ``train`` rows (the trainer would have nothing to train on).
     """
-    table, mapping = _prepare(source, column_mapping, None, base_dir, image_root)
+    table, mapping = _prepare(source, column_mapping, None, base_dir, image_root, page_size)
     rows = train_rows = 0
     splits: dict[str, int] = {}
     for row in _valid_rows(table, mapping):
@@ -271,10 +285,11 @@ def check_documents(
 
 
 def _prepare(source: Any, column_mapping: Mapping[str, str] | None, split: str | None,
-             base_dir: Path | None, image_root: Path | None) -> tuple[_Table, dict[str, str]]:
+             base_dir: Path | None, image_root: Path | None, page_size: PageSize) -> tuple[_Table, dict[str, str]]:
     mapping = _resolve_mapping(column_mapping)
     table = _open(source, split=split, base_dir=base_dir)
     table.image_root = Path(image_root) if image_root is not None else None
+    table.page_size = page_size
     _check_header(table, mapping)
     return table, mapping
 
@@ -313,25 +328,37 @@ def _open(source: Any, *, split: str | None, base_dir: Path | None) -> _Table:
     path = Path(source).expanduser()
     label = str(source)
     if path.is_dir():
-        return _open_saved_dataset(path, label, split, base_dir or path.absolute().parent)
+        if folders.is_saved_dataset(path):
+            return _open_saved_dataset(path, label, split, base_dir or path.absolute().parent)
+        # A folder of pages: its one targets file, read as if it had been given (paths relative to it).
+        found = folders.data_files(path, tuple(_FILE_SUFFIXES))
+        if len(found) != 1:
+            raise DataError(folders.missing_targets_problem(path, found, tuple(_FILE_SUFFIXES)), source=label)
+        return _open_file(found[0], os.path.join(label, found[0].name), base_dir)
     if path.is_file():
-        kind = _FILE_SUFFIXES.get(path.suffix.lower())
-        if kind is None:
-            supported = ", ".join(_FILE_SUFFIXES)
-            raise DataError(
-                f"unsupported file type {path.suffix or '(no extension)'!r}; expected one of {supported} "
-                "or a folder written by Dataset.save_to_disk",
-                source=label,
-            )
-        directory = base_dir or path.absolute().parent
-        if kind in ("jsonl", "json"):
-            return _json_table(path, label, directory, allow_array=kind == "json")
-        if kind in ("csv", "tsv"):
-            return _csv_table(path, label, directory, sep="," if kind == "csv" else "\t")
-        return _parquet_table(path, label, directory)
+        return _open_file(path, label, base_dir)
     if isinstance(source, os.PathLike) or _looks_like_path(label):
         raise DataError("file not found", source=label)
     return _hub_table(label, split, base_dir or Path.cwd())
+
+
+def _open_file(path: Path, label: str, base_dir: Path | None) -> _Table:
+    kind = _FILE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        supported = ", ".join(_FILE_SUFFIXES)
+        hint = (" (a PDF or an image is a page: name it in a targets file, or give the folder holding them "
+                "and their targets file)" if path.suffix.lower() in (".pdf", *folders.IMAGE_SUFFIXES) else "")
+        raise DataError(
+            f"unsupported file type {path.suffix or '(no extension)'!r}; expected one of {supported}, "
+            f"a folder of pages with a targets file, or a folder written by Dataset.save_to_disk{hint}",
+            source=label,
+        )
+    directory = base_dir or path.absolute().parent
+    if kind in ("jsonl", "json"):
+        return _json_table(path, label, directory, allow_array=kind == "json")
+    if kind in ("csv", "tsv"):
+        return _csv_table(path, label, directory, sep="," if kind == "csv" else "\t")
+    return _parquet_table(path, label, directory)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -339,7 +366,7 @@ def _looks_like_path(name: str) -> bool:
     # relative/absolute prefix is meant as a local path, so say "not found"
     # instead of making a network call that fails confusingly.
     return (
-        Path(name).suffix.lower() in _FILE_SUFFIXES
+        Path(name).suffix.lower() in (*_FILE_SUFFIXES, ".pdf", *folders.IMAGE_SUFFIXES)
         or name.startswith(("/", "./", "../", "~", ".\\", "..\\"))
         or os.path.isabs(name)
         or name.count("/") > 1
@@ -692,7 +719,7 @@ def _check_header(table: _Table, mapping: dict[str, str]) -> None:
         return
     found = ", ".join(repr(c) for c in table.columns) or "none"
     required = ["summary"]
-    if mapping["image"] not in table.columns:
+    if mapping["image"] not in table.columns and folders.FILE_COLUMN not in table.columns:
         required.append("text")  # with no image, the text is the only input
     for canonical in required:
         column = mapping[canonical]
@@ -758,9 +785,10 @@ def _validate_row(
     _check_text(summary, fail, summary_col)
 
     try:
-        image = image_bytes(row.get(image_col), base_dir=table.base_dir, image_root=table.image_root)
+        image = folders.row_page(row, image_col, base_dir=table.base_dir, image_root=table.image_root,
+                                 page_size=table.page_size)
     except ImageProblem as problem:
-        raise fail(str(problem), image_col) from None
+        raise fail(str(problem), getattr(problem, "column", None) or image_col) from None
 
     if text_col not in row and image is None:
         raise fail(f"missing (expected the document text, or an image in {image_col!r}); "

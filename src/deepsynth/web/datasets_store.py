@@ -1,15 +1,18 @@
 """Uploaded datasets of the web app: validated with :func:`deepsynth.data.check_documents`, one folder each.
 
 Layout: ``<state_dir>/datasets/<id>/`` holds ``meta.json`` and the uploaded data file (or the
-extracted zip: one data file plus the images it names, resolved relative to the data file as
-:func:`load_documents` does). The bundled French samples are offered as the read-only dataset
-``sample``.
+extracted zip: one data file plus the images and PDFs it names, resolved relative to the data file
+as :func:`load_documents` does: a zip of PDFs and scans with a targets file beside them is a folder
+dataset, :mod:`deepsynth.data.folders`). The bundled French samples are offered as the read-only
+dataset ``sample``.
 
 Everything a client names is checked before it touches the disk: display names and file names may
 not contain path separators or ``..``; zip members may not be absolute, climb out with ``..``, be
 links, have names the file system refuses, hold more than their header declares, or add up to more
 than the extraction limit; the rows' image paths must name files inside the upload (the answer for
-a path outside is the same whether or not a file exists there). Every refusal is a 4xx naming the
+a path outside is the same whether or not a file exists there; PDFs are confined alike, and a
+damaged, truncated or password-protected PDF or a missing page is refused naming the file, the page
+and the row). Every refusal is a 4xx naming the
 file, row and field; the upload folder is removed whatever happens.
 """
 
@@ -247,7 +250,8 @@ class DatasetStore:
             plan, data_files = self._plan_zip(zf.infolist())
             if not data_files:
                 raise DataError(
-                    f"the zip holds no data file; expected one of {', '.join(DATA_SUFFIXES)} next to the images",
+                    f"the zip holds no data file; expected one of {', '.join(DATA_SUFFIXES)} (the targets file) next "
+                    "to the images or PDFs",
                     source=filename,
                 )
             if len(data_files) > 1:
