@@ -301,8 +301,11 @@ def test_column_mapping_without_data_is_an_error_not_ignored(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --column-mapping") and "--data" in err and "Traceback" not in err
     data = _write(tmp_path, "d.jsonl", jsonl(ROW))
-    assert main(["train", "--data", str(data), "--column-mapping", "summary", "--output-dir", str(out)]) == 2
-    assert "canonical=yours" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # a malformed value is refused by the flag's own parser
+        main(["train", "--data", str(data), "--column-mapping", "summary", "--output-dir", str(out)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--column-mapping" in err and "name=value pairs" in err and "Traceback" not in err
     config = _write(tmp_path, "run.json", json.dumps({"column_mapping": {"summary": "target"}}).encode())
     assert main(["train", "--config", str(config), "--output-dir", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: column_mapping")
