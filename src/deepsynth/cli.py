@@ -95,8 +95,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.include_routed_experts:
         lora.include_routed_experts = True
     report = count_trainable_params(args.model, lora)
+    quantized = None
+    if lora.quantization:  # counted on the meta device, as the loader would quantize
+        from deepsynth.models.configs import resolve_config
+        from deepsynth.models.quantization import estimate_quantization
+
+        resolved = resolve_config(args.model)
+        quantized = estimate_quantization(resolved.build_on_meta(), resolved.family, lora.quantization)
     if args.json:
-        _print_json(report.to_dict())
+        _print_json({**report.to_dict(), "quantization": quantized})
         return 0
     targets = report.targets
     print(f"Model {report.model} ({report.family}), preset {args.preset}: rank {lora.rank}, alpha {lora.alpha}\n")
@@ -107,6 +114,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     rows.append(("model parameters", report.total_params))
     print(_table(rows, ("group", "trainable parameters")))
     print(f"\nrouter: {targets.router_mode or 'frozen'}")
+    if quantized:
+        print(f"base weights ({quantized['method']}): {quantized['description']}")
     if targets.unmatched:
         print(f"unmatched (ignored): {', '.join(targets.unmatched)}")
     for warning in targets.warnings:
@@ -242,9 +251,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from deepsynth.models.adapters import export_merged
+    from deepsynth.models.export import export_adapter, export_merged
 
-    print(f"merged model written to {export_merged(args.adapter, args.merge)}")
+    if args.merge:
+        report = export_merged(args.adapter, args.merge, max_shard_size=args.max_shard_size)
+    else:
+        report = export_adapter(args.adapter, args.out)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    if report.merged:
+        through = f", merged through the dequantized {report.dequantized_base} base" if report.dequantized_base else ""
+        print(f"merged model written to {report.output_dir}: {report.layout} layout, {report.tensors:,} tensors in "
+              f"{len(report.shards)} {report.dtype} shard(s){through}")
+    else:
+        print(f"adapter (unmerged) written to {report.output_dir}")
+    for note in report.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -317,9 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("export", help="merge an adapter into its base model")
+    p = sub.add_parser("export", help="export an adapter for serving: merged into its base (docs/serving.md)")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
-    p.add_argument("--merge", required=True, metavar="OUT", help="folder for the merged model")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--merge", metavar="OUT", help="folder for the merged model (DeepSeek-OCR: its own layout)")
+    target.add_argument("--out", metavar="OUT", help="folder for the adapter alone (unmerged; warns when it "
+                                                     "cannot be served unmerged)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard of a merged model (default 5GB)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("push", help="push an adapter folder to the Hugging Face Hub")

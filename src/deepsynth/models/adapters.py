@@ -73,25 +73,36 @@ def load_adapter_weights(model: PeftModel, adapter_dir: str | Path, adapter_name
     return len(loaded)
 
 
-def load_adapted_model(adapter_dir: str | Path, *, model_name: str | None = None, device: str | None = None) -> AdaptedModel:
-    """Base model (from the run's config, or ``model_name``) with the adapter in ``adapter_dir`` applied."""
-    training_config = read_training_config(adapter_dir)
-    base = model_name if model_name is not None else training_config.get("model_name")
-    loaded = load_model_and_processor(base, dtype=training_config.get("dtype"), device=device)
+# load_adapted_model(quantization=AS_TRAINED): the base in the precision the adapter was trained on.
+AS_TRAINED = "as-trained"
+
+
+def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> PeftModel:
+    """``model`` with the PEFT adapter of ``adapter_dir`` applied (exact names, see load_adapter_weights)."""
     with warnings.catch_warnings():
         # PEFT warns about the keys its conversion mangled; load_adapter_weights loads them right.
         warnings.filterwarnings("ignore", message="Found missing adapter keys")
-        model = PeftModel.from_pretrained(loaded.model, str(adapter_dir), key_mapping={})
-    load_adapter_weights(model, adapter_dir)
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), key_mapping={})
+    load_adapter_weights(peft_model, adapter_dir)
+    return peft_model
+
+
+def load_adapted_model(
+    adapter_dir: str | Path, *, model_name: str | None = None, device: str | None = None,
+    quantization: str | None = AS_TRAINED,
+) -> AdaptedModel:
+    """Base model (from the run's config, or ``model_name``) with the adapter in ``adapter_dir`` applied.
+
+    ``quantization``: by default the base is loaded as the run trained on it (``lora_quantization``
+    of its config: 4/8-bit for QLoRA presets); ``None`` loads it in full precision, ``"4bit"`` /
+    ``"8bit"`` quantized.
+    """
+    training_config = read_training_config(adapter_dir)
+    base = model_name if model_name is not None else training_config.get("model_name")
+    if quantization == AS_TRAINED:
+        quantization = training_config.get("lora_quantization")
+    loaded = load_model_and_processor(base, dtype=training_config.get("dtype"), device=device,
+                                      quantization=quantization)
+    model = attach_adapter(loaded.model, adapter_dir)
     model.eval()
     return AdaptedModel(model, loaded, training_config)
-
-
-def export_merged(adapter_dir: str | Path, output_dir: str | Path) -> Path:
-    """Merge the adapter into its base model and save a standalone model (+ processor) to ``output_dir``."""
-    adapted = load_adapted_model(adapter_dir, device="cpu")
-    merged = adapted.model.merge_and_unload()
-    output_dir = Path(output_dir)
-    merged.save_pretrained(output_dir)
-    adapted.loaded.processor.save_pretrained(output_dir)
-    return output_dir

@@ -164,7 +164,9 @@ class TrainerConfig:
     lora_modules_to_save: list[str] | None = None
     lora_bias: str = "none"
     lora_include_routed_experts: bool = False
-    lora_quantization: str | None = None  # "4bit" / "8bit": QLoRA, CUDA + bitsandbytes only
+    # "4bit" / "8bit": QLoRA — base weights held in 4/8 bits by bitsandbytes (extra [qlora]), CPU or GPU;
+    # metrics.json "quantization" says which fraction of the base (deepsynth.models.quantization).
+    lora_quantization: str | None = None
 
     # MoE regularisation (see deepsynth.training.moe and docs/moe.md).
     # gate_dropout_rate: dropout on the gradient of the trainable router tensors (router LoRA or full

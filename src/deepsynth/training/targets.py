@@ -187,7 +187,9 @@ def _routed_expert_targets(name, experts, relative, modules, module_targets, par
     hits: list[str] = []
     fused = "gate_up_proj" if name in ("gate_proj", "up_proj") else "down_proj"
     experts_module = modules[relative[experts][0]] if experts in relative else None
-    if experts_module is not None and isinstance(getattr(experts_module, fused, None), nn.Parameter):
+    # A fused tensor held in 4/8 bits (deepsynth.models.quantization) is a parametrization, not a Parameter.
+    if experts_module is not None and (nn.utils.parametrize.is_parametrized(experts_module, fused)
+                                       or isinstance(getattr(experts_module, fused, None), nn.Parameter)):
         parameter_targets.add(f"{experts}.{fused}")
         hits.append(f"{experts}.{fused}")
     else:  # v1-style code with one nn.Linear per expert
