@@ -254,7 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from deepsynth.models.export import export_adapter, export_merged
 
     if args.merge:
-        report = export_merged(args.adapter, args.merge, max_shard_size=args.max_shard_size)
+        report = export_merged(args.adapter, args.merge, max_shard_size=args.max_shard_size, dtype=args.dtype)
     else:
         report = export_adapter(args.adapter, args.out)
     for warning in report.warnings:
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--out", metavar="OUT", help="folder for the adapter alone (unmerged; warns when it "
                                                      "cannot be served unmerged)")
     p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard of a merged model (default 5GB)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                   help="dtype of the merged weights (default: the base checkpoint's own, bf16 for DeepSeek-OCR)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_export)
 

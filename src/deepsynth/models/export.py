@@ -3,10 +3,11 @@
 * DeepSeek-OCR (v1) bases: DeepSeek-OCR's own checkpoint layout — its ``config.json``
   (``model_type: deepseek_vl_v2``, ``architectures: [DeepseekOCRForCausalLM]``), its tensor names
   (``model.sam_model…``, ``model.vision_model…``, one ``model.layers.N.mlp.experts.E.*_proj.weight``
-  per expert), bf16 safetensors shards and ``model.safetensors.index.json`` — so engines with native
+  per expert), safetensors shards in its dtype (bf16) and ``model.safetensors.index.json`` — so engines with native
   DeepSeek-OCR support and the model's own inference code load it. The names come from
   transformers' own reverse weight conversion (the one ``save_pretrained`` applies).
-* DeepSeek-OCR-2 and causal LM bases: the transformers-native layout (``save_pretrained``, bf16):
+* DeepSeek-OCR-2 and causal LM bases: the transformers-native layout (``save_pretrained``, in the
+  base's dtype):
   DeepSeek-OCR-2 is served through its transformers class ``DeepseekOcr2ForConditionalGeneration``.
 
 A base trained quantized (QLoRA) is dequantized first, so the merge adds the LoRA to the weights
@@ -131,23 +132,29 @@ def merge_adapter(adapter_dir: str | Path, *, model_name: str | None = None):
 
 
 def export_merged(adapter_dir: str | Path, output_dir: str | Path, *, model_name: str | None = None,
-                  max_shard_size: str | int = "5GB") -> ExportReport:
-    """Merge the adapter into its base and write a standalone bf16 model (+ processor) to ``output_dir``.
+                  max_shard_size: str | int = "5GB", dtype: str | None = None) -> ExportReport:
+    """Merge the adapter into its base and write a standalone model (+ processor) to ``output_dir``.
 
+    ``dtype``: of the written weights; default the base checkpoint's own (bf16 for DeepSeek-OCR and
+    DeepSeek-OCR-2, fp32 for the embedded tiny model). The merge itself is done in fp32.
     Written into a temporary sibling folder and renamed at the end: an interrupted export never
     leaves a half-written model behind. ``output_dir`` must not exist or be empty.
     """
     output_dir = _check_output_dir(output_dir)
+    target = _DTYPES[dtype] if dtype else None
+    if dtype and target is None:
+        raise ValueError(f"export dtype: got {dtype!r}, expected one of {', '.join(n for n in _DTYPES if n)}")
     merged, loaded, _, quantization = merge_adapter(adapter_dir, model_name=model_name)
-    report = ExportReport(str(output_dir), True, "", loaded.name, loaded.family, "bfloat16",
+    target = target or base_dtype(loaded.name)
+    report = ExportReport(str(output_dir), True, "", loaded.name, loaded.family, str(target).removeprefix("torch."),
                           dequantized_base=quantization, parameter_targets=parameter_targets(adapter_dir))
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
         if loaded.family == DEEPSEEK_OCR:
-            _write_deepseek_ocr(merged, loaded, staging, max_shard_size, report)
+            _write_deepseek_ocr(merged, loaded, staging, max_shard_size, report, target)
         else:
             report.layout = "transformers"
-            merged.to(torch.bfloat16).save_pretrained(str(staging), max_shard_size=max_shard_size)
+            merged.to(target).save_pretrained(str(staging), max_shard_size=max_shard_size)
             loaded.processor.save_pretrained(str(staging))
             report.shards = sorted(p.name for p in staging.glob("*.safetensors"))
             report.tensors = sum(1 for _ in merged.state_dict())
@@ -180,6 +187,32 @@ def export_adapter(adapter_dir: str | Path, output_dir: str | Path) -> ExportRep
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "float32": torch.float32, "fp32": torch.float32}
+
+
+def base_dtype(name: str | None) -> torch.dtype:
+    """The dtype the base checkpoint is stored in (its config.json), bf16 when it does not say."""
+    from deepsynth.models import tiny
+    from deepsynth.models.configs import EMBEDDED_MODEL_NAME
+
+    if name is None or name == EMBEDDED_MODEL_NAME:
+        config_file = tiny.SHIPPED_DIR / "config.json" if tiny.shipped_checkpoint() else None
+        if config_file is None:
+            return torch.float32  # the seeded random init is built in fp32
+    elif Path(name).expanduser().is_dir():
+        config_file = Path(name).expanduser() / "config.json"
+    elif name.lower() in KNOWN_ARCHITECTURES:
+        config_file = ARCHITECTURES_DIR / KNOWN_ARCHITECTURES[name.lower()]
+    else:
+        return torch.bfloat16
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return torch.bfloat16
+    return _DTYPES.get(str(data.get("dtype") or data.get("torch_dtype") or "bfloat16"), torch.bfloat16)
 
 
 def _check_output_dir(output_dir: str | Path) -> Path:
@@ -289,16 +322,17 @@ def _read_unused_tensor(base_dir: Path | None) -> torch.Tensor | None:
     return None
 
 
-def _write_deepseek_ocr(merged, loaded, staging: Path, max_shard_size, report: ExportReport) -> None:
+def _write_deepseek_ocr(merged, loaded, staging: Path, max_shard_size, report: ExportReport,
+                       dtype: torch.dtype = torch.bfloat16) -> None:
     base_dir = _base_files_dir(loaded.name)
     unused = _read_unused_tensor(base_dir)
     if unused is None:
         report.notes.append(f"{DEEPSEEK_OCR_UNUSED_TENSOR} written as zeros (not in the base files here; "
                             "DeepSeek-OCR never reads it)")
     state = deepseek_ocr_state_dict(merged, unused)
-    index = write_safetensors_shards(state, staging, max_shard_size, dtype=torch.bfloat16)
+    index = write_safetensors_shards(state, staging, max_shard_size, dtype=dtype)
     config = _original_config(base_dir, loaded.name, merged)
-    config["torch_dtype"] = "bfloat16"
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
     (staging / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     copied = _copy_side_files(base_dir, staging)
     loaded.processor.tokenizer.save_pretrained(str(staging))

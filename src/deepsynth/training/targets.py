@@ -202,7 +202,10 @@ def _routed_expert_targets(name, experts, relative, modules, module_targets, par
 
 def apply_lora(model: nn.Module, targets: ResolvedTargets) -> PeftModel:
     """Wrap ``model`` with the resolved LoRA adapter; module targets get the configured dropout."""
-    peft_model = get_peft_model(model, targets.peft_config)
+    from deepsynth.models.quantization import plain_fused_experts
+
+    with plain_fused_experts(model):  # QLoRA: adapter names as on a full-precision base
+        peft_model = get_peft_model(model, targets.peft_config)
     if targets.peft_config.lora_dropout != targets.module_dropout:
         from peft.tuners.lora.layer import LoraLayer, ParamWrapper
 
