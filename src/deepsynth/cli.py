@@ -215,11 +215,14 @@ def _auto_configure(config):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from deepsynth.training.production_trainer import UnifiedProductionTrainer
+    from deepsynth.models.quantization import require_bitsandbytes
 
     config = _train_config(args)
     if args.auto:
         config = _auto_configure(config)
+    require_bitsandbytes(config.lora_quantization)  # before the trainer's heavy imports: fail at once
+    from deepsynth.training.production_trainer import UnifiedProductionTrainer
+
     metrics, paths = UnifiedProductionTrainer(config).train()
     if not metrics:
         return 0  # a non-main process of a distributed run: rank 0 reports and writes

@@ -274,7 +274,34 @@ def test_quantized_preset_without_bitsandbytes_fails_at_once(tmp_path):
     code = ("import sys; sys.modules['bitsandbytes'] = None\n"
             "from deepsynth.cli import main\n"
             f"sys.exit(main(['train', '--preset', 'qlora_4bit', '--output-dir', {str(tmp_path / 'run')!r}]))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pip install 'deepsynth[qlora]'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("quantization", QUANTIZATIONS)
+def test_an_evaluation_before_training_leaves_gradients_intact(quantization):
+    # bitsandbytes repacks CPU 4-bit weights for an inference kernel without autograd on the first
+    # no-grad forward; the trainer evaluates the base model before training, so that evaluation
+    # must not change the gradients of the training step after it.
+    def gradients(evaluate_first: bool) -> dict[str, torch.Tensor]:
+        loaded = load_model_and_processor(None, quantization=quantization)
+        model = apply_lora(loaded.model, resolve_targets(loaded.model, get_lora_preset("qlora_4bit"), loaded.family))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.05)
+        batch = _batch(loaded, rows=1)
+        model.eval()  # no dropout: the two runs compute the same thing
+        if evaluate_first:
+            with torch.no_grad():
+                model(**batch)
+        model(**batch).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    fresh, after_evaluation = gradients(False), gradients(True)
+    assert all(after_evaluation[n] is not None for n in fresh)
+    for name, gradient in fresh.items():
+        torch.testing.assert_close(after_evaluation[name], gradient, rtol=0, atol=0, msg=name)

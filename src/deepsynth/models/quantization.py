@@ -153,8 +153,23 @@ def prepare_quantized(model: nn.Module, quantization: str, family: str) -> nn.Mo
     quantize_fused_experts(model, quantization, family, dtype=torch.float32)
     # Checkpointing is the loader's job (gradient_checkpointing argument), not a side effect here.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    _keep_cpu_4bit_weights_trainable(model)
     _fix_peft_stacked_parametrizations()
     return model
+
+
+def _keep_cpu_4bit_weights_trainable(model: nn.Module) -> None:
+    """Turn off bitsandbytes' in-place CPU repacking of 4-bit weights.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit`` weight for its AVX512-BF16 kernel on the first
+    no-grad eval-mode forward on a CPU (a baseline evaluation, a generation), and from then on every
+    forward, training included, goes through that kernel, which has no autograd: gradients stop at
+    every 4-bit layer, silently (measured here: the input gradient is None). Keeping the standard
+    layout costs CPU inference speed, not correctness; GPUs are unaffected.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 # ------------------------------------------------------------------------------------------------

@@ -273,6 +273,9 @@ class TrainerConfig:
             raise ConfigError("preset", self.preset, f"null or one of {', '.join(LORA_PRESETS)}")
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("hub_model_id", self.hub_model_id, "a repo id (org/name) when push_to_hub is true")
+        if self.lora_quantization is not None and not self.use_lora:
+            raise ConfigError("lora_quantization", self.lora_quantization,
+                              "null when use_lora is false (a 4/8-bit base is frozen: QLoRA trains LoRA adapters)")
         if self.use_lora:
             try:
                 self.lora_config()
