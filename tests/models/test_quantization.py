@@ -287,8 +287,8 @@ def test_an_evaluation_before_training_leaves_gradients_intact(quantization):
     # must not change the gradients of the training step after it.
     def gradients(evaluate_first: bool) -> dict[str, torch.Tensor]:
         loaded = load_model_and_processor(None, quantization=quantization)
+        torch.manual_seed(0)  # the same LoRA init in both runs
         model = apply_lora(loaded.model, resolve_targets(loaded.model, get_lora_preset("qlora_4bit"), loaded.family))
-        torch.manual_seed(0)
         with torch.no_grad():
             for name, parameter in model.named_parameters():
                 if "lora_B" in name:
