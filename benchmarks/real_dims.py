@@ -176,6 +176,17 @@ def train_updates(model, batch, updates: int, device: torch.device) -> tuple[lis
     return seconds, losses
 
 
+def to_device(value, device: torch.device):
+    """Tensors anywhere in a batch (cached vision features included) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return type(value)(**{k: to_device(v, device) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -208,7 +219,7 @@ def merge_and_export(reloaded, family: str, quantization: str | None, folder: Pa
     dequantized, the adapter attached to it again, then merged.
     """
     from deepsynth.models.adapters import attach_adapter
-    from deepsynth.models.export import deepseek_ocr_state_dict, deepseek_vl_v2_config, write_safetensors_shards
+    from deepsynth.models.export import deepseek_vl_v2_config, iter_deepseek_ocr_tensors, write_safetensors_shards
     from deepsynth.models.quantization import dequantize_model
 
     adapter = folder / "adapter"
@@ -223,8 +234,7 @@ def merge_and_export(reloaded, family: str, quantization: str | None, folder: Pa
     out.mkdir()
     shard = "200MB" if tiny_run else "1GB"  # one shard at a time is cast to bf16: keep them small
     if family == "deepseek_ocr":
-        state = deepseek_ocr_state_dict(merged)
-        index = write_safetensors_shards(state, out, shard)
+        index = write_safetensors_shards(iter_deepseek_ocr_tensors(merged), out, shard)
         config = deepseek_vl_v2_config(merged.config)
         config["torch_dtype"] = "bfloat16"
         (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -275,7 +285,7 @@ def run_case(case: str, args) -> dict[str, Any]:
     cache = precompute_image_features(peft_model, [example])
     result["vision_encode_seconds"] = round(cache.seconds, 2)
     batch = CachedFeatureCollator(DataCollator(processor, dtype=dtype))([example])
-    batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+    batch = to_device(batch, device)
     seconds, losses = train_updates(peft_model, batch, args.updates, device)
     result.update(seconds_per_update=[round(s, 2) for s in seconds], losses=[round(x, 4) for x in losses])
     with tempfile.TemporaryDirectory(prefix="real-dims-", dir=args.work_dir) as work:
@@ -316,10 +326,14 @@ def run_all(args) -> list[dict[str, Any]]:
         completed = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
         if completed.returncode != 0 or not lines:
+            # One failed case (e.g. killed for memory on a shared machine: exit -9) does not stop the others.
             print(completed.stdout[-2000:], completed.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"{case} failed (exit {completed.returncode})")
-        results.append(json.loads(lines[-1][len(RESULT_PREFIX):]))
-        print(row(results[-1]), flush=True)
+            results.append({"case": case, "error": f"exit {completed.returncode}", "stderr": completed.stderr[-2000:]})
+            print(f"| {case} | failed: exit {completed.returncode} |", flush=True)
+        else:
+            results.append(json.loads(lines[-1][len(RESULT_PREFIX):]))
+            print(row(results[-1]), flush=True)
+        write_json(args.json, {"command": " ".join(["python", *sys.argv]), "machine": machine(), "results": results})
     return results
 
 
@@ -360,8 +374,7 @@ def main(argv=None) -> int:
         return 0
     print(HEADER, flush=True)
     results = run_all(args)
-    write_json(args.json, {"command": " ".join(["python", *sys.argv]), "machine": machine(), "results": results})
-    return 0
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ __all__ = [
     "deepseek_vl_v2_config",
     "export_adapter",
     "export_merged",
+    "iter_deepseek_ocr_tensors",
     "merge_adapter",
     "parameter_targets",
     "unmerged_warning",
@@ -234,22 +235,43 @@ def _publish(staging: Path, output_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def deepseek_ocr_state_dict(model: torch.nn.Module, unused_tensor: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """``model``'s (UnlimitedOcr) weights under DeepSeek-OCR's checkpoint names, its unused tensor included.
+_LAYER_GROUP = re.compile(r"^(.*?\blayers\.\d+\.)")
 
-    Works on the meta device (shapes only). ``unused_tensor``: the original checkpoint's value of
-    :data:`DEEPSEEK_OCR_UNUSED_TENSOR` when known; zeros otherwise (DeepSeek-OCR never reads it).
+
+def iter_deepseek_ocr_tensors(model: torch.nn.Module, unused_tensor: torch.Tensor | None = None):
+    """``model``'s (UnlimitedOcr) weights under DeepSeek-OCR's checkpoint names, one group at a time.
+
+    transformers' reverse weight conversion (what ``save_pretrained`` applies) is run per decoder /
+    vision layer, so only one layer's unfused experts exist at a time (at real dimensions the whole
+    model reverted at once is ~10 GB more in fp32). The first group also holds the unused tensor:
+    ``unused_tensor`` (the original checkpoint's value of :data:`DEEPSEEK_OCR_UNUSED_TENSOR`) or
+    zeros (DeepSeek-OCR never reads it). Works on the meta device (shapes only).
     """
     from transformers.core_model_loading import revert_weight_conversion
 
-    state = revert_weight_conversion(model, model.state_dict())
+    native = model.state_dict()
+    groups: dict[str, list[str]] = {}
+    for name in native:
+        match = _LAYER_GROUP.match(name)
+        groups.setdefault(match.group(1) if match else "", []).append(name)
     clip = model.config.vision_config.encoder_config
-    shape = (clip.hidden_size, clip.num_channels if hasattr(clip, "num_channels") else 3, clip.patch_size, clip.patch_size)
-    reference = next(iter(state.values()))
-    if unused_tensor is None or tuple(unused_tensor.shape) != shape:
-        unused_tensor = torch.zeros(shape, dtype=reference.dtype, device=reference.device)
-    state[DEEPSEEK_OCR_UNUSED_TENSOR] = unused_tensor
-    return dict(state)
+    shape = (clip.hidden_size, getattr(clip, "num_channels", 3), clip.patch_size, clip.patch_size)
+    for index, names in enumerate(groups.values()):
+        part = dict(revert_weight_conversion(model, {name: native[name] for name in names}))
+        if index == 0:
+            reference = next(iter(part.values()))
+            if unused_tensor is None or tuple(unused_tensor.shape) != shape:
+                unused_tensor = torch.zeros(shape, dtype=reference.dtype, device=reference.device)
+            part[DEEPSEEK_OCR_UNUSED_TENSOR] = unused_tensor
+        yield part
+
+
+def deepseek_ocr_state_dict(model: torch.nn.Module, unused_tensor: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """All of :func:`iter_deepseek_ocr_tensors` in one dict (for shapes on the meta device, small models)."""
+    state: dict[str, torch.Tensor] = {}
+    for part in iter_deepseek_ocr_tensors(model, unused_tensor):
+        state.update(part)
+    return state
 
 
 def deepseek_vl_v2_config(config) -> dict[str, Any]:
@@ -329,8 +351,7 @@ def _write_deepseek_ocr(merged, loaded, staging: Path, max_shard_size, report: E
     if unused is None:
         report.notes.append(f"{DEEPSEEK_OCR_UNUSED_TENSOR} written as zeros (not in the base files here; "
                             "DeepSeek-OCR never reads it)")
-    state = deepseek_ocr_state_dict(merged, unused)
-    index = write_safetensors_shards(state, staging, max_shard_size, dtype=dtype)
+    index = write_safetensors_shards(iter_deepseek_ocr_tensors(merged, unused), staging, max_shard_size, dtype=dtype)
     config = _original_config(base_dir, loaded.name, merged)
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     (staging / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -341,7 +362,7 @@ def _write_deepseek_ocr(merged, loaded, staging: Path, max_shard_size, report: E
     if not any(name.endswith(".py") for name in copied):
         report.notes.append("DeepSeek-OCR's own model code (*.py, trust_remote_code) was not in the base files here: "
                             "copy it from the deepseek-ai/DeepSeek-OCR repository to run its own inference code")
-    report.layout, report.tensors = "deepseek-ocr", len(state)
+    report.layout, report.tensors = "deepseek-ocr", len(index["weight_map"])
     report.shards = sorted(set(index["weight_map"].values()))
 
 
@@ -370,26 +391,44 @@ def _write_v1_processor_config(processor, staging: Path) -> None:
                                                     encoding="utf-8")
 
 
-def write_safetensors_shards(state: dict[str, torch.Tensor], folder: Path, max_shard_size: str | int = "5GB",
+def write_safetensors_shards(parts, folder: Path, max_shard_size: str | int = "5GB",
                              dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
-    """Write ``state`` as ``dtype`` safetensors shards plus ``model.safetensors.index.json`` (always).
+    """Write groups of tensors (an iterable of dicts) as ``dtype`` safetensors shards + ``model.safetensors.index.json``.
 
-    Tensors are cast shard by shard, so the whole model is never held twice in memory.
+    Consecutive groups fill a shard up to ``max_shard_size``; tensors are cast as they come, so at
+    most one shard and one group are held besides the model. The index is always written, and the
+    shards are numbered like DeepSeek-OCR's (``model-00001-of-00003.safetensors``).
     """
-    from huggingface_hub import split_torch_state_dict_into_shards
+    from huggingface_hub.serialization._base import parse_size_to_int  # "5GB" → bytes, as the hub splits
 
-    shapes = {name: torch.empty(tensor.shape, dtype=dtype, device="meta") for name, tensor in state.items()}
-    split = split_torch_state_dict_into_shards(shapes, filename_pattern="model{suffix}.safetensors",
-                                               max_shard_size=max_shard_size)
-    groups = split.filename_to_tensors
-    if not split.is_sharded:  # always an index, and DeepSeek-OCR's numbered shard name
-        groups = {"model-00001-of-00001.safetensors": next(iter(groups.values()))}
+    limit = parse_size_to_int(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
+    written: list[tuple[Path, list[str]]] = []
+    buffer: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush() -> None:
+        nonlocal buffer, size
+        if buffer:
+            path = folder / f".shard-{len(written) + 1:05d}.safetensors"
+            save_file(buffer, str(path), metadata={"format": "pt"})
+            written.append((path, list(buffer)))
+        buffer, size = {}, 0
+
+    for part in parts:
+        for name, tensor in part.items():
+            tensor = tensor.detach().to("cpu", dtype).contiguous()
+            if buffer and size + tensor.nbytes > limit:
+                flush()
+            buffer[name] = tensor
+            size += tensor.nbytes
+            total += tensor.nbytes
+        del part
+    flush()
     weight_map = {}
-    for filename, names in groups.items():
-        shard = {name: state[name].detach().to("cpu", dtype).contiguous() for name in names}
-        save_file(shard, str(folder / filename), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(names, filename))
-        del shard
-    index = {"metadata": {"total_size": split.metadata["total_size"]}, "weight_map": dict(sorted(weight_map.items()))}
+    for number, (path, names) in enumerate(written, start=1):
+        final = f"model-{number:05d}-of-{len(written):05d}.safetensors"
+        path.rename(folder / final)
+        weight_map.update(dict.fromkeys(names, final))
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return index
