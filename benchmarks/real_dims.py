@@ -41,10 +41,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_gpu_mib, peak_rss_mib, write_json  # noqa: E402
+# torch, transformers and common (which imports torch) are imported inside the functions that use
+# them: the --all driver only starts one process per case and stays light.
+BENCH_DIR = Path(__file__).resolve().parent
 
 FAMILIES = {"deepseek_ocr": "deepseek-ai/DeepSeek-OCR", "deepseek_ocr2": "deepseek-community/DeepSeek-OCR-2"}
 PRESETS = ("tiny_data", "high_capacity_moe", "qlora_4bit")
@@ -92,6 +91,7 @@ def build_processor(family: str, tokenizer, tiny_run: bool):
 
 def build_model(family: str, config, dtype: torch.dtype, device: torch.device):
     """Random weights (seeded) at ``config``'s dimensions, frozen vision side, DeepSynth's experts choice."""
+    import torch
     from transformers import DeepseekOcr2ForConditionalGeneration, UnlimitedOcrForConditionalGeneration
 
     from deepsynth.models.loading import choose_experts_implementation, freeze_vision_modules
@@ -142,6 +142,7 @@ def page_example(processor, family: str, tiny_run: bool) -> tuple[dict[str, Any]
 
 def exact_trainable(family: str, config, preset: str, model) -> dict[str, Any]:
     """Trainable parameters per group, on the model and on a meta-device build of the same config."""
+    import torch
     from transformers import DeepseekOcr2ForConditionalGeneration, UnlimitedOcrForConditionalGeneration
 
     from deepsynth.training.lora_config import get_lora_preset
@@ -159,6 +160,8 @@ def exact_trainable(family: str, config, preset: str, model) -> dict[str, Any]:
 
 def train_updates(model, batch, updates: int, device: torch.device) -> tuple[list[float], list[float]]:
     """``updates`` AdamW updates (batch 1): seconds of each and its loss."""
+    import torch
+
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
     seconds, losses = [], []
@@ -178,6 +181,8 @@ def train_updates(model, batch, updates: int, device: torch.device) -> tuple[lis
 
 def to_device(value, device: torch.device):
     """Tensors anywhere in a batch (cached vision features included) moved to ``device``."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, dict):
@@ -188,12 +193,16 @@ def to_device(value, device: torch.device):
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
 def reload_check(model, batch, folder: Path) -> tuple[Any, dict[str, Any]]:
     """Save the adapter, reload it onto the bare base, compare logits. Returns (reloaded model, report)."""
+    import torch
+
     from deepsynth.models.adapters import attach_adapter
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,6 +227,8 @@ def merge_and_export(reloaded, family: str, quantization: str | None, folder: Pa
     The same path as ``deepsynth export --merge`` (deepsynth.models.export): a QLoRA base is
     dequantized, the adapter attached to it again, then merged.
     """
+    import torch
+
     from deepsynth.models.adapters import attach_adapter
     from deepsynth.models.export import deepseek_vl_v2_config, iter_deepseek_ocr_tensors, write_safetensors_shards
     from deepsynth.models.quantization import dequantize_model
@@ -249,6 +260,8 @@ def merge_and_export(reloaded, family: str, quantization: str | None, folder: Pa
 
 def run_case(case: str, args) -> dict[str, Any]:
     """One family × preset, every step above; returns the measurements."""
+    import torch
+
     from deepsynth.models import tiny
     from deepsynth.models.configs import resolve_config
     from deepsynth.models.quantization import quantization_report
@@ -256,6 +269,9 @@ def run_case(case: str, args) -> dict[str, Any]:
     from deepsynth.data.collate import DataCollator
     from deepsynth.training.lora_config import get_lora_preset
     from deepsynth.training.targets import apply_lora, resolve_targets
+
+    sys.path.insert(0, str(BENCH_DIR))
+    from common import machine, peak_gpu_mib, peak_rss_mib
 
     family, preset = case.split(":")
     lora = get_lora_preset(preset)
@@ -295,6 +311,7 @@ def run_case(case: str, args) -> dict[str, Any]:
     gpu = peak_gpu_mib()
     result["peak_gpu_gb"] = round(gpu / 1024, 2) if gpu is not None else None
     result["seconds"] = round(time.perf_counter() - started, 1)
+    result["machine"] = machine()
     return result
 
 
@@ -333,7 +350,10 @@ def run_all(args) -> list[dict[str, Any]]:
         else:
             results.append(json.loads(lines[-1][len(RESULT_PREFIX):]))
             print(row(results[-1]), flush=True)
-        write_json(args.json, {"command": " ".join(["python", *sys.argv]), "machine": machine(), "results": results})
+        if args.json:  # after every case: a later failure keeps the earlier results
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "results": results},
+                                                  indent=2, default=str), encoding="utf-8")
     return results
 
 
@@ -368,7 +388,6 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.case:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         result = run_case(args.case, args)
         print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
         return 0

