@@ -141,6 +141,7 @@ def quantize_in_memory(model: nn.Module, extra: dict[str, Any]) -> nn.Module:
     quantized = type(model).from_pretrained(None, config=model.config, state_dict=model.state_dict(),
                                             dtype=model.dtype, **extra)
     quantized.generation_config = model.generation_config
+    quantized.config._name_or_path = model.config._name_or_path  # where the weights came from (PEFT reads it)
     return quantized
 
 
