@@ -45,8 +45,32 @@ def large_config():
     return type(config).from_dict(config.to_dict())  # rebuild: derived fields follow the new sizes
 
 
+def _bench_root(root: Path | None) -> Path:
+    return Path(root or os.environ.get("DEEPSYNTH_BENCH_CACHE", Path.home() / ".cache" / "deepsynth-bench"))
+
+
+def embedded_dir(root: Path | None = None) -> str:
+    """The embedded model DeepSynth loads by default (its shipped pretrained weights), saved once with
+    its processor as a folder a plain transformers script can load (``from_pretrained``)."""
+    import hashlib
+
+    from deepsynth.models import tiny
+
+    shipped = tiny.shipped_checkpoint()
+    weights = (shipped / "model.safetensors").read_bytes() if shipped else tiny.embedded_version().encode()
+    target = _bench_root(root) / f"embedded-{hashlib.sha256(weights).hexdigest()[:12]}"
+    if (target / "model.safetensors").is_file() and (target / "processor_config.json").is_file():
+        return str(target)
+    model, processor = tiny.load_embedded()
+    staging = target.with_name(target.name + f".staging-{os.getpid()}")
+    model.save_pretrained(str(staging))
+    processor.save_pretrained(str(staging))
+    staging.rename(target)
+    return str(target)
+
+
 def model_dir(name: str, root: Path | None = None) -> str | None:
-    """The ``model_name`` both paths load: None (embedded) or a saved folder (large, built once)."""
+    """The ``model_name`` DeepSynth loads: None (embedded) or a saved folder (large, built once)."""
     if name == "embedded":
         return None
     if name != "large":
@@ -55,8 +79,7 @@ def model_dir(name: str, root: Path | None = None) -> str | None:
 
     from deepsynth.models import tiny
 
-    root = Path(root or os.environ.get("DEEPSYNTH_BENCH_CACHE", Path.home() / ".cache" / "deepsynth-bench"))
-    target = root / "large-ocr2-v1"
+    target = _bench_root(root) / "large-ocr2-v1"
     if (target / "model.safetensors").is_file() and (target / "processor_config.json").is_file():
         return str(target)
     with torch.random.fork_rng(devices=[]):

@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# GPU check (docs/performance.md): DeepSeek-OCR-2 at real dimensions, random bf16 weights, a few LoRA
-# training steps per preset; tokens/s, MFU, peak memory. No network. Finishes in under 5 minutes
-# (hard limit 290 s). Results: stdout and $OUT/gpu_check.json (or ./gpu_check.json).
-#   bash benchmarks/gpu_check.sh              # on a CUDA machine
-#   bash benchmarks/gpu_check.sh --dry-run    # tiny config on the CPU: checks the script only
+# GPU check (docs/performance.md). No network; results on stdout and in $OUT (or ./).
+#
+#   bash benchmarks/gpu_check.sh                 # DeepSeek-OCR-2 at real dimensions, random bf16 weights, a few
+#                                                # LoRA training steps per preset: tokens/s, MFU, peak memory
+#                                                # (hard limit 290 s) -> gpu_check.json
+#   bash benchmarks/gpu_check.sh --real-dims     # benchmarks/real_dims.py: DeepSeek-OCR v1 and DeepSeek-OCR-2 at
+#                                                # real dimensions x tiny_data / high_capacity_moe / qlora_4bit,
+#                                                # end to end (two updates, adapter reload, merge, export), bf16
+#                                                # (hard limit 540 s) -> real_dims.json
+#   bash benchmarks/gpu_check.sh --dry-run                 # tiny configs on the CPU: check the scripts only
+#   bash benchmarks/gpu_check.sh --real-dims --tiny        # same for the real-dimensions cases
+# Arguments after the mode go to the Python script (e.g. --cases deepseek_ocr:qlora_4bit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "nvidia-smi: not available"
+if [ "${1:-}" = "--real-dims" ]; then
+  shift
+  # --min-free-gb 0: on a GPU machine host RAM is not the limit; each case still runs in its own process.
+  exec timeout 540 python benchmarks/real_dims.py --all --min-free-gb 0 --json "${OUT:-.}/real_dims.json" "$@"
+fi
 exec timeout 290 python benchmarks/gpu_check.py --json "${OUT:-.}/gpu_check.json" "$@"

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe, machine, model_dir, peak_gpu_mib, peak_rss_mib, write_json  # noqa: E402
+from common import describe, embedded_dir, machine, model_dir, peak_gpu_mib, peak_rss_mib, write_json  # noqa: E402
 
 VARIANTS = ("deepsynth", "deepsynth-nocache", "baseline", "baseline-scoped")
 RESULT_PREFIX = "BENCH_RESULT "
@@ -131,14 +131,12 @@ def run_baseline(args, scoped: bool) -> dict[str, Any]:
 
     from deepsynth.data import load_sample_dataset  # the same pages and summaries, nothing else
     from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION
-    from deepsynth.models import tiny
     from deepsynth.training.lora_config import get_lora_preset
     from deepsynth.training.recommend import RECIPES
 
-    path = model_dir(args.model)
-    if path is None:  # the embedded model's saved checkpoint (built on first use)
-        tiny.load_embedded()
-        path = str(tiny.embedded_cache_dir())
+    # The same weights DeepSynth trains: the embedded model (shipped pretrained base) saved as a
+    # folder with its processor, or the large model's folder.
+    path = model_dir(args.model) or embedded_dir()
     torch.manual_seed(args.seed)
     model = DeepseekOcr2ForConditionalGeneration.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
@@ -244,7 +242,8 @@ def _worker_command(args, variant: str) -> list[str]:
 
 def compare(args) -> int:
     variants = args.variants.split(",")
-    model_dir(args.model)  # build the large checkpoint once, before timing anything
+    model_dir(args.model)  # build the checkpoint folders once, before timing anything
+    embedded_dir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DISABLE_TQDM": "1"}
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for round_index in range(args.rounds):

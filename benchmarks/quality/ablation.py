@@ -178,7 +178,7 @@ def count_train_tokens(model: str, ns: list[int], args: argparse.Namespace) -> d
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
     parser.add_argument("--n", type=int, nargs="+", default=[3, 10, 50])
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smollm2-dir", default="/tmp/smollm2")
     parser.add_argument("--out", default="benchmarks/quality/results.jsonl")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch

@@ -5,7 +5,7 @@
 
 Runs ``recommend(n).apply(...)`` as is (no epoch scaling) on the embedded tiny model, with the
 held-out loss evaluated every ``--every`` updates and no early stopping, and writes the training and
-held-out loss history.
+held-out loss history. ``--epochs`` overrides the recommended number of epochs (the smoke run uses 1).
 """
 import argparse
 import json
@@ -16,14 +16,17 @@ import time
 import torch
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=3)
     parser.add_argument("--every", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr-scale", type=float, default=1.0)
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    parser.add_argument("--epochs", type=int, default=None, help="override the recommended epochs")
+    parser.add_argument("--eval-samples", type=int, default=12)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     import transformers
 
@@ -35,11 +38,14 @@ def main() -> None:
 
     out_dir = tempfile.mkdtemp(prefix="dsq-curve-")
     rec = recommend(args.n)
-    cfg = rec.apply(TrainerConfig(output_dir=out_dir, max_train_samples=args.n, max_eval_samples=12,
-                                  max_new_tokens=16, seed=args.seed, resume_from_checkpoint="never",
+    cfg = rec.apply(TrainerConfig(output_dir=out_dir, max_train_samples=args.n, max_eval_samples=args.eval_samples,
+                                  max_new_tokens=args.max_new_tokens, seed=args.seed, resume_from_checkpoint="never",
                                   save_total_limit=1, checkpoint_every_updates=10**6))
     data = cfg.to_dict()
     data["eval_every_updates"] = args.every
+    if args.epochs is not None:
+        data["num_epochs"] = args.epochs
+        data["early_stopping_patience"] = None
     data["optimizer"]["learning_rate"] *= args.lr_scale
     cfg = TrainerConfig.from_dict(data)
     started = time.perf_counter()

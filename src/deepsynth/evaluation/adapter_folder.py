@@ -119,28 +119,26 @@ def read_adapter_settings(adapter_dir: str | Path) -> TrainerConfig:
         raise AdapterFolderError(f"adapter: {path}: {error}") from None
 
 
+# load_adapted_model(quantization=AS_TRAINED): the base in the precision the adapter was trained on.
+AS_TRAINED = "as-trained"
+
+
 def load_adapted_model(
     adapter_dir: str | Path, *, model_name: str | None = None, device: str | None = None,
-    settings: TrainerConfig | None = None,
+    settings: TrainerConfig | None = None, quantization: str | None = AS_TRAINED,
 ) -> AdaptedModel:
     """Base model (from the run's settings, or ``model_name``) with the adapter in ``adapter_dir`` applied.
 
-    ``settings``: the folder's settings when the caller has already read them.
+    ``settings``: the folder's settings when the caller has already read them. ``quantization``: by
+    default the base is loaded as the run trained on it (``lora_quantization``: 4/8-bit for QLoRA
+    presets); ``None`` loads it in full precision, ``"4bit"`` / ``"8bit"`` quantized.
     """
     settings = settings if settings is not None else read_adapter_settings(adapter_dir)
     base = model_name if model_name is not None else settings.model_name
-    loaded = load_model_and_processor(base, dtype=settings.dtype, device=device)
+    if quantization == AS_TRAINED:
+        quantization = settings.lora_quantization
+    loaded = load_model_and_processor(base, dtype=settings.dtype, device=device, quantization=quantization)
     return AdaptedModel(attach_adapter(loaded.model, adapter_dir), loaded, settings)
-
-
-def export_merged(adapter_dir: str | Path, output_dir: str | Path) -> Path:
-    """Merge the adapter into its base model and save a standalone model (+ processor) to ``output_dir``."""
-    adapted = load_adapted_model(adapter_dir, device="cpu")
-    merged = adapted.model.merge_and_unload()
-    output_dir = Path(output_dir)
-    merged.save_pretrained(output_dir)
-    adapted.loaded.processor.save_pretrained(output_dir)
-    return output_dir
 
 
 def _instruction(settings: TrainerConfig) -> str:

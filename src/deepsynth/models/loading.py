@@ -288,13 +288,16 @@ def _from_source(loader, source: str, is_local: bool, what: str, **kwargs):
         ) from hub_error
 
 
-def _load_weights(resolved: ResolvedConfig, dtype: torch.dtype) -> tuple[PreTrainedModel, dict[str, list[str]]]:
+def _load_weights(
+    resolved: ResolvedConfig, dtype: torch.dtype, extra: dict[str, Any] | None = None
+) -> tuple[PreTrainedModel, dict[str, list[str]]]:
     source = str(resolved.local_dir or resolved.name)
     is_local = resolved.local_dir is not None
     model_class = resolved.model_class
 
     def loader(src: str, **kwargs):
-        return model_class.from_pretrained(src, config=resolved.config, dtype=dtype, output_loading_info=True, **kwargs)
+        return model_class.from_pretrained(src, config=resolved.config, dtype=dtype, output_loading_info=True,
+                                           **(extra or {}), **kwargs)
 
     model, info = _from_source(loader, source, is_local, "weights")
     keys = ("missing_keys", "unexpected_keys", "mismatched_keys")
@@ -398,6 +401,7 @@ def load_model_and_processor(
     gradient_checkpointing: bool = False,
     freeze_vision: bool = True,
     experts_implementation: str | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Load ``name_or_path`` (None = the embedded tiny DeepSeek-OCR-2) with its processor.
 
@@ -413,6 +417,8 @@ def load_model_and_processor(
         experts_implementation: transformers' MoE experts implementation (``"eager"``,
             ``"batched_mm"``, ``"grouped_mm"``); None picks the measured choice for the device
             (:func:`choose_experts_implementation`). Ignored by models without MoE experts.
+        quantization: ``"4bit"`` / ``"8bit"``: QLoRA base, see :mod:`deepsynth.models.quantization`
+            (needs bitsandbytes; the model is then placed by ``device_map``).
 
     Raises:
         ModelLoadError: (a ValueError) naming the ``model`` argument and what was tried.
@@ -422,21 +428,31 @@ def load_model_and_processor(
     target_dtype = resolve_dtype(dtype, target_device)
 
     loading_info: dict[str, list[str]] = {}
+    extra: dict[str, Any] = {}
+    if quantization is not None:
+        from deepsynth.models import quantization as quantize  # imports bitsandbytes only when asked
+
+        extra = quantize.from_pretrained_kwargs(quantization, resolved.family, target_dtype, target_device)
     if resolved.name == EMBEDDED_MODEL_NAME:
         model, processor = tiny.load_embedded()
         model = model.to(dtype=target_dtype)
+        if extra:
+            model = quantize.quantize_in_memory(model, extra)
     elif resolved.family == CAUSAL_LM:
         processor = _load_tokenizer(resolved)
         if processor.pad_token is None:
             # Batches need a pad id; labels mask padding with -100, so reusing EOS is harmless.
             processor.pad_token = processor.eos_token
-        model, loading_info = _load_weights(resolved, target_dtype)
+        model, loading_info = _load_weights(resolved, target_dtype, extra)
     else:
         processor = _ocr_processor(resolved)
         _align_image_token(resolved, processor)
-        model, loading_info = _load_weights(resolved, target_dtype)
+        model, loading_info = _load_weights(resolved, target_dtype, extra)
 
-    model = model.to(device=target_device)
+    if extra:
+        model = quantize.prepare_quantized(model, quantization, resolved.family)
+    else:
+        model = model.to(device=target_device)
     _set_experts_implementation(model, experts_implementation, target_device)
     if freeze_vision:
         freeze_vision_modules(model, resolved.family)

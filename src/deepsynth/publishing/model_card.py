@@ -184,6 +184,8 @@ def _lora_section(training_config: Mapping[str, Any], metrics: Mapping[str, Any]
         ("Target modules", _names(targets)),
         ("Target parameters (expert / router tensors)", _names(parameters, empty="none")),
         ("Modules trained in full", _names(to_save, empty="none")),
+        # QLoRA: how much of the base was held in 4/8 bits (metrics.json, deepsynth.models.quantization).
+        ("Base weights", _str((metrics.get("quantization") or {}).get("description")) or "full precision"),
     ]
     note = "Targets are the ones resolved on the model at training time." if resolved else ""
     return _section("Preset and LoRA settings", _table(("Setting", "Value"), rows), note)

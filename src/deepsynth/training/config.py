@@ -183,7 +183,7 @@ class TrainerConfig:
     lora_include_routed_experts: bool = setting(DEFAULT_ADAPTER.include_routed_experts,
                                                 help="MLP targets also adapt every routed expert")
     lora_quantization: str | None = setting(DEFAULT_ADAPTER.quantization, metavar="4bit|8bit",
-                                            help="4bit or 8bit base weights: QLoRA, CUDA + bitsandbytes only")
+                                            help="4bit or 8bit base weights held by bitsandbytes (QLoRA; extra [qlora]), CPU or GPU")
 
     # MoE regularisation (see deepsynth.training.moe and docs/moe.md).
     # gate_dropout_rate: dropout on the gradient of the trainable router tensors (router LoRA or full
@@ -302,6 +302,9 @@ class TrainerConfig:
             raise ConfigError("preset", self.preset, f"null or one of {', '.join(LORA_PRESETS)}")
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("hub_model_id", self.hub_model_id, "a repo id (org/name) when push_to_hub is true")
+        if self.lora_quantization is not None and not self.use_lora:
+            raise ConfigError("lora_quantization", self.lora_quantization,
+                              "null when use_lora is false (a 4/8-bit base is frozen: QLoRA trains LoRA adapters)")
         self.lora_config()  # the LoRA fields, checked as the one AdapterSettings shape
 
     def lora_config(self) -> AdapterSettings:

@@ -55,7 +55,7 @@ class AdapterSettings:
     bias: str = "none"
     # Opt-in: MLP names also adapt every routed expert (PEFT target_parameters on the fused tensors).
     include_routed_experts: bool = False
-    # QLoRA presets: base weights loaded in 4/8 bit through bitsandbytes (CUDA only).
+    # QLoRA presets: base weights held in 4/8 bits by bitsandbytes (deepsynth.models.quantization).
     quantization: str | None = None
 
     def __post_init__(self) -> None:
@@ -158,8 +158,8 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "minimal": "Legacy: q/v attention only, rank 4.",
     "standard": "Legacy default: attention q/k/v/o, rank 16.",
     "high_capacity": "Legacy: attention + MLP, rank 64.",
-    "qlora_4bit": "Legacy: attention, rank 16, base weights in 4-bit (CUDA + bitsandbytes).",
-    "qlora_8bit": "Legacy: attention, rank 16, base weights in 8-bit (CUDA + bitsandbytes).",
+    "qlora_4bit": "Legacy: attention, rank 16, base weights in 4-bit NF4 (bitsandbytes; CPU or GPU).",
+    "qlora_8bit": "Legacy: attention, rank 16, base weights in 8-bit (bitsandbytes; CPU or GPU).",
     "tiny_data": "3-10 samples: attention + down_proj, rank 16, dropout 0.1.",
     "balanced": "10-50 samples: attention + full MLP, rank 32.",
     "router_focused": "Domain shift on MoE: attention + down_proj + router LoRA, rank 16.",

@@ -30,6 +30,7 @@ from deepsynth.evaluation.compare import METRIC_NAMES, evaluate_model
 from deepsynth.models.families import CAUSAL_LM, family_names
 from deepsynth.models.adapters import load_adapter_weights
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
+from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.errors import ConfigError
@@ -147,14 +148,12 @@ class UnifiedProductionTrainer:
     def _train(self, dataset: Any, eval_dataset: Any) -> tuple[dict[str, Any], dict[str, Path]]:
         config = self.config
         output_dir = Path(config.output_dir)
+        require_bitsandbytes(config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
         data = self.prepare_data(dataset, eval_dataset)  # validated before anything is written
-        if config.lora_quantization and not torch.cuda.is_available():
-            raise ConfigError("lora_quantization", config.lora_quantization,
-                              "null on a machine without a CUDA GPU (QLoRA needs CUDA + bitsandbytes); "
-                              "use the 'standard' preset for the same targets in full precision")
         set_seed(config.seed)  # LoRA init, dropout and data order all follow the run's seed
         loaded = load_model_and_processor(
-            config.model_name, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing
+            config.model_name, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing,
+            quantization=config.lora_quantization,
         )
         base_class = type(loaded.model).__name__
         model, targets = self._adapt(loaded)
@@ -251,6 +250,8 @@ class UnifiedProductionTrainer:
             "warmup_steps": args.warmup_steps,
             "early_stopped": trainer.state.global_step < estimate.effective_updates,
             "trainable_params": {"total": sum(by_group.values()), "by_group": by_group},
+            # Base weights held in 4/8 bits (QLoRA presets) and their fraction of the base; None: not quantized.
+            "quantization": quantization_report(model),
             "resolved_targets": targets.to_dict(),
             "feature_cache": {"enabled": cache_on, "reason": cache_reason,
                               **(cache_stats.to_dict() if cache_stats else {})},

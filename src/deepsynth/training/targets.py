@@ -168,7 +168,8 @@ def _routed_expert_targets(layout: _Layout, name: str, found: _Found) -> list[st
     experts = layout.experts
     fused = "gate_up_proj" if name in ("gate_proj", "up_proj") else "down_proj"
     experts_module = layout.modules[layout.relative[experts][0]] if experts in layout.relative else None
-    if experts_module is not None and isinstance(getattr(experts_module, fused, None), nn.Parameter):
+    if experts_module is not None and (nn.utils.parametrize.is_parametrized(experts_module, fused)
+                                       or isinstance(getattr(experts_module, fused, None), nn.Parameter)):
         found.parameter_targets.add(f"{experts}.{fused}")
         hits.append(f"{experts}.{fused}")
     else:  # v1-style code with one nn.Linear per expert
@@ -244,7 +245,10 @@ def _peft_config(layout: _Layout, lora: AdapterSettings, family: str, found: _Fo
 
 def apply_lora(model: nn.Module, targets: ResolvedTargets) -> PeftModel:
     """Wrap ``model`` with the resolved LoRA adapter; module targets get the configured dropout."""
-    peft_model = get_peft_model(model, targets.peft_config)
+    from deepsynth.models.quantization import plain_fused_experts
+
+    with plain_fused_experts(model):  # QLoRA: adapter names as on a full-precision base
+        peft_model = get_peft_model(model, targets.peft_config)
     if targets.peft_config.lora_dropout != targets.module_dropout:
         from peft.tuners.lora.layer import LoraLayer, ParamWrapper
 
