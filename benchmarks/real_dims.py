@@ -278,7 +278,7 @@ def run_case(case: str, args) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if (args.dtype or ("bf16" if device.type == "cuda" else "fp32")) == "bf16" else torch.float32
     config = tiny_config(family) if args.tiny else resolve_config(FAMILIES[family]).config
-    tokenizer = tiny.load_tokenizer()
+    tokenizer = tiny.shipped_tokenizer()
     config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")  # as the loader aligns it
     result: dict[str, Any] = {"case": case, "family": family, "preset": preset, "tiny": args.tiny,
                               "device": str(device), "dtype": str(dtype).removeprefix("torch."),

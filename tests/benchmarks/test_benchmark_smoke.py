@@ -32,6 +32,7 @@ COVERED = {
     "trainer_vs_baseline.py": "test_trainer_vs_baseline", "quality/ablation.py": "test_quality_ablation_and_report",
     "quality/report.py": "test_quality_ablation_and_report", "quality/heldout_curve.py": "test_quality_heldout_curve",
     "quality/save_smollm2.py": "test_quality_save_smollm2_check",
+    "labelled_loss.py": "test_labelled_loss_smoke.py", "padding_free.py": "test_padding_free_smoke.py",
 }
 
 

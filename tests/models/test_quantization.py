@@ -68,7 +68,7 @@ def _moved(model, before: dict[str, torch.Tensor]) -> set[str]:
 
 @pytest.fixture()
 def causal_lm_dir(tmp_path):
-    tokenizer = tiny.load_tokenizer()
+    tokenizer = tiny.shipped_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
