@@ -29,9 +29,9 @@ class ModelNotAllowed(Exception):
 
 
 def _embedded_name() -> str:
-    # Imported when first needed: deepsynth.models.configs loads transformers' model classes, which
+    # Imported when first needed: deepsynth.models.tiny loads transformers' model classes, which
     # would add seconds to the server's start-up.
-    from deepsynth.models.configs import EMBEDDED_MODEL_NAME
+    from deepsynth.models.tiny import EMBEDDED_MODEL_NAME
 
     return EMBEDDED_MODEL_NAME
 
