@@ -40,7 +40,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from deepsynth.training.config import OptimizerConfig, TrainerConfig, check_value_kinds
+from deepsynth.training.config import OptimizerConfig, TrainerConfig, build_config, check_value_kinds
 from deepsynth.training.errors import ConfigError
 from deepsynth.web.datasets_store import DatasetStore
 from deepsynth.web.settings import ACCESS_TOKEN_ENV
@@ -371,8 +371,12 @@ class JobManager:
         output_dir = job_dir / "output"
         data.update(output_dir=str(output_dir), data_path=str(data_path),
                     eval_data_path=None if eval_path is None else str(eval_path))
-        check_value_kinds(data)
-        config = TrainerConfig.from_dict(data)  # ConfigError names the field
+        check_value_kinds(data)  # kinds first: build_config writes into the optimizer object
+        preset = data.pop("preset", None)
+        # The one request → config path (the CLI's too): preset, then the request's fields over it.
+        # A whole "optimizer" object first, so that flat optimizer fields (learning_rate...) go over it.
+        overrides = {**({"optimizer": data.pop("optimizer")} if "optimizer" in data else {}), **data, "preset": preset}
+        config = build_config(None, preset, overrides)  # ConfigError names the field
         job_dir.mkdir(parents=True)
         config.save(job_dir / "config.yaml")
         with self._lock:
