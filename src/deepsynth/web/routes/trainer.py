@@ -1,14 +1,16 @@
-"""Trainer routes: the fields a job accepts, derived from TrainerConfig's field metadata, and their defaults."""
+"""Trainer routes: the fields a job accepts (from TrainerConfig's field metadata), their defaults, the run plan."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from deepsynth.training.config import DTYPES, SCHEDULER_TYPES, TrainerConfig, config_fields
+from deepsynth.training.config import DTYPES, SCHEDULER_TYPES, TrainerConfig, build_config, check_value_kinds, config_fields
+from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import BIAS_CHOICES, LORA_PRESETS, QUANTIZATION_CHOICES
-from deepsynth.web.http import errors
+from deepsynth.web.http import errors, import_libraries, model_call
 from deepsynth.web.jobs import RESUME_CHOICES, SERVER_FIELDS
 
 router = APIRouter(tags=["jobs"])
@@ -54,3 +56,39 @@ def trainer_defaults() -> dict[str, Any]:
             summary="Every field a job accepts: name, kind, default, help, choices (the web form is built from it)")
 def trainer_fields() -> dict[str, Any]:
     return {"fields": job_fields(), "server_fields": dict(SERVER_FIELDS)}
+
+
+class PlanRequest(BaseModel):
+    """Body of ``POST /api/trainer/plan``: the data, and the settings so far (a preset, form edits)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    dataset_id: StrictStr = Field(..., description="id from GET /api/datasets ('sample': the bundled set)",
+                                  examples=["sample"])
+    eval_dataset_id: StrictStr | None = Field(None, description="held-out dataset id (optional)")
+    model: StrictStr | None = Field(None, max_length=500, description="model name or directory; null: the embedded model")
+    preset: StrictStr | None = Field(None, description="start from this preset's LoRA settings")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="TrainerConfig fields the user set "
+                                      "(kept over the recommendation; optimizer fields flat)")
+    recommend: StrictBool = Field(True, description="apply the recommendation for the data's size (`train --auto`)")
+
+
+@router.post("/api/trainer/plan", responses=errors(400, 404, 422),
+             summary="plan_run(...).to_dict() for a dataset: the settings, split, exact update count and warnings")
+def plan(body: PlanRequest, request: Request) -> dict[str, Any]:
+    import_libraries()
+    from deepsynth.training.plan import plan_run
+
+    store, models = request.app.state.store, request.app.state.models
+    for name in sorted(set(body.overrides) & set(SERVER_FIELDS)):
+        raise ConfigError(f"overrides.{name}", "<set>", SERVER_FIELDS[name])
+    model = models.check(body.model, "model")
+    check_value_kinds(dict(body.overrides))
+    paths = {"data_path": str(store.data_path(body.dataset_id)),
+             "eval_data_path": str(store.data_path(body.eval_dataset_id)) if body.eval_dataset_id else None}
+    config = build_config(None, body.preset, {**body.overrides, "model_name": model, **paths})
+    label = store.name_of(body.dataset_id) or body.dataset_id
+    result = model_call(model, plan_run, config, recommend_settings=body.recommend, keep=tuple(body.overrides),
+                        origin="the web form", data_label=label).to_dict()
+    for name in SERVER_FIELDS:  # the server's own paths are no business of the page
+        result["config"].pop(name, None)
+    return result
