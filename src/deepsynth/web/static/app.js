@@ -252,58 +252,50 @@ async function deleteDataset(id) {
 
 // --- recommendation and estimates -------------------------------------------------------------
 
-function trainingSampleCount() {
-  const info = selectedDataset();
-  if (!info) return null;
-  let count = info.train_rows || info.rows;
-  const limit = readField("max_train_samples");
-  if (Number.isInteger(limit) && limit > 0 && limit < count) count = limit;
-  return count;
+// "Apply Preset & Auto-Configure": the server plans the run (plan_run, as `deepsynth train --auto`) for
+// the chosen data; the page shows and fills in what the plan says, and decides nothing itself.
+function planRequest() {
+  const overrides = {};
+  for (const name of ["max_train_samples", "max_eval_samples"]) {  // they change the counts: the plan keeps them
+    const value = readField(name);
+    if (value !== null) overrides[name] = value;
+  }
+  return { dataset_id: $("dataset-select").value, eval_dataset_id: $("eval-dataset-select").value || null,
+    model: readField("model_name"), overrides };
 }
 
-// Whether the run will have eval data: a chosen eval dataset or an 'eval' split in the dataset.
-function hasEvalData() {
-  const info = selectedDataset();
-  return Boolean($("eval-dataset-select").value) || Boolean(info && info.splits && info.splits.eval);
+function showPlan(plan) {
+  const config = plan.config;
+  const flat = { ...config, ...config.optimizer };
+  for (const name of Object.keys(FIELDS)) if (name in flat) setField(name, flat[name]);
+  $("preset-select").value = config.preset || "custom";
+  describePreset();
+  const estimates = plan.recommendation ? plan.recommendation.estimates : {};
+  $("est-preset").textContent = config.preset || "custom";
+  $("est-samples").textContent = fmtInt(plan.data.train_samples);
+  $("est-total-steps").textContent = fmtInt(plan.updates.total_steps);
+  $("est-updates").textContent = fmtInt(plan.updates.effective_updates);
+  $("est-warmup").textContent = fmtInt(plan.updates.warmup_steps);
+  $("est-trainable").textContent = fmtInt(estimates.trainable_params);
+  $("est-time").textContent = estimates.estimated_time_minutes === null || estimates.estimated_time_minutes === undefined
+    ? "unknown (measure it with `deepsynth recommend --calibrate`)" : `${estimates.estimated_time_minutes} min`;
+  $("warnings").replaceChildren(...plan.warnings.map((w) => el("li", {}, w)));
 }
 
 async function applyRecommendation() {
-  const count = trainingSampleCount();
   const note = $("apply-note");
   $("recommendation").hidden = false;
-  if (!count) { note.className = "error"; note.textContent = "Choose or upload a dataset first."; return; }
+  if (!selectedDataset()) { note.className = "error"; note.textContent = "Choose or upload a dataset first."; return; }
   const chosen = $("preset-select").value;
   $("apply-preset").disabled = true;
   try {
-    const rec = await api("/api/lora/presets/recommended", {
-      method: "POST", json: { num_samples: count, model: readField("model_name"), has_eval_data: hasEvalData() },
-    });
+    const plan = await api("/api/trainer/plan", { method: "POST", json: planRequest() });
     state.applying = true;
-    applyLoraSettings(rec.lora_config);
-    const training = rec.training_config;
-    for (const name of ["batch_size", "num_epochs", "gradient_accumulation_steps", "learning_rate",
-      "weight_decay", "scheduler_type", "eval_every_updates", "early_stopping_patience"]) setField(name, training[name]);
-    // The recipe's warmup is a ratio (10% of the updates), the field's default when empty: it stays
-    // right if the run is shortened afterwards.
-    setField("warmup_steps", null);
-    setField("holdout_samples", rec.evaluation.holdout_samples || null);
-    $("preset-select").value = rec.preset_name;
-    describePreset();
+    showPlan(plan);
     state.applying = false;
-    $("est-preset").textContent = rec.preset_name;
-    $("est-samples").textContent = fmtInt(rec.num_samples);
-    $("est-total-steps").textContent = fmtInt(rec.estimates.total_steps);
-    $("est-updates").textContent = fmtInt(rec.estimates.effective_updates);
-    $("est-warmup").textContent = fmtInt(rec.estimates.warmup_steps);
-    $("est-trainable").textContent = fmtInt(rec.estimates.trainable_params);
-    $("est-time").textContent = rec.estimates.estimated_time_minutes === null
-      ? "unknown (measure it with `deepsynth recommend --calibrate`)"
-      : `${rec.estimates.estimated_time_minutes} min`;
-    const warnings = $("warnings");
-    warnings.replaceChildren(...rec.warnings.map((w) => el("li", {}, w)));
     note.className = "ok";
-    note.textContent = `Applied ${rec.preset_name}, recommended for ${rec.num_samples} training samples on ${rec.model}.` +
-      (chosen !== "custom" && chosen !== rec.preset_name
+    note.textContent = plan.lines.map((line) => line.trim()).join(" · ") +
+      (chosen !== "custom" && chosen !== plan.config.preset
         ? ` (You had chosen ${chosen}: choose it again to use its LoRA settings with these training settings.)` : "");
     scheduleEstimate(0);
   } catch (error) {
