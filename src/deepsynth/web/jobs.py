@@ -110,7 +110,7 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
     return events, offset + end + 1
 
 
-def summarize(events: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarise(events: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fold progress events into {step, total_updates, total_steps, num_train_samples, phase, ...}."""
     summary = dict(summary or {})
     for event in events:
@@ -518,7 +518,7 @@ class JobManager:
         events, new_offset = read_events(path, offset)
         if not events and job_id in self._summaries:
             return
-        summary = summarize(events, self._summaries.get(job_id))
+        summary = summarise(events, self._summaries.get(job_id))
         self._offsets[job_id] = new_offset
         self._summaries[job_id] = summary
         changes = {k: summary[k] for k in _SUMMARY_COLUMNS if k in summary}
@@ -588,7 +588,13 @@ def _default_token() -> str | None:
 
 
 def _logged_error(log: Path) -> str | None:
-    """The error a failed trainer printed last: the CLI's ``error: ...`` line or a traceback's last line."""
+    """The error a failed process printed last: the CLI's ``error: ...`` line or a traceback's last line.
+
+    Only a fallback: a run that reached the trainer says why it failed in its structured ``error``
+    event in progress.jsonl (read by :func:`summarise`, preferred in ``_finish``). This covers
+    failures before the trainer opens that file (a config or data error found by the CLI, a crash
+    at import).
+    """
     lines = [line.strip() for line in _tail(log, 60) if line.strip()]
     for line in reversed(lines):
         if line.startswith("error: "):
