@@ -98,7 +98,7 @@ def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, serve_
                                                            "overrides": {"max_train_samples": 2}}).json()
         # The uploaded file has no 'eval' split and no eval dataset is chosen: the plan says so, and
         # its recommendation is recommend()'s for 2 samples without eval data.
-        rec = recommend(2, has_eval_data=False)
+        rec = recommend(2, has_eval_data=False, num_train_tokens=plan["train_tokens"])
         assert plan["recommendation"] == rec.to_dict() and plan["data"]["eval_from"] == "training_data"
         assert plan["kept"] == {"max_train_samples": 2}
         lora, training = rec.lora_config, rec.training_config
@@ -224,8 +224,8 @@ def test_apply_without_eval_data_holds_out_samples_and_the_job_never_trains_on_t
         page.evaluate("document.getElementById('est-samples').textContent = ''")
         page.click("#apply-preset")
         page.wait_for_function("document.getElementById('est-samples').textContent === '6'")
-        rec = recommend(7, has_eval_data=False)
         plan = server.http.post("/api/trainer/plan", json={"dataset_id": page.input_value("#dataset-select")}).json()
+        rec = recommend(7, has_eval_data=False, num_train_tokens=plan["train_tokens"])
         assert plan["recommendation"] == rec.to_dict() and plan["data"]["eval_from"] == "holdout"
         assert value(page, "holdout_samples") == "1" == str(rec.evaluation["holdout_samples"])
         assert value(page, "early_stopping_patience") == "3"
