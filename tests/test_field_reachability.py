@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -80,6 +82,7 @@ def cli_names() -> set[str]:
 def web_client() -> TestClient:
     """The real app without its lifespan: jobs are queued (their config saved), never started."""
     state = Path(tempfile.mkdtemp(prefix="deepsynth-reach-"))
+    atexit.register(shutil.rmtree, state, True)
     return TestClient(create_app(state, access_token=TOKEN), headers={"Authorization": f"Bearer {TOKEN}"})
 
 

@@ -224,11 +224,11 @@ async function uploadDataset(event) {
   $("dataset-upload").disabled = true;
   try {
     const info = await api("/api/datasets", { method: "POST", body: form });
-    status.className = "ok";
-    status.textContent = `Uploaded “${info.name}”: ${info.rows} rows, all valid.`;
     $("dataset-file").value = "";
     $("dataset-name").value = "";
-    await loadDatasets(info.id);
+    await loadDatasets(info.id);  // first, so that "Uploaded" means the new dataset is selected
+    status.className = "ok";
+    status.textContent = `Uploaded “${info.name}”: ${info.rows} rows, all valid.`;
   } catch (error) {
     status.className = "error";
     status.textContent = error.message;
