@@ -100,7 +100,7 @@ def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, serve_
         # its recommendation is recommend()'s for 2 samples without eval data.
         rec = recommend(2, has_eval_data=False, num_train_tokens=plan["train_tokens"])
         assert plan["recommendation"] == rec.to_dict() and plan["data"]["eval_from"] == "training_data"
-        assert plan["kept"] == {"max_train_samples": 2}
+        assert plan["config"]["max_train_samples"] == 2  # sent as the form's edit, kept by the plan
         lora, training = rec.lora_config, rec.training_config
         assert page.input_value("#preset-select") == rec.preset_name == plan["config"]["preset"]
         assert int(value(page, "lora_rank")) == lora["rank"]
