@@ -2,8 +2,9 @@
 that interface's short, commented list of exclusions.
 
 Each interface is a function that sets a few fields the way a user does and returns the config it
-builds. The CLI is here; the web step adds the API (a job request) and the UI (the job form) to
-``INTERFACES`` and ``EXCLUDED``, and every field is then checked through them too.
+builds: the CLI (flags), the API (a job request, read back from the queued job) and the UI (the job
+form as app.js sends it: every field of ``GET /api/trainer/fields`` at its served default, the
+edited ones changed).
 """
 
 from __future__ import annotations
@@ -11,10 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
+from fastapi.testclient import TestClient
 
 from deepsynth.cli import _train_config, build_parser, flag_overrides, train_flags
 from deepsynth.training.config import config_fields
+from deepsynth.web.app import create_app
+
+STATIC = Path(__file__).resolve().parents[1] / "src" / "deepsynth" / "web" / "static"
+TOKEN = "field-reachability-token-0123456789"
 
 FIELDS = {info.name: info for info in config_fields()}
 
@@ -66,9 +78,57 @@ def cli_names() -> set[str]:
     return {info.name for info in train_flags().values()}
 
 
+@functools.cache
+def web_client() -> TestClient:
+    """The real app without its lifespan: jobs are queued (their config saved), never started."""
+    state = Path(tempfile.mkdtemp(prefix="deepsynth-reach-"))
+    atexit.register(shutil.rmtree, state, True)
+    return TestClient(create_app(state, access_token=TOKEN), headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def submitted_config(payload: dict[str, Any]) -> dict[str, Any]:
+    client = web_client()
+    response = client.post("/api/jobs", json={"dataset_id": "sample", **payload})
+    assert response.status_code == 201, response.json()
+    config = client.get(f"/api/jobs/{response.json()['id']}").json()["config"]
+    return {**config, **config.pop("optimizer")}
+
+
+def through_api(values: dict[str, Any]) -> dict[str, Any]:
+    """``POST /api/jobs`` with the values; the config the queued job will run, flat."""
+    return submitted_config(values)
+
+
+def ui_fields() -> list[dict[str, Any]]:
+    return web_client().get("/api/trainer/fields").json()["fields"]
+
+
+def through_ui(values: dict[str, Any]) -> dict[str, Any]:
+    """What app.js sends: every served field at its served default (the preset select: custom), some edited."""
+    form = {info["name"]: info["default"] for info in ui_fields()}
+    return submitted_config({**form, "preset": None, **values})
+
+
+def api_names() -> set[str]:
+    return set(web_client().app.openapi()["components"]["schemas"]["JobRequest"]["properties"]) - {"optimizer"}
+
+
+def ui_names() -> set[str]:
+    return {info["name"] for info in ui_fields()}
+
+
 # interface → (set some fields and return the resulting config, flat; the field names it offers).
 INTERFACES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], Callable[[], set[str]]]] = {
     "cli": (through_cli, cli_names),
+    "api": (through_api, api_names),
+    "ui": (through_ui, ui_names),
+}
+# Set by the server, never by a client (web/jobs.py SERVER_FIELDS says why to the client too).
+_SERVER_OWNED = {
+    "output_dir": "server-owned: each job writes to its own folder under the state folder",
+    "data_path": "server-owned: from dataset_id (uploads go through /api/datasets)",
+    "eval_data_path": "server-owned: from eval_dataset_id",
+    "hub_token": "secret: the server passes HF_TOKEN to the trainer; never accepted from a client",
 }
 # interface → field → why it cannot be set there.
 EXCLUDED: dict[str, dict[str, str]] = {
@@ -77,6 +137,8 @@ EXCLUDED: dict[str, dict[str, str]] = {
         # HF_TOKEN (or the login cache) when the config's token is None.
         "hub_token": "secret: from HF_TOKEN, never a flag",
     },
+    "api": dict(_SERVER_OWNED),
+    "ui": dict(_SERVER_OWNED),
 }
 
 
@@ -106,3 +168,11 @@ def test_no_flag_takes_the_hub_token(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--hub-token", "hf_x"])
     assert "unrecognized arguments: --hub-token" in capsys.readouterr().err
+
+
+def test_the_page_types_no_field_of_its_own():
+    """The form's inputs are built from GET /api/trainer/fields; index.html and app.js list none."""
+    assert 'id="f-' not in (STATIC / "index.html").read_text(encoding="utf-8")
+    script = (STATIC / "app.js").read_text(encoding="utf-8")
+    assert "/api/trainer/fields" in script
+    assert not any(f"{name}:" in script for name in ("lora_rank", "batch_size", "learning_rate", "max_new_tokens"))

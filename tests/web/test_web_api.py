@@ -569,7 +569,7 @@ def test_defaults_and_openapi(idle):
 def test_ui_page_and_assets_are_local(idle):
     page = idle.get("/")
     assert page.status_code == 200
-    for element in ("preset-select", "apply-preset", "dataset-select", "dataset-file", "f-lora_rank",
+    for element in ("preset-select", "apply-preset", "dataset-select", "dataset-file", "fields-lora",
                     "trainable-params", "start-job", "loss-chart", "expert-chart", "metrics-table", "jobs-table"):
         assert f'id="{element}"' in page.text
     for asset in ("/static/app.js", "/static/style.css", "/static/login.js"):

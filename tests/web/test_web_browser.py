@@ -89,35 +89,39 @@ def test_upload_apply_preset_train_and_read_metrics_in_a_browser(browser, serve_
         page.select_option("#preset-select", "balanced")
         assert value(page, "lora_rank") == "32" and value(page, "lora_target_modules").startswith("q_proj")
 
-        # Apply & Auto-Configure for the training rows, capped by max_train_samples.
+        # Apply & Auto-Configure for the training rows, capped by max_train_samples: the page shows the
+        # server's plan (plan_run, as `deepsynth train --auto`) and fills the form from it.
         page.fill("#f-max_train_samples", "2")
         page.click("#apply-preset")
         page.wait_for_function("document.getElementById('est-preset').textContent !== ''")
-        # The uploaded file has no 'eval' split and no eval dataset is chosen: the UI says so.
-        rec = recommend(2, has_eval_data=False)
-        assert rec.to_dict() == server.http.post("/api/lora/presets/recommended",
-                                                 json={"num_samples": 2, "has_eval_data": False}).json()
-        assert rec.evaluation["eval_on_training_data"] is True
+        plan = server.http.post("/api/trainer/plan", json={"dataset_id": uploaded["id"],
+                                                           "overrides": {"max_train_samples": 2}}).json()
+        # The uploaded file has no 'eval' split and no eval dataset is chosen: the plan says so, and
+        # its recommendation is recommend()'s for 2 samples without eval data.
+        rec = recommend(2, has_eval_data=False, num_train_tokens=plan["train_tokens"])
+        assert plan["recommendation"] == rec.to_dict() and plan["data"]["eval_from"] == "training_data"
+        assert plan["config"]["max_train_samples"] == 2  # sent as the form's edit, kept by the plan
         lora, training = rec.lora_config, rec.training_config
-        assert page.input_value("#preset-select") == rec.preset_name
+        assert page.input_value("#preset-select") == rec.preset_name == plan["config"]["preset"]
         assert int(value(page, "lora_rank")) == lora["rank"]
         assert float(value(page, "lora_alpha")) == lora["alpha"]
         assert float(value(page, "lora_dropout")) == lora["dropout"]
         assert [t.strip() for t in value(page, "lora_target_modules").split(",")] == lora["target_modules"]
         for name in ("batch_size", "num_epochs", "gradient_accumulation_steps"):
             assert int(value(page, name)) == training[name], name
-        # Warmup is the recipe's 10 % ratio: the field's default when empty. Two samples: no hold-out,
-        # so no early stopping either.
+        # Warmup is the recipe's 10 % ratio (warmup_steps empty). Two samples: no hold-out, so no early
+        # stopping either.
         assert training["warmup_ratio"] == 0.1 and value(page, "warmup_steps") == ""
+        assert float(value(page, "warmup_ratio")) == 0.1
         for name in ("holdout_samples", "eval_every_updates", "early_stopping_patience"):
             assert value(page, name) == "", name
         for name in ("learning_rate", "weight_decay"):
             assert float(value(page, name)) == training[name], name
         assert value(page, "scheduler_type") == training["scheduler_type"]
-        assert page.text_content("#est-updates") == f"{rec.estimates['effective_updates']:,}"
-        assert page.text_content("#est-total-steps") == f"{rec.estimates['total_steps']:,}"
-        assert page.text_content("#est-samples") == "2"
-        assert page.eval_on_selector_all("#warnings li", "els => els.map(e => e.textContent)") == rec.warnings
+        assert page.text_content("#est-updates") == f"{plan['updates']['effective_updates']:,}"
+        assert page.text_content("#est-total-steps") == f"{plan['updates']['total_steps']:,}"
+        assert page.text_content("#est-samples") == "2" == str(plan["data"]["train_samples"])
+        assert page.eval_on_selector_all("#warnings li", "els => els.map(e => e.textContent)") == plan["warnings"]
         exact = f"{rec.estimates['trainable_params']:,}"
         page.wait_for_function(f"document.getElementById('trainable-params').textContent === '{exact}'")
 
@@ -215,16 +219,18 @@ def test_apply_without_eval_data_holds_out_samples_and_the_job_never_trains_on_t
         page.wait_for_function("document.getElementById('est-samples').textContent === '7'")
         assert value(page, "holdout_samples") == ""
 
-        # No eval data: the recommendation holds one of the 7 out and stops early on it.
+        # No eval data: the plan holds one of the 7 out (6 left to train on) and stops early on it.
         page.select_option("#eval-dataset-select", "")
         page.evaluate("document.getElementById('est-samples').textContent = ''")
         page.click("#apply-preset")
-        page.wait_for_function("document.getElementById('est-samples').textContent === '7'")
-        rec = recommend(7, has_eval_data=False)
+        page.wait_for_function("document.getElementById('est-samples').textContent === '6'")
+        plan = server.http.post("/api/trainer/plan", json={"dataset_id": page.input_value("#dataset-select")}).json()
+        rec = recommend(7, has_eval_data=False, num_train_tokens=plan["train_tokens"])
+        assert plan["recommendation"] == rec.to_dict() and plan["data"]["eval_from"] == "holdout"
         assert value(page, "holdout_samples") == "1" == str(rec.evaluation["holdout_samples"])
         assert value(page, "early_stopping_patience") == "3"
         assert value(page, "eval_every_updates") == str(rec.training_config["eval_every_updates"])
-        assert page.eval_on_selector_all("#warnings li", "els => els.map(e => e.textContent)") == rec.warnings
+        assert page.eval_on_selector_all("#warnings li", "els => els.map(e => e.textContent)") == plan["warnings"]
 
         # A short run of those settings: the held-out document reaches the trainer and is not trained on.
         page.fill("#f-num_epochs", "1")

@@ -223,3 +223,20 @@ def test_cancel_escalates_to_sigkill_and_a_failed_trainer_reports_its_error(stat
     assert _gone(last["pid"], timeout=5)
     reopened = JobManager(state_dir, DatasetStore(state_dir))
     assert reopened.get(last["id"])["status"] == "cancelled"
+
+
+def test_a_failed_run_is_explained_by_its_structured_error_event_not_its_printed_lines(state_dir):
+    # What the trainer does on failure (production_trainer emits an "error" event, then the CLI prints).
+    script = ("import json, os, sys; os.makedirs('output', exist_ok=True); "
+              "f = open('output/progress.jsonl', 'a'); "
+              "f.write(json.dumps({'event': 'start', 'total_updates': 4}) + '\\n'); "
+              "f.write(json.dumps({'event': 'error', 'message': 'DataError: row 3: summary is empty'}) + '\\n'); "
+              "f.close(); print('error: something printed later'); sys.exit(1)")
+    manager = JobManager(state_dir, DatasetStore(state_dir), poll_interval_s=0.05, command=_stub(script))
+    manager.start()
+    try:
+        job = manager.submit({"dataset_id": "sample"})
+        job = _wait(manager, job["id"], lambda j: j["status"] == "failed")
+    finally:
+        manager.close()
+    assert job["error"] == "DataError: row 3: summary is empty" and job["total_updates"] == 4

@@ -1,6 +1,6 @@
 """DeepSynth's web app: a FastAPI JSON API over the library and a one-page UI.
 
-- :func:`deepsynth.web.app.create_app` builds the app over a state folder;
+- :func:`deepsynth.web.app.create_app` builds the app over a state folder from the routers in :mod:`deepsynth.web.routes`;
 - :func:`deepsynth.web.server.serve` runs it with uvicorn (``deepsynth serve``);
 - :mod:`deepsynth.web.jobs` runs each training job in its own process, state in SQLite;
 - :mod:`deepsynth.web.datasets_store` keeps validated dataset uploads.

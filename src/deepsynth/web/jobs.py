@@ -40,7 +40,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from deepsynth.training.config import OptimizerConfig, TrainerConfig, check_value_kinds
+from deepsynth.training.config import OptimizerConfig, TrainerConfig, build_config, check_value_kinds
 from deepsynth.training.errors import ConfigError
 from deepsynth.web.datasets_store import DatasetStore
 from deepsynth.web.settings import ACCESS_TOKEN_ENV
@@ -110,7 +110,7 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
     return events, offset + end + 1
 
 
-def summarize(events: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarise(events: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fold progress events into {step, total_updates, total_steps, num_train_samples, phase, ...}."""
     summary = dict(summary or {})
     for event in events:
@@ -371,8 +371,12 @@ class JobManager:
         output_dir = job_dir / "output"
         data.update(output_dir=str(output_dir), data_path=str(data_path),
                     eval_data_path=None if eval_path is None else str(eval_path))
-        check_value_kinds(data)
-        config = TrainerConfig.from_dict(data)  # ConfigError names the field
+        check_value_kinds(data)  # kinds first: build_config writes into the optimizer object
+        preset = data.pop("preset", None)
+        # The one request → config path (the CLI's too): preset, then the request's fields over it.
+        # A whole "optimizer" object first, so that flat optimizer fields (learning_rate...) go over it.
+        overrides = {**({"optimizer": data.pop("optimizer")} if "optimizer" in data else {}), **data, "preset": preset}
+        config = build_config(None, preset, overrides)  # ConfigError names the field
         job_dir.mkdir(parents=True)
         config.save(job_dir / "config.yaml")
         with self._lock:
@@ -514,7 +518,7 @@ class JobManager:
         events, new_offset = read_events(path, offset)
         if not events and job_id in self._summaries:
             return
-        summary = summarize(events, self._summaries.get(job_id))
+        summary = summarise(events, self._summaries.get(job_id))
         self._offsets[job_id] = new_offset
         self._summaries[job_id] = summary
         changes = {k: summary[k] for k in _SUMMARY_COLUMNS if k in summary}
@@ -584,7 +588,13 @@ def _default_token() -> str | None:
 
 
 def _logged_error(log: Path) -> str | None:
-    """The error a failed trainer printed last: the CLI's ``error: ...`` line or a traceback's last line."""
+    """The error a failed process printed last: the CLI's ``error: ...`` line or a traceback's last line.
+
+    Only a fallback: a run that reached the trainer says why it failed in its structured ``error``
+    event in progress.jsonl (read by :func:`summarise`, preferred in ``_finish``). This covers
+    failures before the trainer opens that file (a config or data error found by the CLI, a crash
+    at import).
+    """
     lines = [line.strip() for line in _tail(log, 60) if line.strip()]
     for line in reversed(lines):
         if line.startswith("error: "):

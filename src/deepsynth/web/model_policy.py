@@ -29,7 +29,7 @@ class ModelNotAllowed(Exception):
 
 
 def _embedded_name() -> str:
-    # Imported when first needed: deepsynth.models.resolver loads transformers' model classes, which
+    # Imported when first needed: deepsynth.models.tiny loads transformers' model classes, which
     # would add seconds to the server's start-up.
     from deepsynth.models.tiny import EMBEDDED_MODEL_NAME
 

@@ -4,24 +4,14 @@
 
 const $ = (id) => document.getElementById(id);
 
-// Form fields: TrainerConfig name → kind. Only the names the server lists in /api/trainer/defaults are sent.
-const FIELDS = {
-  model_name: "str?", lora_rank: "int", lora_alpha: "num", lora_dropout: "num",
-  lora_target_modules: "list", lora_modules_to_save: "list?", lora_bias: "str", lora_quantization: "str?",
-  lora_include_routed_experts: "bool",
-  batch_size: "int", num_epochs: "int", gradient_accumulation_steps: "int", learning_rate: "num",
-  weight_decay: "num", warmup_steps: "int?", scheduler_type: "str", max_train_samples: "int?", max_eval_samples: "int?",
-  holdout_samples: "int?",
-  max_new_tokens: "int", max_length: "int", seed: "int", eval_every_updates: "int?", early_stopping_patience: "int?",
-  checkpoint_every_updates: "int?", gate_dropout_rate: "num", expert_dropout_rate: "num", dtype: "str?",
-  instruction: "str?", gradient_checkpointing: "bool", push_to_hub: "bool", hub_model_id: "str?", hub_private: "bool",
-};
-const LORA_FIELDS = ["model_name", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules",
-  "lora_modules_to_save", "lora_bias", "lora_include_routed_experts", "lora_quantization"];
+// Form fields come from the server (GET /api/trainer/fields: TrainerConfig's field metadata): name →
+// {kind, optional, default, help, choices, group}. None is typed here.
+const FIELDS = {};
+const loraField = (name) => FIELDS[name] && FIELDS[name].group === "lora";
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 
 const state = {
-  presets: [], datasets: [], defaults: {}, optimizerDefaults: {}, jobs: [],
+  presets: [], datasets: [], jobs: [],
   selectedJob: null, source: null, loss: [], evals: [], expert: null, estimateTimer: null, estimateSeq: 0,
   applying: false,
 };
@@ -73,30 +63,53 @@ function fieldInput(name) { return $("f-" + name); }
 function setField(name, value) {
   const input = fieldInput(name);
   if (!input) return;
-  const kind = FIELDS[name];
+  const kind = FIELDS[name].kind;
   if (kind === "bool") input.checked = Boolean(value);
-  else if (kind.startsWith("list")) input.value = (value || []).join(", ");
+  else if (kind === "list") input.value = (value || []).join(", ");
+  else if (kind === "dict") input.value = Object.entries(value || {}).map(([k, v]) => `${k}=${v}`).join(", ");
   else input.value = value === null || value === undefined ? "" : String(value);
 }
 
 function readField(name) {
   const input = fieldInput(name);
-  const kind = FIELDS[name];
+  const { kind, optional } = FIELDS[name];
   if (kind === "bool") return input.checked;
   const raw = input.value.trim();
-  const optional = kind.endsWith("?");
-  if (kind.startsWith("list")) {
+  if (kind === "list" || kind === "dict") {
     const items = raw.split(",").map((s) => s.trim()).filter(Boolean);
-    return items.length || !optional ? items : null;
+    if (!items.length && optional) return null;
+    if (kind === "list") return items;
+    // "summary=target, text=document"; an item without "=" goes to the server as is (it names the error).
+    return Object.fromEntries(items.map((item) => item.includes("=") ? item.split("=", 2).map((s) => s.trim()) : [item, ""]));
   }
-  if (raw === "") return optional ? null : (kind.startsWith("str") ? "" : null);
-  if (kind.startsWith("int")) return /^-?\d+$/.test(raw) ? parseInt(raw, 10) : raw;  // the server names a bad value
-  if (kind.startsWith("num")) return Number.isFinite(Number(raw)) ? Number(raw) : raw;
+  if (raw === "") return optional ? null : (kind === "str" ? "" : null);
+  if (kind === "int") return /^-?\d+$/.test(raw) ? parseInt(raw, 10) : raw;  // the server names a bad value
+  if (kind === "float" || kind === "number") return Number.isFinite(Number(raw)) ? Number(raw) : raw;
   return raw;
 }
 
 function knownField(name) {
-  return name in state.defaults || name in state.optimizerDefaults;
+  return name in FIELDS;
+}
+
+// One input per field, of its kind: a checkbox, a select of its choices, a number or a text box.
+function fieldElement(info) {
+  const id = "f-" + info.name;
+  const title = `${info.name}: ${info.help}`;
+  if (info.kind === "bool") {
+    return el("label", { class: "check", title }, el("input", { id, type: "checkbox" }), " " + info.help);
+  }
+  let input;
+  if (info.choices) {
+    input = el("select", { id }, ...info.choices.map((c) => el("option", { value: c === null ? "" : c }, c === null ? "default" : c)));
+  } else if (["int", "float", "number"].includes(info.kind)) {
+    input = el("input", { id, type: "number", step: info.kind === "int" ? "1" : "any" });
+  } else {
+    input = el("input", { id, type: "text" });
+  }
+  if (info.optional && info.default === null && input.tagName === "INPUT") input.placeholder = "default";
+  const wide = ["list", "dict", "str"].includes(info.kind) && !info.choices;
+  return el("label", { class: wide ? "wide" : "", title }, info.name.replace(/_/g, " ") + " ", input);
 }
 
 // --- presets and defaults ---------------------------------------------------------------------
@@ -139,15 +152,15 @@ function onPresetChosen() {
   }
 }
 
-async function loadDefaults() {
-  const data = await api("/api/trainer/defaults");
-  state.defaults = data.defaults;
-  state.optimizerDefaults = data.defaults.optimizer || {};
-  for (const name of Object.keys(FIELDS)) {
-    if (!fieldInput(name)) continue;
-    if (!knownField(name)) { fieldInput(name).closest("label").hidden = true; continue; }
-    const value = name in state.defaults ? state.defaults[name] : state.optimizerDefaults[name];
-    setField(name, value);
+async function loadFields() {
+  const data = await api("/api/trainer/fields");
+  for (const info of data.fields) {
+    if (info.name === "preset") continue;  // the preset select above sets it
+    FIELDS[info.name] = info;
+    $("fields-" + info.group).append(fieldElement(info));
+    setField(info.name, info.default);
+    const input = fieldInput(info.name);
+    input.addEventListener(input.type === "checkbox" || input.tagName === "SELECT" ? "change" : "input", onFieldEdited);
   }
 }
 
@@ -211,11 +224,11 @@ async function uploadDataset(event) {
   $("dataset-upload").disabled = true;
   try {
     const info = await api("/api/datasets", { method: "POST", body: form });
-    status.className = "ok";
-    status.textContent = `Uploaded “${info.name}”: ${info.rows} rows, all valid.`;
     $("dataset-file").value = "";
     $("dataset-name").value = "";
-    await loadDatasets(info.id);
+    await loadDatasets(info.id);  // first, so that "Uploaded" means the new dataset is selected
+    status.className = "ok";
+    status.textContent = `Uploaded “${info.name}”: ${info.rows} rows, all valid.`;
   } catch (error) {
     status.className = "error";
     status.textContent = error.message;
@@ -239,58 +252,50 @@ async function deleteDataset(id) {
 
 // --- recommendation and estimates -------------------------------------------------------------
 
-function trainingSampleCount() {
-  const info = selectedDataset();
-  if (!info) return null;
-  let count = info.train_rows || info.rows;
-  const limit = readField("max_train_samples");
-  if (Number.isInteger(limit) && limit > 0 && limit < count) count = limit;
-  return count;
+// "Apply Preset & Auto-Configure": the server plans the run (plan_run, as `deepsynth train --auto`) for
+// the chosen data; the page shows and fills in what the plan says, and decides nothing itself.
+function planRequest() {
+  const overrides = {};
+  for (const name of ["max_train_samples", "max_eval_samples"]) {  // they change the counts: the plan keeps them
+    const value = readField(name);
+    if (value !== null) overrides[name] = value;
+  }
+  return { dataset_id: $("dataset-select").value, eval_dataset_id: $("eval-dataset-select").value || null,
+    model: readField("model_name"), overrides };
 }
 
-// Whether the run will have eval data: a chosen eval dataset or an 'eval' split in the dataset.
-function hasEvalData() {
-  const info = selectedDataset();
-  return Boolean($("eval-dataset-select").value) || Boolean(info && info.splits && info.splits.eval);
+function showPlan(plan) {
+  const config = plan.config;
+  const flat = { ...config, ...config.optimizer };
+  for (const name of Object.keys(FIELDS)) if (name in flat) setField(name, flat[name]);
+  $("preset-select").value = config.preset || "custom";
+  describePreset();
+  const estimates = plan.recommendation ? plan.recommendation.estimates : {};
+  $("est-preset").textContent = config.preset || "custom";
+  $("est-samples").textContent = fmtInt(plan.data.train_samples);
+  $("est-total-steps").textContent = fmtInt(plan.updates.total_steps);
+  $("est-updates").textContent = fmtInt(plan.updates.effective_updates);
+  $("est-warmup").textContent = fmtInt(plan.updates.warmup_steps);
+  $("est-trainable").textContent = fmtInt(estimates.trainable_params);
+  $("est-time").textContent = estimates.estimated_time_minutes === null || estimates.estimated_time_minutes === undefined
+    ? "unknown (measure it with `deepsynth recommend --calibrate`)" : `${estimates.estimated_time_minutes} min`;
+  $("warnings").replaceChildren(...plan.warnings.map((w) => el("li", {}, w)));
 }
 
 async function applyRecommendation() {
-  const count = trainingSampleCount();
   const note = $("apply-note");
   $("recommendation").hidden = false;
-  if (!count) { note.className = "error"; note.textContent = "Choose or upload a dataset first."; return; }
+  if (!selectedDataset()) { note.className = "error"; note.textContent = "Choose or upload a dataset first."; return; }
   const chosen = $("preset-select").value;
   $("apply-preset").disabled = true;
   try {
-    const rec = await api("/api/lora/presets/recommended", {
-      method: "POST", json: { num_samples: count, model: readField("model_name"), has_eval_data: hasEvalData() },
-    });
+    const plan = await api("/api/trainer/plan", { method: "POST", json: planRequest() });
     state.applying = true;
-    applyLoraSettings(rec.lora_config);
-    const training = rec.training_config;
-    for (const name of ["batch_size", "num_epochs", "gradient_accumulation_steps", "learning_rate",
-      "weight_decay", "scheduler_type", "eval_every_updates", "early_stopping_patience"]) setField(name, training[name]);
-    // The recipe's warmup is a ratio (10% of the updates), the field's default when empty: it stays
-    // right if the run is shortened afterwards.
-    setField("warmup_steps", null);
-    setField("holdout_samples", rec.evaluation.holdout_samples || null);
-    $("preset-select").value = rec.preset_name;
-    describePreset();
+    showPlan(plan);
     state.applying = false;
-    $("est-preset").textContent = rec.preset_name;
-    $("est-samples").textContent = fmtInt(rec.num_samples);
-    $("est-total-steps").textContent = fmtInt(rec.estimates.total_steps);
-    $("est-updates").textContent = fmtInt(rec.estimates.effective_updates);
-    $("est-warmup").textContent = fmtInt(rec.estimates.warmup_steps);
-    $("est-trainable").textContent = fmtInt(rec.estimates.trainable_params);
-    $("est-time").textContent = rec.estimates.estimated_time_minutes === null
-      ? "unknown (measure it with `deepsynth recommend --calibrate`)"
-      : `${rec.estimates.estimated_time_minutes} min`;
-    const warnings = $("warnings");
-    warnings.replaceChildren(...rec.warnings.map((w) => el("li", {}, w)));
     note.className = "ok";
-    note.textContent = `Applied ${rec.preset_name}, recommended for ${rec.num_samples} training samples on ${rec.model}.` +
-      (chosen !== "custom" && chosen !== rec.preset_name
+    note.textContent = plan.lines.map((line) => line.trim()).join(" · ") +
+      (chosen !== "custom" && chosen !== plan.config.preset
         ? ` (You had chosen ${chosen}: choose it again to use its LoRA settings with these training settings.)` : "");
     scheduleEstimate(0);
   } catch (error) {
@@ -338,7 +343,7 @@ async function runEstimate() {
 
 function onFieldEdited(event) {
   const name = event.target.id.replace(/^f-/, "");
-  if (!LORA_FIELDS.includes(name) || state.applying) return;
+  if (!loraField(name) || state.applying) return;
   // Hand edits that leave the preset's values make the settings custom.
   const preset = state.presets.find((p) => p.name === $("preset-select").value);
   if (preset && name !== "model_name") {
@@ -359,7 +364,7 @@ function jobPayload() {
   const payload = { dataset_id: $("dataset-select").value };
   if ($("eval-dataset-select").value) payload.eval_dataset_id = $("eval-dataset-select").value;
   const preset = $("preset-select").value;
-  if (knownField("preset")) payload.preset = preset === "custom" ? null : preset;
+  payload.preset = preset === "custom" ? null : preset;
   for (const name of Object.keys(FIELDS)) {
     if (fieldInput(name) && knownField(name)) payload[name] = readField(name);
   }
@@ -644,11 +649,7 @@ async function main() {
   $("apply-preset").addEventListener("click", applyRecommendation);
   $("config-form").addEventListener("submit", startJob);
   $("push-form").addEventListener("submit", pushAdapter);
-  for (const name of Object.keys(FIELDS)) {
-    const input = fieldInput(name);
-    if (input) input.addEventListener(input.type === "checkbox" || input.tagName === "SELECT" ? "change" : "input", onFieldEdited);
-  }
-  await Promise.all([loadDefaults(), loadPresets(), loadDatasets(), loadHubStatus()]);
+  await Promise.all([loadFields(), loadPresets(), loadDatasets(), loadHubStatus()]);
   scheduleEstimate(0);
   await refreshJobs();
   if (state.jobs.length) await selectJob(state.jobs[0].id);

@@ -1,0 +1,1 @@
+"""The web API's routers, one module per resource (server, lora, trainer, datasets, jobs)."""

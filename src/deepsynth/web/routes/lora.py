@@ -1,0 +1,79 @@
+"""LoRA routes: the presets, the recommendation for a data size, exact trainable-parameter estimates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from deepsynth.web.http import errors, import_libraries, model_call
+from deepsynth.web.model_policy import ModelPolicy
+
+router = APIRouter(tags=["lora"])
+
+
+def models_of(request: Request) -> ModelPolicy:
+    return request.app.state.models
+
+
+class RecommendRequest(BaseModel):
+    """Body of ``POST /api/lora/presets/recommended``."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    num_samples: StrictInt = Field(..., description="number of training samples", examples=[12])
+    model: StrictStr | None = Field(None, max_length=500, description="model name or directory; null: the embedded model")
+    has_eval_data: StrictBool = Field(True, description="false: the samples are all the data (no eval dataset or "
+                                      "'eval' split); some are held out for evaluation (see `evaluation`)")
+    num_train_tokens: StrictInt | None = Field(None, description="supervised target tokens of the samples; "
+                                               "null: assume 90 per sample (said in the warnings)")
+
+
+class EstimateRequest(BaseModel):
+    """Body of ``POST /api/lora/estimate``: LoRA settings (unset ones come from ``preset`` or AdapterSettings)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: StrictStr | None = Field(None, max_length=500, description="model name or directory; null: the embedded model")
+    preset: StrictStr | None = Field(None, description="start from this preset's settings")
+    rank: StrictInt | None = None
+    alpha: StrictInt | StrictFloat | None = None
+    dropout: StrictInt | StrictFloat | None = None
+    target_modules: list[StrictStr] | None = None
+    modules_to_save: list[StrictStr] | None = None
+    include_routed_experts: StrictBool | None = None
+    bias: StrictStr | None = None
+    enabled: StrictBool | None = None
+    quantization: StrictStr | None = None
+
+
+@router.get("/api/lora/presets", responses=errors())
+def presets() -> dict[str, Any]:
+    from deepsynth.training.lora_config import LORA_PRESETS, PRESET_DESCRIPTIONS
+
+    return {"presets": [
+        {"name": name, "description": PRESET_DESCRIPTIONS.get(name, ""), "settings": preset.to_dict()}
+        for name, preset in LORA_PRESETS.items()
+    ]}
+
+
+@router.post("/api/lora/presets/recommended", responses=errors(400, 422),
+             summary="recommend(num_samples, model, ...).to_dict(), as `deepsynth recommend --json`")
+def recommended(body: RecommendRequest, models: ModelPolicy = Depends(models_of)) -> dict[str, Any]:
+    import_libraries()
+    from deepsynth.training.recommend import recommend
+
+    model = models.check(body.model, "model")
+    return model_call(model, recommend, body.num_samples, model=model,
+                      has_eval_data=body.has_eval_data, num_train_tokens=body.num_train_tokens).to_dict()
+
+
+@router.post("/api/lora/estimate", summary="Exact trainable parameters of LoRA settings",
+             responses=errors(400, 422))
+def estimate(body: EstimateRequest, models: ModelPolicy = Depends(models_of)) -> dict[str, Any]:
+    import_libraries()
+    from deepsynth.training.lora_config import adapter_settings
+    from deepsynth.training.targets import count_trainable_params
+
+    model = models.check(body.model, "model")
+    lora = adapter_settings(body.preset, body.model_dump(exclude_none=True, exclude={"model", "preset"}))
+    return model_call(model, count_trainable_params, model, lora).to_dict()
