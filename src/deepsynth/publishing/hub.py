@@ -65,6 +65,8 @@ DEFAULT_BACKEND = "http"
 PUBLISH_IGNORE_PATTERNS: tuple[str, ...] = (
     "checkpoint-*",
     "*/checkpoint-*",
+    ".checkpoint-*",  # a checkpoint being deleted (deepsynth.training.checkpoints.remove_checkpoint)
+    ".deepsynth-staging/",  # a final save in progress, or one a crash interrupted
     "epoch_*",
     "*/epoch_*",
     "runs/",
