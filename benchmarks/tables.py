@@ -61,11 +61,22 @@ def moe_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def fault_table(data: dict) -> str:
+    """Kills tried / survived / lost per kill moment (benchmarks/fault_injection.py)."""
+    lines = [f"launcher {data['launcher']}, {len(data['series'])} series, {data['seconds']} s",
+             "", "| fault | tried | survived | lost | left a partial checkpoint |", "|---|---:|---:|---:|---:|"]
+    for mode in sorted({kill["mode"] for kill in data["kills"]}):
+        kills = [kill for kill in data["kills"] if kill["mode"] == mode]
+        lines.append(f"| kill -9 ({mode}) | {len(kills)} | {sum(k['survived'] is True for k in kills)} "
+                     f"| {sum(k['survived'] is False for k in kills)} | {sum(bool(k['partial']) for k in kills)} |")
+    return "\n".join(lines)
+
+
 def main(paths: list[str]) -> int:
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         print(f"<!-- {path} -->")
-        print(moe_table(data) if "timings" in data else trainer_table(data))
+        print(fault_table(data) if "kills" in data else moe_table(data) if "timings" in data else trainer_table(data))
         print()
     return 0
 

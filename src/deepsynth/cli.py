@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from deepsynth.training.errors import ConfigError
+from deepsynth.training.errors import ConfigError, DiskFullError
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -476,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DiskFullError as error:  # not bad input: the run failed; earlier checkpoints are kept
+        print(f"\nerror: {error}", file=sys.stderr)  # on its own line, after an unfinished progress bar
+        return 1
 
 
 if __name__ == "__main__":

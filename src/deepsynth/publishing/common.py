@@ -30,6 +30,8 @@ T = TypeVar("T")
 PUBLISH_IGNORE_PATTERNS: tuple[str, ...] = (
     "checkpoint-*",
     "*/checkpoint-*",
+    ".checkpoint-*",  # a checkpoint being deleted (deepsynth.training.checkpoints.remove_checkpoint)
+    ".deepsynth-staging/",  # a final save in progress, or one a crash interrupted
     "epoch_*",
     "*/epoch_*",
     "runs/",

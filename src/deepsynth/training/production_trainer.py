@@ -22,7 +22,6 @@ import datasets
 import torch
 from accelerate import PartialState
 from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, DataCollator, RowEncodingError, encode_rows
 from deepsynth.data.splits import PreparedData, load_splits
@@ -32,8 +31,12 @@ from deepsynth.models.adapters import load_adapter_weights
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
+from deepsynth.training.checkpoints import (
+    CheckpointGuard, checkpoint_bytes_estimate, checkpoint_problem, checkpoint_step, find_resumable, log_resume_choice,
+    model_save_bytes, run_history, run_train_loss, staged_save,
+)
 from deepsynth.training.config import TrainerConfig
-from deepsynth.training.errors import ConfigError
+from deepsynth.training.errors import ConfigError, DiskFullError
 from deepsynth.training.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
 from deepsynth.training.moe import install_moe, plot_expert_utilization
 from deepsynth.training.recommend import estimate_updates
@@ -142,8 +145,20 @@ class UnifiedProductionTrainer:
             return self._train(dataset, eval_dataset)
         except BaseException as error:
             if self._progress is not None:
-                self._progress.emit("error", message=f"{type(error).__name__}: {error}")
+                self._report_error(self._progress, error)
             raise
+
+    @staticmethod
+    def _report_error(progress: ProgressLog, error: BaseException) -> None:
+        """The ``error`` event; a disk-full one says where and how much (the event itself may not fit)."""
+        fields: dict[str, Any] = {"message": f"{type(error).__name__}: {error}"}
+        if isinstance(error, DiskFullError):
+            fields = {"kind": "disk_full", "message": str(error), "path": str(error.path),
+                      "needed_bytes": error.needed, "free_bytes": error.free}
+        try:
+            progress.emit("error", **fields)
+        except OSError as failure:
+            LOGGER.warning("could not record the error in progress.jsonl: %s", failure)
 
     def _train(self, dataset: Any, eval_dataset: Any) -> tuple[dict[str, Any], dict[str, Path]]:
         config = self.config
@@ -169,9 +184,12 @@ class UnifiedProductionTrainer:
                                                 self.progress_listener)
         if is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
-        resume = self._checkpoint_to_resume(output_dir)
+        resume, skipped = self._checkpoint_to_resume(output_dir)
         progress.emit("start", total_updates=estimate.effective_updates, total_steps=estimate.total_steps,
-                      num_train_samples=len(train_examples), resumed_from=str(resume) if resume else None)
+                      num_train_samples=len(train_examples), resumed_from=str(resume) if resume else None,
+                      # Log events of earlier segments past this update were redone: readers drop them.
+                      resumed_at_update=checkpoint_step(resume) if resume else 0,
+                      resume_skipped=[{"path": str(path), "reason": reason} for path, reason in skipped])
         for warning in targets.warnings:
             LOGGER.warning("LoRA targets: %s", warning)
         if data.eval_on_training_data:
@@ -202,7 +220,9 @@ class UnifiedProductionTrainer:
         if cache_stats is not None and cache_stats.skipped is None:
             collator = CachedFeatureCollator(collator)
         LOGGER.info("vision feature cache: %s (%s)", "on" if cache_on else "off", cache_reason)
-        callbacks: list[TrainerCallback] = [progress, *self.callbacks]
+        # Marks complete checkpoints, rotates them, checks free space (transformers' rotation is off).
+        guard = CheckpointGuard(output_dir, config.save_total_limit, checkpoint_bytes_estimate(model))
+        callbacks: list[TrainerCallback] = [progress, guard, *self.callbacks]
         if resume and config.use_lora:
             callbacks.append(RestoreAdapterOnResume(resume))
         if config.early_stopping_patience:
@@ -221,7 +241,7 @@ class UnifiedProductionTrainer:
             trainer.add_callback(SparseProgressCallback())
         progress.emit("phase", name="training")
         started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        self._run_training(trainer, guard, resume)
         train_seconds = time.perf_counter() - started
         # Every rank reports what it trained: under DDP the digests must be equal.
         LOGGER.info("rank %d/%d: %d optimizer updates, trained-weights sha256 %s", args.process_index,
@@ -232,6 +252,8 @@ class UnifiedProductionTrainer:
         progress.emit("phase", name="final_eval")
         after, predictions_after = evaluate_model(model, loaded.processor, eval_examples, **eval_kwargs)
         moe.remove()
+        # The whole run, earlier segments included: the state's log history is saved in each checkpoint.
+        history = run_history(trainer.state.log_history)
         by_group = count_by_group(model, loaded.family)
         metrics = {
             "base_model": loaded.name,
@@ -255,7 +277,8 @@ class UnifiedProductionTrainer:
             "resolved_targets": targets.to_dict(),
             "feature_cache": {"enabled": cache_on, "reason": cache_reason,
                               **(cache_stats.to_dict() if cache_stats else {})},
-            "train": {"train_loss": float(result.training_loss), "runtime_seconds": round(train_seconds, 2),
+            "train": {"train_loss": run_train_loss(history, trainer.state.global_step),
+                      "runtime_seconds": round(train_seconds, 2),  # of this process's segment
                       "resumed_from": str(resume) if resume else None},
             "eval": {"before": before, "after": after,
                      "delta": {k: after[k] - before[k] for k in METRIC_NAMES}},
@@ -263,14 +286,11 @@ class UnifiedProductionTrainer:
                 {"reference": ref, "before": b, "after": a}
                 for ref, b, a in list(zip(data.eval["summary"], predictions_before, predictions_after))[:SHOWN_SAMPLES]
             ],
-            "history": progress.history,
+            "history": history,
             **moe.report(),  # "moe" (knobs, whether each acted) and "expert_utilization"
         }
         progress.emit("phase", name="saving")
         paths = self._save(model, loaded, metrics, output_dir)
-        if metrics["expert_utilization"] and plot_expert_utilization(
-                metrics["expert_utilization"], output_dir / "expert_utilization.png"):
-            paths["expert_utilization"] = output_dir / "expert_utilization.png"
         if config.push_to_hub:
             progress.emit("phase", name="pushing")
             report = push_adapter(output_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token)
@@ -280,6 +300,17 @@ class UnifiedProductionTrainer:
         return metrics, paths
 
     # --- steps ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _run_training(trainer: MoeTrainer, guard: CheckpointGuard, resume: Path | None) -> None:
+        """``trainer.train``; a failed save is reported as what it was (e.g. a full disk), cleaned up."""
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except Exception as error:
+            reported = guard.failure(error)
+            if reported is error:
+                raise
+            raise reported from error
 
     def prepare_data(self, dataset: Any = None, eval_dataset: Any = None) -> PreparedData:
         """Load and validate train and eval samples (raises DataError before anything is written).
@@ -333,7 +364,7 @@ class UnifiedProductionTrainer:
             logging_steps=1,
             save_strategy="steps",
             save_steps=save_every,
-            save_total_limit=config.save_total_limit,
+            save_total_limit=None,  # CheckpointGuard rotates: transformers' rotation deletes folders not ours
             eval_strategy="steps" if config.eval_every_updates else "no",
             eval_steps=config.eval_every_updates,
             load_best_model_at_end=early,
@@ -348,35 +379,55 @@ class UnifiedProductionTrainer:
             ddp_find_unused_parameters=False,
         )
 
-    def _checkpoint_to_resume(self, output_dir: Path) -> Path | None:
+    def _checkpoint_to_resume(self, output_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+        """The checkpoint to resume from and the ``checkpoint-*`` folders passed over, with the reason.
+
+        "auto" takes the newest complete checkpoint (see ``deepsynth.training.checkpoints``); a
+        partial or foreign folder is logged and left alone, never deleted.
+        """
         choice = self.config.resume_from_checkpoint
         if choice in (None, "never"):
-            return None
+            return None, []
         if choice == "auto":
-            last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-            if last:
-                LOGGER.info("resuming from %s", last)
-            return Path(last) if last else None
+            chosen, skipped = find_resumable(output_dir)
+            log_resume_choice(chosen, skipped)
+            return chosen, skipped
         path = Path(choice)
         if not (path / "trainer_state.json").is_file():
             raise ConfigError("resume_from_checkpoint", choice, "'auto', 'never' or a checkpoint-* directory")
-        return path
+        problem = checkpoint_problem(path)
+        if problem is not None:  # the user's explicit choice: resumed from, with a warning
+            LOGGER.warning("resuming from %s as asked, though it may be incomplete: %s", path, problem)
+        return path, []
 
     def _save(self, model: torch.nn.Module, loaded: LoadedModel, metrics: dict[str, Any], output_dir: Path) -> dict[str, Path]:
-        model.save_pretrained(output_dir)
-        loaded.processor.save_pretrained(output_dir)
+        """Write the adapter folder; nothing in ``output_dir`` changes unless every file was written."""
+        def write(folder: Path) -> list[str]:
+            model.save_pretrained(folder)
+            loaded.processor.save_pretrained(folder)
+            self.config.save(folder / "training_config.json")
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+            plot_loss_curve(metrics["history"], folder / "loss_curve.png")
+            written = []
+            if metrics["expert_utilization"] and plot_expert_utilization(
+                    metrics["expert_utilization"], folder / "expert_utilization.png"):
+                written.append("expert_utilization")
+            # Replace PEFT's placeholder README with DeepSynth's model card (settings, counts, metrics).
+            write_model_card(folder, repo_id=self.config.hub_model_id, overwrite=True)
+            return written
+
+        # Room for the weights and about 2 MB for the rest (its size is known only once written; ENOSPC is caught).
+        extra = staged_save(output_dir, write, needed=model_save_bytes(model) + (2 << 20))
         paths = {
             "output_dir": output_dir,
             "adapter": output_dir,
-            "training_config": self.config.save(output_dir / "training_config.json"),
+            "training_config": output_dir / "training_config.json",
             "metrics": output_dir / "metrics.json",
             "loss_curve": output_dir / "loss_curve.png",
             "progress": output_dir / "progress.jsonl",
+            "model_card": output_dir / "README.md",
         }
-        paths["metrics"].write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-        plot_loss_curve(metrics["history"], paths["loss_curve"])
-        # Replace PEFT's placeholder README with DeepSynth's model card (settings, counts, metrics).
-        paths["model_card"] = write_model_card(output_dir, repo_id=self.config.hub_model_id, overwrite=True)
+        paths.update({name: output_dir / f"{name}.png" for name in extra})
         return paths
 
 
