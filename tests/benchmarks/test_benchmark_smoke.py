@@ -33,6 +33,7 @@ COVERED = {
     "quality/report.py": "test_quality_ablation_and_report", "quality/heldout_curve.py": "test_quality_heldout_curve",
     "quality/save_smollm2.py": "test_quality_save_smollm2_check",
     "labelled_loss.py": "test_labelled_loss_smoke.py", "padding_free.py": "test_padding_free_smoke.py",
+    "fault_injection.py": "tests/training/test_fault_injection.py (12 kills)",
 }
 
 
