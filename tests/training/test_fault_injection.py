@@ -22,7 +22,7 @@ def test_sigkill_at_random_moments_and_as_checkpoints_appear_loses_nothing(tmp_p
         [sys.executable, str(BENCHMARKS / "fault_injection.py"), "--kills", "10", "--console-kills", "2",
          "--per-series", "5", "--launcher", "forkserver", "--seed", "12", "--workdir", str(tmp_path / "work"),
          "--json", str(tmp_path / "report.json")],
-        capture_output=True, text=True, timeout=400, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
