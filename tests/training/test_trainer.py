@@ -189,13 +189,6 @@ def test_example_configs_load(example):
     assert config.preset is not None
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_qlora_presets_are_refused_clearly_without_cuda(tmp_path):
-    with pytest.raises(ConfigError, match="lora_quantization.*CUDA"):
-        UnifiedProductionTrainer(small(tmp_path, preset="qlora_4bit")).train()
-    assert not (tmp_path / "run").exists()
-
-
 def test_trainer_encodes_each_page_once_unless_told_not_to(tmp_path):
     cached, _ = UnifiedProductionTrainer(small(tmp_path, "cached", num_epochs=3)).train()
     assert cached["feature_cache"]["enabled"] is True
