@@ -158,25 +158,27 @@ def exact_trainable(family: str, config, preset: str, model) -> dict[str, Any]:
             "equal_to_meta": on_model == on_meta}
 
 
-def train_updates(model, batch, updates: int, device: torch.device) -> tuple[list[float], list[float]]:
-    """``updates`` AdamW updates (batch 1): seconds of each and its loss."""
+def train_updates(model, batch, updates: int, device: torch.device) -> dict[str, list[float]]:
+    """``updates`` AdamW updates (batch 1): wall and CPU seconds of each (CPU: all threads of this
+    process, insensitive to waiting for a core on a shared machine) and its loss."""
     import torch
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
-    seconds, losses = [], []
+    seconds, cpu, losses = [], [], []
     for _ in range(updates):
         _sync(device)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
-        seconds.append(time.perf_counter() - started)
-        losses.append(loss.item())
+        seconds.append(round(time.perf_counter() - started, 2))
+        cpu.append(round(time.process_time() - cpu_started, 2))
+        losses.append(round(loss.item(), 4))
     del optimizer
-    return seconds, losses
+    return {"seconds_per_update": seconds, "cpu_seconds_per_update": cpu, "losses": losses}
 
 
 def to_device(value, device: torch.device):
@@ -302,8 +304,8 @@ def run_case(case: str, args) -> dict[str, Any]:
     result["vision_encode_seconds"] = round(cache.seconds, 2)
     batch = CachedFeatureCollator(DataCollator(processor, dtype=dtype))([example])
     batch = to_device(batch, device)
-    seconds, losses = train_updates(peft_model, batch, args.updates, device)
-    result.update(seconds_per_update=[round(s, 2) for s in seconds], losses=[round(x, 4) for x in losses])
+    result["load_average_before_training"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    result.update(train_updates(peft_model, batch, args.updates, device))
     with tempfile.TemporaryDirectory(prefix="real-dims-", dir=args.work_dir) as work:
         reloaded, result["reload"] = reload_check(peft_model, batch, Path(work) / "adapter")
         result["export"] = merge_and_export(reloaded, family, lora.quantization, Path(work), args.tiny)
@@ -357,9 +359,9 @@ def run_all(args) -> list[dict[str, Any]]:
     return results
 
 
-HEADER = ("| case | params | vision tokens/page | trainable (= meta count) | s/update | peak RSS GB | "
-          "build s | adapter reload max Δlogits | merge + export s (layout, tensors, GB) | 4-bit share of base |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| case | params | vision tokens/page | trainable (= meta count) | s/update (wall) | CPU-s/update | "
+          "peak RSS GB | build s | adapter reload max Δlogits | merge + export s (layout, tensors, GB) | "
+          "4-bit share of base |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row(r: dict[str, Any]) -> str:
@@ -368,7 +370,7 @@ def row(r: dict[str, Any]) -> str:
     export = r["export"]
     return (f"| {r['case']} | {r['params']:,} | {r['vision_tokens_per_page']} | {trainable['total']:,} "
             f"({'yes' if trainable['equal_to_meta'] else 'NO'}) | {' / '.join(f'{s:.1f}' for s in r['seconds_per_update'])} "
-            f"| {r['peak_rss_gb']:.1f} | {r['build_seconds']:.0f} | {r['reload']['max_abs_logits_diff']:.1e} "
+            f"| {' / '.join(f'{s:.1f}' for s in r.get('cpu_seconds_per_update', []))} | {r['peak_rss_gb']:.1f} | {r['build_seconds']:.0f} | {r['reload']['max_abs_logits_diff']:.1e} "
             f"| {export['merge_seconds'] + export['export_seconds']:.0f} ({export['layout']}, {export['export_tensors']:,}, "
             f"{export['export_gb']}) | {share} |")
 
