@@ -306,6 +306,7 @@ def run_case(case: str, args) -> dict[str, Any]:
     batch = to_device(batch, device)
     result["load_average_before_training"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result.update(train_updates(peft_model, batch, args.updates, device))
+    result["peak_rss_training_gb"] = round(peak_rss_mib() / 1024, 2)  # before the merge (a full-precision model)
     with tempfile.TemporaryDirectory(prefix="real-dims-", dir=args.work_dir) as work:
         reloaded, result["reload"] = reload_check(peft_model, batch, Path(work) / "adapter")
         result["export"] = merge_and_export(reloaded, family, lora.quantization, Path(work), args.tiny)
