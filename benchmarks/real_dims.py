@@ -260,15 +260,29 @@ def merge_and_export(reloaded, family: str, quantization: str | None, folder: Pa
             "export_gb": round(written / 1e9, 2), "export_tensors": tensors, "layout": layout}
 
 
+def build_case_model(family: str, lora, config, dtype, device, result: dict[str, Any]):
+    """The case's base model: random weights, quantized through DeepSynth's QLoRA path when asked."""
+    import torch
+
+    from deepsynth.models.quantization import quantization_report
+
+    # QLoRA: built in bf16 (half the memory before quantizing), computed in the run's dtype.
+    model = build_model(family, config, torch.bfloat16 if lora.quantization else dtype, device)
+    result["params"] = sum(p.numel() for p in model.parameters())
+    if lora.quantization:
+        model = quantize(model, family, lora.quantization, device, dtype)
+        result["quantized"] = quantization_report(model)
+    return model
+
+
 def run_case(case: str, args) -> dict[str, Any]:
     """One family × preset, every step above; returns the measurements."""
     import torch
 
+    from deepsynth.data.collate import DataCollator
     from deepsynth.models import tiny
     from deepsynth.models.configs import resolve_config
-    from deepsynth.models.quantization import quantization_report
     from deepsynth.training.feature_cache import CachedFeatureCollator, precompute_image_features
-    from deepsynth.data.collate import DataCollator
     from deepsynth.training.lora_config import get_lora_preset
     from deepsynth.training.targets import apply_lora, resolve_targets
 
@@ -286,35 +300,24 @@ def run_case(case: str, args) -> dict[str, Any]:
                               "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                               "quantization": lora.quantization}
     started = time.perf_counter()
-    # QLoRA: built in bf16 (half the memory before quantizing), computed in the run's dtype.
-    model = build_model(family, config, torch.bfloat16 if lora.quantization else dtype, device)
-    result["params"] = sum(p.numel() for p in model.parameters())
-    if lora.quantization:
-        model = quantize(model, family, lora.quantization, device, dtype)
-        result["quantized"] = quantization_report(model)
-    result["build_seconds"] = round(time.perf_counter() - started, 1)
-    result["rss_after_build_gb"] = round(peak_rss_mib() / 1024, 2)
-
+    model = build_case_model(family, lora, config, dtype, device, result)
+    result.update(build_seconds=round(time.perf_counter() - started, 1), rss_after_build_gb=round(peak_rss_mib() / 1024, 2))
     processor = build_processor(family, tokenizer, args.tiny)
     example, vision_tokens, text_tokens = page_example(processor, family, args.tiny)
     result.update(vision_tokens_per_page=vision_tokens, text_tokens=text_tokens)
     peft_model = apply_lora(model, resolve_targets(model, lora, family))
     result["trainable"] = exact_trainable(family, config, preset, peft_model)
-    cache = precompute_image_features(peft_model, [example])
-    result["vision_encode_seconds"] = round(cache.seconds, 2)
-    batch = CachedFeatureCollator(DataCollator(processor, dtype=dtype))([example])
-    batch = to_device(batch, device)
+    result["vision_encode_seconds"] = round(precompute_image_features(peft_model, [example]).seconds, 2)
+    batch = to_device(CachedFeatureCollator(DataCollator(processor, dtype=dtype))([example]), device)
     result["load_average_before_training"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result.update(train_updates(peft_model, batch, args.updates, device))
     result["peak_rss_training_gb"] = round(peak_rss_mib() / 1024, 2)  # before the merge (a full-precision model)
     with tempfile.TemporaryDirectory(prefix="real-dims-", dir=args.work_dir) as work:
         reloaded, result["reload"] = reload_check(peft_model, batch, Path(work) / "adapter")
         result["export"] = merge_and_export(reloaded, family, lora.quantization, Path(work), args.tiny)
-    result["peak_rss_gb"] = round(peak_rss_mib() / 1024, 2)
     gpu = peak_gpu_mib()
-    result["peak_gpu_gb"] = round(gpu / 1024, 2) if gpu is not None else None
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    result["machine"] = machine()
+    result.update(peak_rss_gb=round(peak_rss_mib() / 1024, 2), peak_gpu_gb=round(gpu / 1024, 2) if gpu is not None else None,
+                  seconds=round(time.perf_counter() - started, 1), machine=machine())
     return result
 
 
