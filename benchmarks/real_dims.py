@@ -158,25 +158,27 @@ def exact_trainable(family: str, config, preset: str, model) -> dict[str, Any]:
             "equal_to_meta": on_model == on_meta}
 
 
-def train_updates(model, batch, updates: int, device: torch.device) -> tuple[list[float], list[float]]:
-    """``updates`` AdamW updates (batch 1): seconds of each and its loss."""
+def train_updates(model, batch, updates: int, device: torch.device) -> dict[str, list[float]]:
+    """``updates`` AdamW updates (batch 1): wall and CPU seconds of each (CPU: all threads of this
+    process, insensitive to waiting for a core on a shared machine) and its loss."""
     import torch
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
-    seconds, losses = [], []
+    seconds, cpu, losses = [], [], []
     for _ in range(updates):
         _sync(device)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
-        seconds.append(time.perf_counter() - started)
-        losses.append(loss.item())
+        seconds.append(round(time.perf_counter() - started, 2))
+        cpu.append(round(time.process_time() - cpu_started, 2))
+        losses.append(round(loss.item(), 4))
     del optimizer
-    return seconds, losses
+    return {"seconds_per_update": seconds, "cpu_seconds_per_update": cpu, "losses": losses}
 
 
 def to_device(value, device: torch.device):
@@ -258,15 +260,30 @@ def merge_and_export(reloaded, family: str, quantization: str | None, folder: Pa
             "export_gb": round(written / 1e9, 2), "export_tensors": tensors, "layout": layout}
 
 
+def build_case_model(family: str, lora, config, dtype, device, result: dict[str, Any]):
+    """The case's base model: random weights, quantized through DeepSynth's QLoRA path when asked."""
+    import torch
+
+    from deepsynth.models.quantization import quantization_report
+
+    # QLoRA: built in bf16 (half the memory before quantizing), computed in the run's dtype.
+    model = build_model(family, config, torch.bfloat16 if lora.quantization else dtype, device)
+    result["params"] = sum(p.numel() for p in model.parameters())
+    if lora.quantization:
+        model = quantize(model, family, lora.quantization, device, dtype)
+        result["quantized"] = quantization_report(model)
+    return model
+
+
 def run_case(case: str, args) -> dict[str, Any]:
     """One family × preset, every step above; returns the measurements."""
     import torch
 
-    from deepsynth.models import tiny
-    from deepsynth.models.resolver import resolve_config
-    from deepsynth.models.quantization import quantization_report
-    from deepsynth.training.feature_cache import CachedFeatureCollator, precompute_image_features
     from deepsynth.data.collate import DataCollator
+    from deepsynth.models import tiny
+    from deepsynth.models.quantization import quantization_report
+    from deepsynth.models.resolver import resolve_config
+    from deepsynth.training.feature_cache import CachedFeatureCollator, precompute_image_features
     from deepsynth.training.lora_config import get_lora_preset
     from deepsynth.training.targets import apply_lora, resolve_targets
 
@@ -284,34 +301,24 @@ def run_case(case: str, args) -> dict[str, Any]:
                               "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                               "quantization": lora.quantization}
     started = time.perf_counter()
-    # QLoRA: built in bf16 (half the memory before quantizing), computed in the run's dtype.
-    model = build_model(family, config, torch.bfloat16 if lora.quantization else dtype, device)
-    result["params"] = sum(p.numel() for p in model.parameters())
-    if lora.quantization:
-        model = quantize(model, family, lora.quantization, device, dtype)
-        result["quantized"] = quantization_report(model)
-    result["build_seconds"] = round(time.perf_counter() - started, 1)
-    result["rss_after_build_gb"] = round(peak_rss_mib() / 1024, 2)
-
+    model = build_case_model(family, lora, config, dtype, device, result)
+    result.update(build_seconds=round(time.perf_counter() - started, 1), rss_after_build_gb=round(peak_rss_mib() / 1024, 2))
     processor = build_processor(family, tokenizer, args.tiny)
     example, vision_tokens, text_tokens = page_example(processor, family, args.tiny)
     result.update(vision_tokens_per_page=vision_tokens, text_tokens=text_tokens)
     peft_model = apply_lora(model, resolve_targets(model, lora, family))
     result["trainable"] = exact_trainable(family, config, preset, peft_model)
-    cache = precompute_image_features(peft_model, [example])
-    result["vision_encode_seconds"] = round(cache.seconds, 2)
-    batch = CachedFeatureCollator(DataCollator(processor, dtype=dtype))([example])
-    batch = to_device(batch, device)
-    seconds, losses = train_updates(peft_model, batch, args.updates, device)
-    result.update(seconds_per_update=[round(s, 2) for s in seconds], losses=[round(x, 4) for x in losses])
+    result["vision_encode_seconds"] = round(precompute_image_features(peft_model, [example]).seconds, 2)
+    batch = to_device(CachedFeatureCollator(DataCollator(processor, dtype=dtype))([example]), device)
+    result["load_average_before_training"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    result.update(train_updates(peft_model, batch, args.updates, device))
+    result["peak_rss_training_gb"] = round(peak_rss_mib() / 1024, 2)  # before the merge (a full-precision model)
     with tempfile.TemporaryDirectory(prefix="real-dims-", dir=args.work_dir) as work:
         reloaded, result["reload"] = reload_check(peft_model, batch, Path(work) / "adapter")
         result["export"] = merge_and_export(reloaded, family, lora.quantization, Path(work), args.tiny)
-    result["peak_rss_gb"] = round(peak_rss_mib() / 1024, 2)
     gpu = peak_gpu_mib()
-    result["peak_gpu_gb"] = round(gpu / 1024, 2) if gpu is not None else None
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    result["machine"] = machine()
+    result.update(peak_rss_gb=round(peak_rss_mib() / 1024, 2), peak_gpu_gb=round(gpu / 1024, 2) if gpu is not None else None,
+                  seconds=round(time.perf_counter() - started, 1), machine=machine())
     return result
 
 
@@ -357,9 +364,9 @@ def run_all(args) -> list[dict[str, Any]]:
     return results
 
 
-HEADER = ("| case | params | vision tokens/page | trainable (= meta count) | s/update | peak RSS GB | "
-          "build s | adapter reload max Δlogits | merge + export s (layout, tensors, GB) | 4-bit share of base |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| case | params | vision tokens/page | trainable (= meta count) | s/update (wall) | CPU-s/update | "
+          "peak RSS GB | build s | adapter reload max Δlogits | merge + export s (layout, tensors, GB) | "
+          "4-bit share of base |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row(r: dict[str, Any]) -> str:
@@ -368,7 +375,7 @@ def row(r: dict[str, Any]) -> str:
     export = r["export"]
     return (f"| {r['case']} | {r['params']:,} | {r['vision_tokens_per_page']} | {trainable['total']:,} "
             f"({'yes' if trainable['equal_to_meta'] else 'NO'}) | {' / '.join(f'{s:.1f}' for s in r['seconds_per_update'])} "
-            f"| {r['peak_rss_gb']:.1f} | {r['build_seconds']:.0f} | {r['reload']['max_abs_logits_diff']:.1e} "
+            f"| {' / '.join(f'{s:.1f}' for s in r.get('cpu_seconds_per_update', []))} | {r['peak_rss_gb']:.1f} | {r['build_seconds']:.0f} | {r['reload']['max_abs_logits_diff']:.1e} "
             f"| {export['merge_seconds'] + export['export_seconds']:.0f} ({export['layout']}, {export['export_tensors']:,}, "
             f"{export['export_gb']}) | {share} |")
 
