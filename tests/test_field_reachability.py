@@ -35,7 +35,7 @@ VALUES: dict[str, Any] = {
     "model_name": "org/some-model", "output_dir": "outputs/elsewhere", "preset": "balanced",
     "scheduler_type": "linear", "lora_bias": "all", "lora_quantization": "8bit", "dtype": "bfloat16",
     "resume_from_checkpoint": "never", "data_path": "docs.jsonl", "eval_data_path": "eval.jsonl",
-    "instruction": "Résume le document.", "hub_model_id": "org/name",
+    "instruction": "Résume le document.", "hub_model_id": "org/name", "task": "transcribe", "image_mode": "gundam",
 }
 BY_KIND: dict[str, Any] = {"int": 3, "float": 0.25, "number": 12.5, "list": ["q_proj", "router"],
                            "dict": {"summary": "target", "text": "document"}}

@@ -55,7 +55,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from deepsynth.training.recommend import recommend
 
     rec = recommend(args.num_samples, model=args.model, calibrate=args.calibrate, num_train_tokens=args.train_tokens,
-                    has_eval_data=not args.no_eval_data, world_size=args.world_size)
+                    has_eval_data=not args.no_eval_data, world_size=args.world_size, image_mode=args.image_mode)
     if args.json:
         _print_json(rec.to_dict())
         return 0
@@ -81,6 +81,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         ("estimated time", "unknown (use --calibrate)" if rec.estimates["estimated_time_minutes"] is None
          else f"{rec.estimates['estimated_time_minutes']:.1f} min"),
     ]
+    if rec.vision_tokens is not None:
+        rows.append((f"vision tokens per page ({rec.vision_tokens['mode']} mode)", rec.vision_tokens["text"]))
     print(_table(rows, ("setting", "value")))
     for warning in rec.warnings:
         print(f"warning: {warning}")
@@ -96,8 +98,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         lora.include_routed_experts = True
     report = count_trainable_params(args.model, lora)
     quantized = _quantized_share(args.model, lora.quantization)
+    pages = _vision_tokens(args.model, args.image_mode)
     if args.json:
-        _print_json({**report.to_dict(), "quantization": quantized})
+        _print_json({**report.to_dict(), "quantization": quantized,
+                     "vision_tokens": pages.to_dict() if pages else None})
         return 0
     targets = report.targets
     print(f"Model {report.model} ({report.family}), preset {args.preset}: rank {lora.rank}, alpha {lora.alpha}\n")
@@ -110,11 +114,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"\nrouter: {targets.router_mode or 'frozen'}")
     if quantized:
         print(f"base weights ({quantized['method']}): {quantized['description']}")
+    if pages is not None:
+        print(f"vision tokens per page ({pages.mode.name} mode): {pages.text()}")
     if targets.unmatched:
         print(f"unmatched (ignored): {', '.join(targets.unmatched)}")
     for warning in targets.warnings:
         print(f"warning: {warning}")
     return 0
+
+
+def _vision_tokens(model: str | None, image_mode: str | None):
+    """Vision tokens per page of ``model`` in ``image_mode`` (None for a text model); no weights are read."""
+    from deepsynth.models.image_modes import mode_for_model, vision_tokens_per_page
+
+    resolved, mode = mode_for_model(model, image_mode)
+    return None if mode is None else vision_tokens_per_page(resolved.family, mode, resolved.config)
 
 
 # --- train: flags generated from TrainerConfig's field metadata ------------------------------------
@@ -223,7 +237,27 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
     rows = [(name, f"{before[name]:.4f}", f"{after[name]:.4f}", f"{after[name] - before[name]:+.4f}") for name in before]
     where = "training samples (no held-out data)" if metrics["eval_on_training_data"] else "held-out samples"
-    return f"Before/after on {metrics['num_eval_samples']} {where}:\n" + _table(rows, ("metric", "base", "adapted", "change"))
+    table = f"Before/after on {metrics['num_eval_samples']} {where}:\n" + _table(
+        rows, ("metric", "base", "adapted", "change"))
+    if metrics.get("text_normalisation"):  # transcription: say how CER and WER compared the texts
+        table += f"\nCER and WER on normalised text: {metrics['text_normalisation']}"
+    return table
+
+
+def _samples_text(samples: Sequence[dict[str, Any]]) -> str:
+    """The shown generations of an evaluation, each with how it ended (an empty one says so)."""
+    lines = [f"First {len(samples)} samples (how each generation ended in brackets):"]
+    for number, sample in enumerate(samples, 1):
+        lines.append(f"{number}. reference: {_short(sample['reference'])}")
+        for key, label in (("before", "base"), ("after", "adapted")):
+            stop = sample.get(f"{key}_stop")
+            lines.append(f"   {label}: {_short(sample[key]) or '(nothing)'}" + (f" [{stop}]" if stop else ""))
+    return "\n".join(lines)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -252,18 +286,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from deepsynth.evaluation.adapter_folder import evaluate_adapter
 
-    metrics = evaluate_adapter(args.adapter, args.data, max_samples=args.max_eval_samples)
+    metrics = evaluate_adapter(args.adapter, args.data, max_samples=args.max_eval_samples, image_mode=args.image_mode,
+                               ignore_case=args.ignore_case, ignore_punctuation=args.ignore_punctuation)
     if args.json:
         _print_json(metrics)
     else:
         print(_metrics_table(metrics))
+        if metrics["samples"]:
+            print("\n" + _samples_text(metrics["samples"]))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from deepsynth.evaluation.adapter_folder import generate_from_adapter
 
-    print(generate_from_adapter(args.adapter, image=args.image, text=args.text, max_new_tokens=args.max_new_tokens))
+    generation = generate_from_adapter(args.adapter, image=args.image, text=args.text,
+                                       max_new_tokens=args.max_new_tokens, image_mode=args.image_mode)
+    if args.json:
+        _print_json(generation.to_dict())
+        return 0
+    if not generation.empty:
+        print(generation)
+    # On stderr, so stdout stays the text alone; an empty generation is never just a blank line.
+    print(f"[{generation.report()}]", file=sys.stderr)
     return 0
 
 
@@ -359,6 +404,7 @@ def _add_recommend(sub: Any) -> None:
                    help="supervised target tokens of the samples (default: assume 90 per sample)")
     p.add_argument("--world-size", type=int, default=1, metavar="N",
                    help="training processes (data-parallel): each sees 1/N of the samples per epoch")
+    _add_image_mode(p, "show vision tokens per page for this resolution mode (default: the model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_recommend)
 
@@ -368,6 +414,7 @@ def _add_inspect(sub: Any) -> None:
     p.add_argument("--model", default=None, help="model name or directory (default: the embedded model)")
     p.add_argument("--preset", required=True, help="preset name (see `deepsynth presets`)")
     p.add_argument("--include-routed-experts", action="store_true", help="also adapt every routed expert")
+    _add_image_mode(p, "show vision tokens per page for this resolution mode (default: the model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
@@ -391,8 +438,19 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
     p.add_argument("--data", default=None, help="data file or folder (default: bundled eval samples)")
     p.add_argument("--max-eval-samples", type=int, default=None)
+    _add_image_mode(p, "read the pages in this resolution mode (default: the adapter's training mode)")
+    p.add_argument("--ignore-case", action=argparse.BooleanOptionalAction, default=None,
+                   help="transcription CER/WER ignore case (default: the adapter's training setting)")
+    p.add_argument("--ignore-punctuation", action=argparse.BooleanOptionalAction, default=None,
+                   help="transcription CER/WER ignore punctuation (default: the adapter's training setting)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eval)
+
+
+def _add_image_mode(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--image-mode", default=None, metavar="NAME",
+                   help=f"{help_text}: tiny, small, base, large, gundam (DeepSeek-OCR); dynamic, base, small "
+                        "(DeepSeek-OCR-2)")
 
 
 def _add_generate(sub: Any) -> None:
@@ -402,6 +460,8 @@ def _add_generate(sub: Any) -> None:
     source.add_argument("--image", help="page image file")
     source.add_argument("--text", help="document text (rendered to a page for OCR models)")
     p.add_argument("--max-new-tokens", type=int, default=None)
+    _add_image_mode(p, "read the page in this resolution mode (default: the adapter's training mode)")
+    p.add_argument("--json", action="store_true", help="the text and how generation ended, as JSON")
     p.set_defaults(func=cmd_generate)
 
 

@@ -97,7 +97,8 @@ def test_evaluation_encodes_with_the_folder_max_length(bare_adapter, tmp_path):
 BAD_SETTINGS = {
     "not JSON": ("{max_length: 5", "training_config.json is not valid JSON"),
     "not an object": ("[1, 2]", "training_config.json holds a JSON list, expected an object"),
-    "invalid value": ('{"max_length": 0}', "training_config.json: max_length: got 0, expected an integer > 0"),
+    "invalid value": ('{"max_length": 0}', r"training_config.json: max_length: got 0, expected null \(sized from "
+                                           r"the data\) or an integer > 0"),
     "wrong kind": ('{"lora_target_modules": "q_proj"}', "lora_target_modules: got 'q_proj', expected a list"),
 }
 

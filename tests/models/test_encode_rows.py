@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from deepsynth.data.collate import (
     build_example,
     build_generation_inputs,
     encode_rows,
+    longest_example,
     row_sources,
 )
 from deepsynth.models import tiny
@@ -62,9 +65,30 @@ def test_a_row_that_cannot_be_encoded_is_named(processor):
         encode_rows(rows, processor, instruction=OCR_INSTRUCTION, max_length=8)
 
 
-def test_a_cut_target_still_warns(processor):
+def test_a_cut_target_still_warns_with_the_numbers(processor):
     rows = load_sample_dataset("eval", max_samples=1)
     prompt_length = build_generation_inputs(processor, rows[0]["image"], OCR_INSTRUCTION)["input_ids"].shape[1]
-    with pytest.warns(UserWarning, match="no EOS is added to a cut target"):
+    target_length = len(processor.tokenizer(rows[0]["summary"], add_special_tokens=False)["input_ids"])
+    with pytest.warns(UserWarning) as caught:
         (example,) = encode_rows(rows, processor, instruction=OCR_INSTRUCTION, max_length=prompt_length + 2)
     assert len(example["input_ids"]) == prompt_length + 2
+    (message,) = [str(warning.message) for warning in caught]
+    # The setting, the sample and its cut, and what the longest example needs: enough to choose max_length.
+    assert f"max_length={prompt_length + 2} cuts the targets of 1 of 1 samples" in message
+    assert f"sample 1: target of {target_length} tokens cut to 2" in message
+    assert f"needs {prompt_length + target_length + 1} tokens: 145 vision + {prompt_length - 145} prompt" in message
+
+
+def test_unset_max_length_sizes_each_example_to_itself(processor):
+    rows = load_sample_dataset("eval", max_samples=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is cut, so nothing warns
+        examples = encode_rows(rows, processor, instruction=OCR_INSTRUCTION, max_length=None)
+    for example, target in zip(examples, rows["summary"]):
+        target_ids = processor.tokenizer(target, add_special_tokens=False)["input_ids"]
+        labelled = example["labels"][example["labels"] != -100].tolist()
+        assert labelled == [*target_ids, processor.tokenizer.eos_token_id]  # the whole target, then EOS
+    longest = longest_example(examples, processor)
+    assert longest["tokens"] == max(len(example["input_ids"]) for example in examples)
+    assert longest["vision"] == 145
+    assert longest["tokens"] == longest["vision"] + longest["prompt"] + longest["target"] + 1

@@ -19,12 +19,16 @@ shorter than the image tokens):
 * if ``max_length`` leaves no room for at least one target token plus EOS after the prompt, a
   ``ValueError`` names ``max_length``, the prompt length and the minimum needed;
 * a target longer than the room left is cut to fill it, **without** EOS: the text does go on, and
-  an EOS after a cut would teach the model to stop mid-sentence. A warning says how much was cut.
+  an EOS after a cut would teach the model to stop mid-sentence. A warning says how much was cut;
+* ``max_length`` None (TrainerConfig's default) sizes each example to itself — page vision tokens +
+  prompt + target + EOS — so nothing is cut.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +46,38 @@ __all__ = [
     "build_prompt",
     "encode_rows",
     "is_multimodal_processor",
+    "longest_example",
+    "task_instruction",
     "row_sources",
 ]
 
 IGNORE_INDEX = -100
 DEFAULT_SUMMARY_INSTRUCTION = "Résume ce document."
+# DeepSeek-OCR's own transcription prompt (after "<image>\n").
 OCR_INSTRUCTION = "Free OCR."
 IMAGE_TOKEN = "<image>"
+#: The instruction each task (TrainerConfig.task) uses when none is given.
+TASK_INSTRUCTIONS = {"summarise": DEFAULT_SUMMARY_INSTRUCTION, "transcribe": OCR_INSTRUCTION}
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "labels")
+# Image-processor settings a processor call would otherwise take from the processor's own defaults.
+_TILE_SETTINGS = ("crop_to_patches", "min_patches", "max_patches")
+# Image inputs only pages cut into tiles have (tiled resolution modes).
+_OPTIONAL_IMAGE_INPUTS = ("pixel_values_local",)
 
 
 def is_multimodal_processor(processor: Any) -> bool:
     """True for an OCR-family processor (it has an image processor), False for a bare tokenizer."""
     return getattr(processor, "image_processor", None) is not None
+
+
+def task_instruction(task: str, instruction: str | None = None) -> str:
+    """``instruction`` when given, else the task's default (:data:`TASK_INSTRUCTIONS`)."""
+    if instruction:
+        return instruction
+    if task not in TASK_INSTRUCTIONS:
+        raise ValueError(f"task: got {task!r}, expected one of {', '.join(TASK_INSTRUCTIONS)}")
+    return TASK_INSTRUCTIONS[task]
 
 
 def _tokenizer(processor: Any) -> Any:
@@ -101,11 +123,10 @@ def _encode_prompt(
     if is_multimodal_processor(processor):
         if isinstance(source, str) and not _is_file(source):
             raise TypeError("build_example: the OCR families need a page image (PIL image or image file), got text")
-        # DeepseekOcr2Processor's call defaults to crop_to_patches=True whatever its image processor
-        # says; pass the image processor's own setting so a no-tiles processor stays no-tiles.
-        image_kwargs = {}
-        if hasattr(processor.image_processor, "crop_to_patches"):
-            image_kwargs["crop_to_patches"] = processor.image_processor.crop_to_patches
+        # DeepseekOcr2Processor's call defaults to crop_to_patches=True, 2-6 tiles, whatever its image
+        # processor says; pass the image processor's own settings (the resolution mode) instead.
+        image_kwargs = {key: getattr(processor.image_processor, key) for key in _TILE_SETTINGS
+                        if getattr(processor.image_processor, key, None) is not None}
         inputs = processor(images=_open_image(source), text=build_prompt(instruction), return_tensors="pt",
                            **image_kwargs)
         ids = inputs["input_ids"][0].tolist()
@@ -129,13 +150,69 @@ def _eos_id(tokenizer: Any) -> int:
     return int(eos)
 
 
+@dataclass
+class _Parts:
+    """One example before it is fitted to ``max_length``: prompt (image tokens included), target, EOS."""
+
+    prompt_ids: list[int]
+    extras: dict[str, Any]
+    target_ids: list[int]
+    eos_id: int
+    image_tokens: int
+
+    @property
+    def full_length(self) -> int:
+        return len(self.prompt_ids) + len(self.target_ids) + 1
+
+    def words(self) -> str:
+        prompt = len(self.prompt_ids) - self.image_tokens
+        vision = f"{self.image_tokens} vision + " if self.image_tokens else ""
+        return f"{self.full_length} tokens: {vision}{prompt} prompt + {len(self.target_ids)} target + 1 EOS"
+
+
+def _parts(processor: Any, source: Any, target: str, instruction: str, use_chat_template: bool | None) -> _Parts:
+    tokenizer = _tokenizer(processor)
+    prompt_ids, extras = _encode_prompt(processor, source, instruction, use_chat_template)
+    eos_id = _eos_id(tokenizer)
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if not target_ids:
+        raise ValueError("build_example: the target is empty; there would be nothing to learn")
+    image_token = getattr(processor, "image_token_id", None)
+    image_tokens = sum(1 for token in prompt_ids if token == image_token) if image_token is not None else 0
+    return _Parts(list(prompt_ids), extras, list(target_ids), eos_id, image_tokens)
+
+
+def _assemble(parts: _Parts, max_length: int | None) -> tuple[dict[str, Any], int]:
+    """The example (cut to ``max_length`` when set) and how many target tokens it keeps."""
+    prompt_length = len(parts.prompt_ids)
+    room = parts.full_length - prompt_length if max_length is None else max_length - prompt_length
+    if room < 2:
+        detail = f" ({parts.image_tokens} image tokens)" if parts.image_tokens else ""
+        raise ValueError(
+            f"max_length={max_length} leaves no room for the target: the prompt takes {prompt_length} tokens"
+            f"{detail}, so max_length must be at least {prompt_length + 2} (prompt + 1 target token + EOS)"
+        )
+    if len(parts.target_ids) + 1 <= room:
+        completion = [*parts.target_ids, parts.eos_id]
+    else:
+        completion = parts.target_ids[:room]  # a cut target gets no EOS: the text does go on
+    input_ids = parts.prompt_ids + completion
+    example: dict[str, Any] = {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
+        "labels": torch.tensor([IGNORE_INDEX] * prompt_length + completion, dtype=torch.long),
+    }
+    example.update(parts.extras)
+    return example, min(len(parts.target_ids), len(completion))
+
+
 def build_example(
     processor: Any,
     image: Image.Image | str | Path,
     target: str,
     *,
     instruction: str = DEFAULT_SUMMARY_INSTRUCTION,
-    max_length: int = 2048,
+    max_length: int | None = 2048,
     use_chat_template: bool | None = None,
 ) -> dict[str, Any]:
     """One training example: ``input_ids``, ``attention_mask``, ``labels`` (1-D) + image inputs.
@@ -146,7 +223,7 @@ def build_example(
         target: what the model should produce (summary or transcription). EOS is appended.
         instruction: :data:`DEFAULT_SUMMARY_INSTRUCTION` for summaries, :data:`OCR_INSTRUCTION` for
             transcription, or any text.
-        max_length: longest sequence, prompt and image tokens included.
+        max_length: longest sequence, prompt and image tokens included; None: as long as the example.
         use_chat_template: text LMs only; None = use the tokenizer's chat template when it has one.
 
     Image inputs (``pixel_values``, ``num_local_patches``…) keep the processor's batch dimension of
@@ -155,39 +232,14 @@ def build_example(
     Raises:
         ValueError: empty target, or ``max_length`` too short for prompt + one target token + EOS.
     """
-    tokenizer = _tokenizer(processor)
-    prompt_ids, extras = _encode_prompt(processor, image, instruction, use_chat_template)
-    eos_id = _eos_id(tokenizer)
-    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-    if not target_ids:
-        raise ValueError("build_example: the target is empty; there would be nothing to learn")
-
-    prompt_length = len(prompt_ids)
-    room = max_length - prompt_length
-    if room < 2:
-        image_tokens = sum(1 for token in prompt_ids if token == getattr(processor, "image_token_id", None))
-        detail = f" ({image_tokens} image tokens)" if image_tokens else ""
-        raise ValueError(
-            f"max_length={max_length} leaves no room for the target: the prompt takes {prompt_length} tokens"
-            f"{detail}, so max_length must be at least {prompt_length + 2} (prompt + 1 target token + EOS)"
-        )
-    if len(target_ids) + 1 <= room:
-        completion = [*target_ids, eos_id]
-    else:
-        completion = target_ids[:room]
+    parts = _parts(processor, image, target, instruction, use_chat_template)
+    example, kept = _assemble(parts, max_length)
+    if kept < len(parts.target_ids):
         warnings.warn(
-            f"build_example: target of {len(target_ids)} tokens cut to {room} to fit max_length={max_length} "
-            f"(prompt {prompt_length} tokens); no EOS is added to a cut target",
+            f"build_example: target of {len(parts.target_ids)} tokens cut to {kept} to fit max_length={max_length} "
+            f"(prompt {len(parts.prompt_ids)} tokens); no EOS is added to a cut target",
             stacklevel=2,
         )
-
-    input_ids = prompt_ids + completion
-    example: dict[str, Any] = {
-        "input_ids": torch.tensor(input_ids, dtype=torch.long),
-        "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
-        "labels": torch.tensor([IGNORE_INDEX] * prompt_length + completion, dtype=torch.long),
-    }
-    example.update(extras)
     return example
 
 
@@ -210,20 +262,48 @@ def row_sources(rows: Any, processor: Any) -> list[Any]:
     return _column(rows, "image" if is_multimodal_processor(processor) else "text")
 
 
-def encode_rows(rows: Any, processor: Any, *, instruction: str, max_length: int) -> list[dict[str, Any]]:
+def encode_rows(rows: Any, processor: Any, *, instruction: str, max_length: int | None) -> list[dict[str, Any]]:
     """Each row (``text``/``image``/``summary``) as a :func:`build_example` with its ``summary`` as target.
 
     ``rows`` is a ``datasets.Dataset`` or a list of dicts. This is the one place rows become
-    examples, for training, evaluation and calibration alike. A cut target warns as in
-    :func:`build_example`; a row that cannot be encoded raises :class:`RowEncodingError` naming it.
+    examples, for training, evaluation and calibration alike. ``max_length`` None sizes every example
+    to itself (page vision tokens + prompt + target + EOS): nothing is cut. A set ``max_length`` that
+    cuts targets warns once, with the numbers; a row that cannot be encoded raises
+    :class:`RowEncodingError` naming it.
     """
-    examples = []
+    examples, cuts, longest = [], [], None
     for index, (source, target) in enumerate(zip(row_sources(rows, processor), _column(rows, "summary"))):
         try:
-            examples.append(build_example(processor, source, target, instruction=instruction, max_length=max_length))
+            parts = _parts(processor, source, target, instruction, None)
+            example, kept = _assemble(parts, max_length)
         except ValueError as error:
             raise RowEncodingError(index + 1, error) from None
+        examples.append(example)
+        if longest is None or parts.full_length > longest.full_length:
+            longest = parts
+        if kept < len(parts.target_ids):
+            cuts.append(f"sample {index + 1}: target of {len(parts.target_ids)} tokens cut to {kept}")
+    if cuts:
+        warnings.warn(
+            f"max_length={max_length} cuts the targets of {len(cuts)} of {len(examples)} samples "
+            f"({'; '.join(cuts[:3])}{'; …' if len(cuts) > 3 else ''}); the longest example needs {longest.words()}; "
+            "a cut target is learned without its end (no EOS). Leave max_length unset to size it from the data",
+            stacklevel=2,
+        )
     return examples
+
+
+def longest_example(examples: Sequence[dict[str, Any]], processor: Any) -> dict[str, int]:
+    """The longest of ``examples`` in tokens, and its parts: ``vision``, ``prompt``, ``target`` (EOS not counted)."""
+    if not examples:
+        return {"tokens": 0, "vision": 0, "prompt": 0, "target": 0}
+    example = max(examples, key=lambda item: len(item["input_ids"]))
+    image_token = getattr(processor, "image_token_id", None)
+    vision = int((example["input_ids"] == image_token).sum()) if image_token is not None else 0
+    labelled = int((example["labels"] != IGNORE_INDEX).sum())
+    eos = int(example["labels"][-1] == _tokenizer(processor).eos_token_id)
+    total = len(example["input_ids"])
+    return {"tokens": total, "vision": vision, "prompt": total - labelled - vision, "target": labelled - eos}
 
 
 def _cast_floats(values: dict[str, Any], dtype: torch.dtype | None) -> dict[str, Any]:
@@ -295,10 +375,14 @@ class DataCollator:
                 sequence = torch.as_tensor(feature[key], dtype=torch.long)
                 padded[row, : len(sequence)] = sequence
             batch[key] = padded
-        for key in features[0]:
+        keys = dict.fromkeys(key for feature in features for key in feature)
+        for key in keys:
             if key in fill:
                 continue
-            values = [feature[key] for feature in features]
+            if key in _OPTIONAL_IMAGE_INPUTS:  # a page with no tiles adds none (num_local_patches says 0)
+                values = [feature[key] for feature in features if feature.get(key) is not None]
+            else:
+                values = [feature.get(key) for feature in features]
             if any(value is None for value in values):
                 raise ValueError(f"DataCollator: {key!r} is missing from some examples")
             if isinstance(values[0], torch.Tensor):

@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["render_document", "FONT_PATH"]
+__all__ = ["render_document", "visible_text", "FONT_PATH"]
 
 # Pillow's built-in bitmap font has no accented glyphs (é, à, ç would come out as
 # boxes), and system fonts differ between machines. matplotlib ships DejaVu Sans,
@@ -115,16 +115,38 @@ def render_document(
     page = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(page)
     font = _font(font_size)
-    line_height = round(font_size * _LINE_SPACING)
-    ascent, descent = font.getmetrics()
-
-    y = margin
-    for line in _wrapped_lines(text, width=width, font_size=font_size, margin=margin):
-        # Stop before a line whose glyphs would cross the bottom margin: a
-        # half-drawn line is worse for OCR than a cleanly missing one.
-        if y + ascent + descent > height - margin:
-            break
+    for y, line, _ in _page_lines(text, width=width, height=height, font_size=font_size, margin=margin):
         if line:
             draw.text((margin, y), line, font=font, fill="black")
-        y += line_height
     return page
+
+
+def _page_lines(text: str, *, width: int, height: int, font_size: int, margin: int) -> Iterator[tuple[int, str, int]]:
+    """(y, line, paragraph number) of every line that fits on the page, top to bottom."""
+    font = _font(font_size)
+    line_height = round(font_size * _LINE_SPACING)
+    ascent, descent = font.getmetrics()
+    y = margin
+    max_width = width - 2 * margin
+    normalized = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
+    for number, paragraph in enumerate(normalized.split("\n")):
+        for line in _wrap_paragraph(paragraph, font, max_width):
+            # Stop before a line whose glyphs would cross the bottom margin: a
+            # half-drawn line is worse for OCR than a cleanly missing one.
+            if y + ascent + descent > height - margin:
+                return
+            yield y, line, number
+            y += line_height
+
+
+def visible_text(text: str, *, width: int = 640, height: int | None = None, font_size: int = 20,
+                 margin: int = 24) -> str:
+    """The part of ``text`` that :func:`render_document` draws with the same arguments: its transcription.
+
+    Lines of one paragraph are joined with a space, paragraphs with a newline (blank lines kept), and
+    a text cut at the bottom of the page ends with its last drawn line.
+    """
+    paragraphs: dict[int, list[str]] = {}
+    for _, line, number in _page_lines(text, width=width, height=height or width, font_size=font_size, margin=margin):
+        paragraphs.setdefault(number, []).append(line)
+    return "\n".join(" ".join(part for part in lines if part) for lines in paragraphs.values())

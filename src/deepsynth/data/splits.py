@@ -15,6 +15,7 @@ from typing import Any
 import datasets
 
 from deepsynth.data.loading import DataError, load_documents, load_sample_dataset
+from deepsynth.data.transcription import load_transcription_samples
 from deepsynth.errors import ConfigError
 
 #: Where the eval rows of a run come from.
@@ -74,21 +75,23 @@ def load_splits(
     max_eval_samples: int | None = None,
     holdout_samples: int | None = None,
     seed: int = 42,
+    samples: str = "summarise",
 ) -> PreparedData:
     """Load and validate a run's training and eval rows (DataError / ConfigError before anything runs).
 
-    ``source`` None: the bundled French samples (their train / eval splits). Otherwise the eval rows
+    ``source`` None: the bundled French samples (their train / eval splits): the documents and their
+    summaries, or with ``samples="transcribe"`` their rendered pages and the pages' text. Otherwise the eval rows
     are, in order: ``eval_source``; the source's rows with ``split == "eval"`` (not looked for in a
     ``datasets.Dataset`` given directly); ``holdout_samples`` training rows drawn with ``seed``
     (:func:`split_holdout`); or, with ``holdout_samples`` None, the training rows themselves
     (``eval_on_training_data``).
     """
     if source is None:
-        train = load_sample_dataset("train", max_samples=max_train_samples)
+        bundled = load_transcription_samples if samples == "transcribe" else load_sample_dataset
+        train = bundled("train", max_samples=max_train_samples)
         if eval_source is not None:
             return PreparedData(train, _load(eval_source, column_mapping, None, max_eval_samples), False)
-        return PreparedData(train, load_sample_dataset("eval", max_samples=max_eval_samples), False,
-                            eval_from=EVAL_SPLIT)
+        return PreparedData(train, bundled("eval", max_samples=max_eval_samples), False, eval_from=EVAL_SPLIT)
     train = _load(source, column_mapping, "train", max_train_samples)
     if eval_source is not None:
         return PreparedData(train, _load(eval_source, column_mapping, None, max_eval_samples), False)

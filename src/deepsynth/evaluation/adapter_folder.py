@@ -1,8 +1,8 @@
 """A saved adapter folder read back: its run's settings as a ``TrainerConfig``; evaluate, generate, export.
 
 :func:`read_adapter_settings` is the one reader of a folder's ``training_config.json``; everything
-that needs the run's settings (base model, dtype, instruction, max_length, generation limits,
-column mapping) takes them from the ``TrainerConfig`` it returns, so every default is
+that needs the run's settings (base model, dtype, task, instruction, resolution mode, max_length,
+generation limits, column mapping) takes them from the ``TrainerConfig`` it returns, so every default is
 ``TrainerConfig``'s own.
 
 Folders written by earlier DeepSynth versions still load:
@@ -14,8 +14,11 @@ Folders written by earlier DeepSynth versions still load:
   (true, before the feature cache) and ``holdout_samples`` (null, before the tiny-data guards): all
   three are training-only, so evaluation and generation are unchanged;
 * a folder with no ``training_config.json`` at all (a bare PEFT adapter) takes every default: the
-  embedded base model, automatic dtype, the summary instruction, ``max_length`` 512,
-  ``max_new_tokens`` 96, ``no_repeat_ngram_size`` 6. A warning says so.
+  embedded base model, automatic dtype, the summary task and instruction, ``max_length`` sized from
+  the data, the model's default resolution mode, ``max_new_tokens`` 96, ``no_repeat_ngram_size`` 6.
+  A warning says so. Folders written before ``task``, ``image_mode`` and a null ``max_length``
+  existed summarise, read pages in the model's default mode (what they were trained in) and keep
+  their saved ``max_length``.
 
 A folder that is not an adapter folder, or a settings file that cannot be read, is one
 :class:`AdapterFolderError` (a ``ValueError``: exit code 2 from the CLI) naming the folder or file.
@@ -32,15 +35,19 @@ from typing import Any
 
 from peft import PeftModel
 
-from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, encode_rows, row_sources
-from deepsynth.evaluation.compare import evaluate_model, generate_text
+from deepsynth.data.collate import encode_rows, row_sources, task_instruction
+from deepsynth.evaluation.compare import Generation, evaluate_model, generate_text, sample_record
+from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, attach_adapter
+from deepsynth.models.image_modes import mode_for_model, mode_of_resolved
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
 
 LOGGER = logging.getLogger("deepsynth")
 # Written by the trainer beside the PEFT adapter (TrainerConfig.save: never the Hub token).
 TRAINING_CONFIG_FILE = "training_config.json"
+# Generations kept (with how each ended) in an evaluation's result, as in the trainer's metrics.json.
+SHOWN_SAMPLES = 3
 _IGNORED_REASON = "not a setting of this DeepSynth version (the folder was written by another version)"
 
 
@@ -125,24 +132,41 @@ AS_TRAINED = "as-trained"
 
 def load_adapted_model(
     adapter_dir: str | Path, *, model_name: str | None = None, device: str | None = None,
-    settings: TrainerConfig | None = None, quantization: str | None = AS_TRAINED,
+    settings: TrainerConfig | None = None, quantization: str | None = AS_TRAINED, image_mode: str | None = None,
 ) -> AdaptedModel:
     """Base model (from the run's settings, or ``model_name``) with the adapter in ``adapter_dir`` applied.
 
     ``settings``: the folder's settings when the caller has already read them. ``quantization``: by
     default the base is loaded as the run trained on it (``lora_quantization``: 4/8-bit for QLoRA
-    presets); ``None`` loads it in full precision, ``"4bit"`` / ``"8bit"`` quantized.
+    presets); ``None`` loads it in full precision, ``"4bit"`` / ``"8bit"`` quantized. Pages are read
+    in the resolution mode the adapter was trained in (``image_mode`` of its settings); ``image_mode``
+    overrides it, with a warning when it differs from the training mode.
     """
     settings = settings if settings is not None else read_adapter_settings(adapter_dir)
     base = model_name if model_name is not None else settings.model_name
     if quantization == AS_TRAINED:
         quantization = settings.lora_quantization
-    loaded = load_model_and_processor(base, dtype=settings.dtype, device=device, quantization=quantization)
+    if image_mode is not None:
+        _warn_if_other_mode(base, image_mode, settings.image_mode, adapter_dir)
+    mode = image_mode if image_mode is not None else settings.image_mode
+    loaded = load_model_and_processor(base, dtype=settings.dtype, device=device, quantization=quantization,
+                                      image_mode=mode)
     return AdaptedModel(attach_adapter(loaded.model, adapter_dir), loaded, settings)
 
 
+def _warn_if_other_mode(base: str | None, override: str, trained: str | None, adapter_dir: str | Path) -> None:
+    """Warn when ``override`` is not the mode the adapter was trained in (both resolved for the base model)."""
+    resolved, wanted = mode_for_model(base, override)  # raises ConfigError for a mode the family lacks
+    used = mode_of_resolved(resolved, trained)
+    if wanted is None or used is None or (wanted.name, wanted.global_size) == (used.name, used.global_size):
+        return
+    LOGGER.warning("image_mode: reading pages in mode %r (%s), but the adapter in %s was trained in mode %r (%s); "
+                   "a resolution other than training's usually costs quality (leave --image-mode out to reuse the "
+                   "training mode)", wanted.name, wanted.views(), adapter_dir, used.name, used.views())
+
+
 def _instruction(settings: TrainerConfig) -> str:
-    return settings.instruction or DEFAULT_SUMMARY_INSTRUCTION  # None: the summary instruction, as in training
+    return task_instruction(settings.task, settings.instruction)  # None: the task's instruction, as in training
 
 
 def _open_page(image: str | Path) -> Any:
@@ -155,41 +179,66 @@ def _open_page(image: str | Path) -> Any:
         raise ValueError(f"generate: image {image}: not a readable image file ({error})") from None
 
 
-def evaluate_adapter(
-    adapter_dir: str | Path, data: str | Path | None = None, *, max_samples: int | None = None
-) -> dict[str, Any]:
-    """Before/after metrics of the adapter in ``adapter_dir`` on ``data`` (default: bundled eval samples)."""
+def _eval_rows(settings: TrainerConfig, data: str | Path | None, max_samples: int | None) -> Any:
     from deepsynth.data import load_documents, load_sample_dataset
+    from deepsynth.data.transcription import load_transcription_samples
 
+    if data is None:  # the bundled eval samples of the adapter's task
+        bundled = load_transcription_samples if settings.task == "transcribe" else load_sample_dataset
+        return bundled("eval", max_samples=max_samples)
+    return load_documents(data, column_mapping=settings.column_mapping, max_samples=max_samples)
+
+
+def evaluate_adapter(
+    adapter_dir: str | Path, data: str | Path | None = None, *, max_samples: int | None = None,
+    image_mode: str | None = None, ignore_case: bool | None = None, ignore_punctuation: bool | None = None,
+) -> dict[str, Any]:
+    """Before/after metrics of the adapter in ``adapter_dir`` on ``data`` (default: bundled eval samples).
+
+    The adapter's task decides the metrics and the default data; ``image_mode`` overrides the training
+    mode (with a warning); ``ignore_case`` / ``ignore_punctuation`` (None: the run's settings) relax
+    transcription scores. ``samples`` holds the first few generations and how each ended.
+    """
     settings = read_adapter_settings(adapter_dir)
     # The data is checked before the model loads: a bad file fails in a second, not after a minute.
-    rows = load_sample_dataset("eval", max_samples=max_samples) if data is None else load_documents(
-        data, column_mapping=settings.column_mapping, max_samples=max_samples)
-    adapted = load_adapted_model(adapter_dir, settings=settings)
+    rows = _eval_rows(settings, data, max_samples)
+    adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
     processor, instruction = adapted.loaded.processor, _instruction(settings)
     examples = encode_rows(rows, processor, instruction=instruction, max_length=settings.max_length)
+    options = {"ignore_case": settings.metric_ignore_case if ignore_case is None else ignore_case,
+               "ignore_punctuation": settings.metric_ignore_punctuation if ignore_punctuation is None
+               else ignore_punctuation}
     kwargs = dict(sources=row_sources(rows, processor), references=list(rows["summary"]), instruction=instruction,
-                  max_new_tokens=settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size)
-    before, _ = evaluate_model(adapted.model, processor, examples, adapter_disabled=True, **kwargs)
-    after, _ = evaluate_model(adapted.model, processor, examples, **kwargs)
-    return {"num_eval_samples": len(rows), "eval_on_training_data": False,
-            "eval": {"before": before, "after": after}}
+                  max_new_tokens=settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size,
+                  task=settings.task, **options)
+    before, predictions_before = evaluate_model(adapted.model, processor, examples, adapter_disabled=True, **kwargs)
+    after, predictions_after = evaluate_model(adapted.model, processor, examples, **kwargs)
+    mode = adapted.loaded.image_mode
+    result = {"num_eval_samples": len(rows), "eval_on_training_data": False, "task": settings.task,
+              "image_mode": None if mode is None else mode.name, "eval": {"before": before, "after": after},
+              "samples": [sample_record(*texts) for texts in
+                          list(zip(rows["summary"], predictions_before, predictions_after))[:SHOWN_SAMPLES]]}
+    if settings.task == "transcribe":
+        result["text_normalisation"] = normalisation_words(**options)
+    return result
 
 
 def generate_from_adapter(
     adapter_dir: str | Path, *, image: str | Path | None = None, text: str | None = None,
-    max_new_tokens: int | None = None,
-) -> str:
+    max_new_tokens: int | None = None, image_mode: str | None = None,
+) -> Generation:
     """Generate with the adapter in ``adapter_dir`` from a page image or a text.
 
-    OCR-family models read pages: a text is rendered to a page first, as in training.
+    OCR-family models read pages: a text is rendered to a page first, as in training, and read in the
+    training mode unless ``image_mode`` overrides it (with a warning when it differs). The result is
+    a :class:`~deepsynth.evaluation.compare.Generation`: the text, and how generation ended.
     """
     from deepsynth.data import render_document
 
     if (image is None) == (text is None):
         raise ValueError("generate: give exactly one of image or text")
     page = _open_page(image) if image is not None else None  # a bad file fails before the model loads
-    adapted = load_adapted_model(adapter_dir)
+    adapted = load_adapted_model(adapter_dir, image_mode=image_mode)
     settings = adapted.settings
     if adapted.loaded.is_multimodal:
         source = page if page is not None else render_document(text)

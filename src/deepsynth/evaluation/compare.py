@@ -3,6 +3,10 @@
 The same function scores the base model (adapter disabled) and the adapted one on the same
 samples, which is what the before/after table in ``metrics.json`` compares. A saved adapter
 folder is scored through ``deepsynth.evaluation.adapter_folder.evaluate_adapter``.
+
+Every generation says how it ended (:class:`Generation`): at the model's EOS, at ``max_new_tokens``,
+or at an EOS the repetition guard forced (``no_repeat_ngram_size`` banned the model's first choice),
+and whether it came out empty — an empty line alone tells a user nothing.
 """
 
 from __future__ import annotations
@@ -12,15 +16,91 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from transformers import NoRepeatNGramLogitsProcessor
 
 from deepsynth.data.collate import DataCollator, build_generation_inputs
-from deepsynth.evaluation.metrics import text_metrics
+from deepsynth.evaluation.metrics import TASK_METRICS, task_metrics
 
-METRIC_NAMES = ("loss", "rouge1", "rouge2", "rougeL", "cer", "loop_rate")
+# The summaries' table (the README's main job); a transcription's is ("loss", *TASK_METRICS["transcribe"]).
+METRIC_NAMES = ("loss", *TASK_METRICS["summarise"])
+
+#: Why a generation stopped.
+EOS, MAX_NEW_TOKENS, REPETITION_GUARD = "eos", "max_new_tokens", "repetition_guard"
+
+
+class Generation(str):
+    """Generated text — a ``str``, so callers that print or compare it keep working — that says how it ended.
+
+    ``stop_reason``: ``eos`` (the model ended the text), ``max_new_tokens`` (cut at the limit) or
+    ``repetition_guard`` (the guard banned the model's choice and it then ended the text).
+    ``new_tokens``: tokens generated, EOS included. ``blocked_repeats``: steps at which the
+    repetition guard replaced the model's first choice.
+    """
+
+    stop_reason: str
+    new_tokens: int
+    blocked_repeats: int
+    no_repeat_ngram_size: int
+
+    def __new__(cls, text: str, *, stop_reason: str, new_tokens: int, blocked_repeats: int = 0,
+                no_repeat_ngram_size: int = 0) -> Generation:
+        generation = super().__new__(cls, text)
+        generation.stop_reason = stop_reason
+        generation.new_tokens = new_tokens
+        generation.blocked_repeats = blocked_repeats
+        generation.no_repeat_ngram_size = no_repeat_ngram_size
+        return generation
+
+    @property
+    def empty(self) -> bool:
+        return not self.strip()
+
+    def report(self) -> str:
+        """How the generation ended, in one line (printed by ``generate`` and ``eval``)."""
+        guard = f"the repetition guard (no_repeat_ngram_size={self.no_repeat_ngram_size})"
+        if self.stop_reason == MAX_NEW_TOKENS:
+            why = f"stopped at max_new_tokens ({self.new_tokens} tokens): the text may go on; raise --max-new-tokens"
+        elif self.stop_reason == REPETITION_GUARD:
+            why = (f"stopped by {guard}: it banned a repeat and the model then ended the text "
+                   f"(EOS after {self.new_tokens - 1} tokens)")
+        elif self.new_tokens <= 1:
+            why = "the model ended the text at once (EOS as its first token)"
+        else:
+            why = f"ended by the model (EOS after {self.new_tokens - 1} tokens)"
+        if self.blocked_repeats and self.stop_reason != REPETITION_GUARD:
+            why += f"; {guard} blocked {self.blocked_repeats} repeat(s) on the way"
+        return f"empty generation: {why}" if self.empty else why
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": str(self), "stop_reason": self.stop_reason, "new_tokens": self.new_tokens,
+                "blocked_repeats": self.blocked_repeats, "empty": self.empty, "report": self.report()}
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _blocked_steps(sequences: torch.Tensor, prompt_length: int, logits: Sequence[torch.Tensor],
+                   no_repeat_ngram_size: int) -> list[int]:
+    """Steps at which the repetition guard replaced the model's greedy choice.
+
+    Greedy decoding picks the top raw logit unless a logits processor banned it; here the ban is
+    checked by running transformers' own NoRepeatNGramLogitsProcessor on the same prefix.
+    """
+    if not no_repeat_ngram_size:
+        return []
+    guard = NoRepeatNGramLogitsProcessor(no_repeat_ngram_size)
+    blocked = []
+    for step, step_logits in enumerate(logits):
+        chosen = int(sequences[0, prompt_length + step])
+        first_choice = int(step_logits[0].argmax())
+        if first_choice == chosen:
+            continue
+        prefix = sequences[:, : prompt_length + step]
+        banned = guard(prefix, step_logits.clone().float())[0, first_choice]
+        if torch.isinf(banned) and banned < 0:
+            blocked.append(step)
+    return blocked
 
 
 @torch.no_grad()
@@ -32,8 +112,11 @@ def generate_text(
     instruction: str,
     max_new_tokens: int,
     no_repeat_ngram_size: int,
-) -> str:
-    """Greedy generation for one page (OCR families) or text (causal LMs), with the repetition guard."""
+) -> Generation:
+    """Greedy generation for one page (OCR families) or text (causal LMs), with the repetition guard.
+
+    Returns a :class:`Generation`: the text (a ``str``) and how generation ended.
+    """
     tokenizer = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
     inputs = _to_device(build_generation_inputs(processor, source, instruction, dtype=model.dtype), device)
@@ -44,9 +127,22 @@ def generate_text(
         no_repeat_ngram_size=no_repeat_ngram_size or None,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        return_dict_in_generate=True,
+        output_logits=True,
     )
-    new_tokens = output[0, inputs["input_ids"].shape[1]:]
-    return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    prompt_length = inputs["input_ids"].shape[1]
+    new_tokens = output.sequences[0, prompt_length:]
+    ended = len(new_tokens) > 0 and int(new_tokens[-1]) == tokenizer.eos_token_id
+    blocked = _blocked_steps(output.sequences, prompt_length, output.logits, no_repeat_ngram_size)
+    if not ended:
+        reason = MAX_NEW_TOKENS
+    elif blocked and blocked[-1] == len(new_tokens) - 1:
+        reason = REPETITION_GUARD  # the EOS itself came from the guard's ban of the model's choice
+    else:
+        reason = EOS
+    text = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    return Generation(text, stop_reason=reason, new_tokens=len(new_tokens), blocked_repeats=len(blocked),
+                      no_repeat_ngram_size=no_repeat_ngram_size)
 
 
 @torch.no_grad()
@@ -61,10 +157,15 @@ def evaluate_model(
     max_new_tokens: int,
     no_repeat_ngram_size: int,
     adapter_disabled: bool = False,
-) -> tuple[dict[str, float], list[str]]:
-    """Mean loss over ``examples`` and text metrics of generations from ``sources`` vs ``references``.
+    task: str = "summarise",
+    ignore_case: bool = False,
+    ignore_punctuation: bool = False,
+) -> tuple[dict[str, float], list[Generation]]:
+    """Mean loss over ``examples`` and ``task``'s text metrics of generations from ``sources`` vs ``references``.
 
-    With ``adapter_disabled`` a PEFT model is scored as its base model. Returns (metrics, predictions).
+    With ``adapter_disabled`` a PEFT model is scored as its base model. ``ignore_case`` /
+    ``ignore_punctuation``: transcription scores only (deepsynth.evaluation.metrics). Returns
+    (metrics, predictions), each prediction a :class:`Generation`.
     """
     was_training = model.training
     model.eval()
@@ -81,5 +182,14 @@ def evaluate_model(
             ]
     finally:
         model.train(was_training)
-    metrics = {"loss": sum(losses) / len(losses), **text_metrics(predictions, references)}
-    return metrics, predictions
+    scores = task_metrics(task, predictions, references, ignore_case=ignore_case, ignore_punctuation=ignore_punctuation)
+    return {"loss": sum(losses) / len(losses), **scores}, predictions
+
+
+def sample_record(reference: str, before: str, after: str) -> dict[str, Any]:
+    """One shown sample of ``metrics.json``: the texts, and how each generation ended when it says so."""
+    record: dict[str, Any] = {"reference": reference, "before": str(before), "after": str(after)}
+    for key, generation in (("before", before), ("after", after)):
+        if isinstance(generation, Generation):
+            record[f"{key}_stop"] = generation.report()
+    return record

@@ -17,7 +17,6 @@ places the model and freezes the vision side.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,20 @@ from transformers import (
     PreTrainedTokenizerBase,
     UnlimitedOcrProcessor,
 )
-from transformers.image_utils import SizeDict
-from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
+from transformers.image_utils import SizeDict, get_image_size
+from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import (
+    DeepseekOcr2ImageProcessorPil,
+    get_optimal_tiled_canvas,
+)
 
 from deepsynth.models import tiny
-from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR2, family_names
+from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR, DEEPSEEK_OCR2, family_names
+from deepsynth.models.image_modes import (
+    ImageMode,
+    checkpoint_settings,
+    get_mode,
+    mode_of_resolved,
+)
 from deepsynth.models.resolver import ResolvedConfig, resolve_config
 from deepsynth.models.tiny import EMBEDDED_MODEL_NAME
 from deepsynth.paths import looks_like_local_path
@@ -43,7 +51,8 @@ from deepsynth.paths import looks_like_local_path
 __all__ = [
     "LoadedModel",
     "ModelLoadError",
-    "UnlimitedOcrGlobalViewImageProcessor",
+    "UnlimitedOcrPilImageProcessor",
+    "apply_image_mode",
     "build_deepseek_ocr_processor",
     "choose_experts_implementation",
     "freeze_vision_modules",
@@ -51,13 +60,14 @@ __all__ = [
     "load_tokenizer",
     "resolve_device",
     "resolve_dtype",
+    "resolve_image_mode",
 ]
 
 logger = logging.getLogger(__name__)
 
-# DeepSeek-OCR v1 processing defaults (shared/reference/deepseek-ocr/processor_config.json):
-# "Base" mode, one 1024 px global view = 16×16 vision tokens + 16 row newlines + 1 separator.
-_V1_DEFAULTS = {"image_size": 1024, "patch_size": 16, "downsample_ratio": 4, "mean": [0.5] * 3, "std": [0.5] * 3}
+# DeepSeek-OCR v1 processing defaults (shared/reference/deepseek-ocr/processor_config.json); the views
+# come from the mode (deepsynth.models.image_modes: Base, 1024 px, unless the checkpoint says otherwise).
+_V1_DEFAULTS = {"patch_size": 16, "downsample_ratio": 4, "mean": [0.5] * 3, "std": [0.5] * 3}
 
 _DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -97,6 +107,8 @@ class LoadedModel:
     family: str
     name: str
     loading_info: dict[str, list[str]] = field(default_factory=dict)
+    # The resolution mode the processor reads pages in (None for text models).
+    image_mode: ImageMode | None = None
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -185,16 +197,17 @@ def freeze_vision_modules(model: torch.nn.Module, family: str) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-class UnlimitedOcrGlobalViewImageProcessor(DeepseekOcr2ImageProcessorPil):
-    """DeepSeek-OCR v1's single global view, with Pillow instead of torchvision.
+class UnlimitedOcrPilImageProcessor(DeepseekOcr2ImageProcessorPil):
+    """DeepSeek-OCR v1's views (every mode, Gundam tiles included), with Pillow instead of torchvision.
 
     transformers' ``UnlimitedOcrImageProcessor`` only has a torchvision backend, and torchvision is
     not a dependency of DeepSynth (its PyPI wheels are CUDA builds that do not import against the
-    CPU torch). This reuses DeepSeek-OCR-2's Pillow processor, whose global view is the same
-    operation, and adds what ``UnlimitedOcrProcessor`` reads: ``patches_grid`` (always 1×1: no
-    local tiles, i.e. DeepSeek-OCR's Tiny/Small/Base/Large modes, not Gundam). As upstream, views of
-    at most ``maximum_pad_value`` px are resized to a square directly, larger ones keep their aspect
-    ratio and are padded.
+    CPU torch). DeepSeek-OCR-2's Pillow processor performs the same operations — the global view,
+    and tiles cut from the grid closest to the page's aspect ratio (the same transformers function) —
+    so this reuses it and adds what ``UnlimitedOcrProcessor`` reads: ``patches_grid`` (columns, rows
+    of tiles; 1×1 without tiles) and ``num_local_patches`` as a list. As upstream, a view of at most
+    ``maximum_pad_value`` px with no tiles is resized to a square directly; larger ones keep their
+    aspect ratio and are padded.
     """
 
     model_input_names = ["pixel_values", "num_local_patches", "patches_grid"]
@@ -202,45 +215,58 @@ class UnlimitedOcrGlobalViewImageProcessor(DeepseekOcr2ImageProcessorPil):
 
     def _preprocess(self, images, size: SizeDict, resample, *args, **kwargs):  # type: ignore[override]
         target = max(size.height, size.width)
-        if target <= self.maximum_pad_value:
-            images = [self.resize(image, SizeDict(height=target, width=target), resample=resample) for image in images]
-        kwargs["crop_to_patches"] = False  # tiles need the torchvision processor
-        kwargs["tile_size"] = target  # without tiles, the parent resizes the global view to tile_size
+        crop = bool(kwargs.get("crop_to_patches", self.crop_to_patches))
+        tile_size = int(kwargs.get("tile_size") or self.tile_size)
+        if not crop:
+            if target <= self.maximum_pad_value:
+                images = [self.resize(image, SizeDict(height=target, width=target), resample=resample)
+                          for image in images]
+            kwargs["tile_size"] = target  # without tiles, the parent resizes the global view to tile_size
+        grids = [self._grid(image, crop, tile_size, kwargs) for image in images]
         outputs = super()._preprocess(images, size, resample, *args, **kwargs)
-        outputs["patches_grid"] = [[1, 1] for _ in images]
+        outputs["patches_grid"] = grids
+        outputs["num_local_patches"] = [int(n) for n in outputs["num_local_patches"]]
         return outputs
 
+    def _grid(self, image, crop: bool, tile_size: int, kwargs: dict) -> list[int]:
+        height, width = get_image_size(image)
+        if not crop or max(height, width) <= tile_size:
+            return [1, 1]
+        columns, rows = get_optimal_tiled_canvas(
+            (height, width), (tile_size, tile_size), int(kwargs.get("min_patches") or self.min_patches),
+            int(kwargs.get("max_patches") or self.max_patches))
+        return [columns, rows]
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+
+# The name of this class before it read every mode (a processor saved by an earlier version names it).
+UnlimitedOcrGlobalViewImageProcessor = UnlimitedOcrPilImageProcessor
+
+
+def apply_image_mode(processor: Any, mode: ImageMode) -> Any:
+    """Set ``processor``'s image processor to read pages in ``mode`` (sizes already scaled to the model)."""
+    image_processor = processor.image_processor
+    for key, value in mode.processor_settings().items():
+        setattr(image_processor, key, SizeDict(**value) if key == "size" else value)
+    return processor
 
 
 def build_deepseek_ocr_processor(
-    tokenizer: PreTrainedTokenizerBase, processor_config: dict | None = None
+    tokenizer: PreTrainedTokenizerBase, processor_config: dict | None = None, mode: ImageMode | None = None
 ) -> UnlimitedOcrProcessor:
     """transformers' ``UnlimitedOcrProcessor`` set up from DeepSeek-OCR's ``processor_config.json``.
 
-    Reads the view size (``candidate_resolutions``, or ``image_processor.size`` in a config saved by
-    transformers), ``patch_size``, ``downsample_ratio`` and the normalisation; missing fields take
-    DeepSeek-OCR's Base-mode values (1024 px, 273 vision tokens).
+    ``mode`` (a DeepSeek-OCR mode of :mod:`deepsynth.models.image_modes`) sets the views; None reads
+    the checkpoint's own: ``candidate_resolutions``, or ``image_processor.size`` in a config saved by
+    transformers (Base mode, 1024 px, 273 vision tokens, when neither is there). ``patch_size``,
+    ``downsample_ratio`` and the normalisation come from the settings.
     """
     settings = processor_config or {}
     # transformers' own UnlimitedOcrProcessor saves the image settings nested under "image_processor".
     nested = settings.get("image_processor") or {}
-    resolutions = settings.get("candidate_resolutions")
-    if resolutions:
-        image_size = int(max(resolutions[0]))
-    elif nested.get("size"):
-        image_size = int(max(nested["size"].get("height", 0), nested["size"].get("width", 0)))
-    else:
-        image_size = _V1_DEFAULTS["image_size"]
-    image_processor = UnlimitedOcrGlobalViewImageProcessor(
-        size={"height": image_size, "width": image_size},
-        tile_size=image_size,
-        crop_to_patches=False,
+    if mode is None:
+        mode = get_mode(DEEPSEEK_OCR, None, checkpoint=settings)
+    image_processor = UnlimitedOcrPilImageProcessor(
+        **mode.processor_settings(),
         image_mean=settings.get("image_mean", nested.get("image_mean", _V1_DEFAULTS["mean"])),
         image_std=settings.get("image_std", nested.get("image_std", _V1_DEFAULTS["std"])),
     )
@@ -323,18 +349,22 @@ def _load_tokenizer(resolved: ResolvedConfig) -> PreTrainedTokenizerBase:
     )
 
 
-def _ocr_processor(resolved: ResolvedConfig) -> Any:
+def resolve_image_mode(resolved: ResolvedConfig, image_mode: str | None) -> ImageMode | None:
+    """The mode ``image_mode`` (None: the model's default) for this model, scaled to its geometry.
+
+    Raises ConfigError naming ``image_mode`` and the family's modes (a text model takes none).
+    """
+    return mode_of_resolved(resolved, image_mode)
+
+
+def _ocr_processor(resolved: ResolvedConfig, mode: ImageMode) -> Any:
     source = str(resolved.local_dir or resolved.name)
     is_local = resolved.local_dir is not None
     if resolved.family == DEEPSEEK_OCR2:
-        return _from_source(AutoProcessor.from_pretrained, source, is_local, "processor")
+        return apply_image_mode(_from_source(AutoProcessor.from_pretrained, source, is_local, "processor"), mode)
     # DeepSeek-OCR v1: its own processor_config names the remote-code DeepseekVLV2Processor, so build
     # transformers' UnlimitedOcrProcessor from the tokenizer and the checkpoint's settings.
-    tokenizer = _load_tokenizer(resolved)
-    settings: dict = {}
-    if is_local:
-        settings = _read_json(Path(source) / "processor_config.json")
-    return build_deepseek_ocr_processor(tokenizer, settings)
+    return build_deepseek_ocr_processor(_load_tokenizer(resolved), checkpoint_settings(resolved), mode)
 
 
 def _align_image_token(resolved: ResolvedConfig, processor: Any) -> None:
@@ -402,6 +432,7 @@ def load_model_and_processor(
     freeze_vision: bool = True,
     experts_implementation: str | None = None,
     quantization: str | None = None,
+    image_mode: str | None = None,
 ) -> LoadedModel:
     """Load ``name_or_path`` (None = the embedded tiny DeepSeek-OCR-2) with its processor.
 
@@ -419,13 +450,17 @@ def load_model_and_processor(
             (:func:`choose_experts_implementation`). Ignored by models without MoE experts.
         quantization: ``"4bit"`` / ``"8bit"``: QLoRA base, see :mod:`deepsynth.models.quantization`
             (needs bitsandbytes; the model is then placed by ``device_map``).
+        image_mode: resolution mode of the OCR families (:mod:`deepsynth.models.image_modes`); None:
+            the model's default. The processor reads pages in it; ``LoadedModel.image_mode`` says which.
 
     Raises:
         ModelLoadError: (a ValueError) naming the ``model`` argument and what was tried.
+        ConfigError: (a ValueError) an ``image_mode`` the model's family does not have.
     """
     resolved = _resolve(None if name_or_path is None else str(name_or_path))
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
+    mode = resolve_image_mode(resolved, image_mode)  # a wrong mode fails before any weight is read
 
     loading_info: dict[str, list[str]] = {}
     extra: dict[str, Any] = {}
@@ -435,6 +470,7 @@ def load_model_and_processor(
         extra = quantize.from_pretrained_kwargs(quantization, resolved.family, target_dtype, target_device)
     if resolved.name == EMBEDDED_MODEL_NAME:
         model, processor = tiny.load_embedded()
+        processor = apply_image_mode(processor, mode)
         model = model.to(dtype=target_dtype)
         if extra:
             model = quantize.quantize_in_memory(model, extra)
@@ -445,7 +481,7 @@ def load_model_and_processor(
             processor.pad_token = processor.eos_token
         model, loading_info = _load_weights(resolved, target_dtype, extra)
     else:
-        processor = _ocr_processor(resolved)
+        processor = _ocr_processor(resolved, mode)
         _align_image_token(resolved, processor)
         model, loading_info = _load_weights(resolved, target_dtype, extra)
 
@@ -459,5 +495,6 @@ def load_model_and_processor(
     if gradient_checkpointing:
         _enable_checkpointing(model)
     return LoadedModel(
-        model=model, processor=processor, family=resolved.family, name=resolved.name, loading_info=loading_info
+        model=model, processor=processor, family=resolved.family, name=resolved.name, loading_info=loading_info,
+        image_mode=mode,
     )

@@ -23,10 +23,13 @@ from typing import Any
 
 import yaml
 
+from deepsynth.models.image_modes import IMAGE_MODES, all_mode_names
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import DEFAULT_ADAPTER, FLAT_FIELDS, LORA_PRESETS, AdapterSettings, get_lora_preset
 
 SCHEDULER_TYPES = ("cosine", "linear", "constant", "none")
+# The project spells it "summarise".
+TASKS = ("summarise", "transcribe")
 DTYPES = (None, "float32", "bfloat16", "float16")
 
 
@@ -83,6 +86,11 @@ def check_value_kinds(data: dict[str, Any]) -> None:
         if kinds == {str, type(None)} or kinds == {str}:
             if not isinstance(value, str):
                 raise ConfigError(name, value, "a string" + (" or null" if type(None) in kinds else ""))
+
+
+def _modes_by_family() -> str:
+    labels = {"deepseek_ocr": "DeepSeek-OCR", "deepseek_ocr2": "DeepSeek-OCR-2"}
+    return "; ".join(f"{', '.join(modes)} ({labels.get(family, family)})" for family, modes in IMAGE_MODES.items())
 
 
 def _hint_kinds(hint: Any) -> set:
@@ -207,8 +215,17 @@ class TrainerConfig:
                                          help="eval data (default: the data's 'eval' split)")
     column_mapping: dict[str, str] | None = setting(
         None, help="canonical=yours pairs, e.g. summary=target,text=document")
-    instruction: str | None = setting(None, metavar="TEXT", help="prompt (default: the summarisation instruction)")
-    max_length: int = setting(512, help="tokens per example (prompt + page + target)")
+    # What the adapter learns: "summarise" (targets are summaries; ROUGE headline) or "transcribe" (OCR:
+    # targets are the page's text or markdown; CER/WER headline, deepsynth.evaluation.metrics).
+    task: str = setting("summarise", metavar="NAME", help=f"what the targets are: {' or '.join(TASKS)}")
+    instruction: str | None = setting(None, metavar="TEXT",
+                                      help="prompt (default: per task, the summarisation instruction or 'Free OCR.')")
+    # Resolution mode of the OCR families (deepsynth.models.image_modes); eval and generate reuse it.
+    image_mode: str | None = setting(None, metavar="NAME",
+                                     help="page resolution mode: tiny, small, base, large, gundam (DeepSeek-OCR); "
+                                          "dynamic, base, small (DeepSeek-OCR-2); default: the model's own")
+    # None: as long as the longest example (page vision tokens + prompt + target + EOS): no target cut.
+    max_length: int | None = setting(None, help="tokens per example (default: sized from the data, nothing cut)")
     # Without eval data (no eval file, no 'eval' split), hold this many training samples out for
     # evaluation and early stopping, chosen with ``seed``; they are never trained on. None: no hold-out
     # (the metrics are then on the training samples, and say so). Ignored when eval data is given.
@@ -240,6 +257,9 @@ class TrainerConfig:
     max_new_tokens: int = setting(96, help="tokens generated per sample for the before/after metrics")
     # Repetition guard: OCR-family models loop without it.
     no_repeat_ngram_size: int = setting(6, help="forbid repeating n-grams of this size in generation (0: off)")
+    # Transcription scores (task transcribe) compare NFC text with whitespace collapsed; these relax them.
+    metric_ignore_case: bool = setting(False, help="transcribe: CER/WER ignore upper/lower case")
+    metric_ignore_punctuation: bool = setting(False, help="transcribe: CER/WER ignore punctuation")
 
     push_to_hub: bool = setting(False, help="push the adapter to hub_model_id when done")
     hub_model_id: str | None = setting(None, metavar="ORG/NAME", help="Hub repo id (org/name)")
@@ -275,7 +295,13 @@ class TrainerConfig:
             raise ConfigError("expert_dropout_min_keep", self.expert_dropout_min_keep, "an integer >= 1")
         if not _is_number(self.router_aux_loss_coef) or self.router_aux_loss_coef < 0:
             raise ConfigError("router_aux_loss_coef", self.router_aux_loss_coef, "a number >= 0 (0 disables)")
-        for name in ("max_length", "save_total_limit", "max_new_tokens"):
+        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length <= 0):
+            raise ConfigError("max_length", self.max_length, "null (sized from the data) or an integer > 0")
+        if self.task not in TASKS:
+            raise ConfigError("task", self.task, f"one of {', '.join(TASKS)}")
+        if self.image_mode is not None and self.image_mode not in all_mode_names():
+            raise ConfigError("image_mode", self.image_mode, f"null (the model's default) or {_modes_by_family()}")
+        for name in ("save_total_limit", "max_new_tokens"):
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise ConfigError(name, value, "an integer > 0")

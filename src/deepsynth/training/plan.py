@@ -15,8 +15,13 @@ from typing import Any
 
 import datasets
 
+from deepsynth.data.collate import task_instruction
 from deepsynth.data.splits import EVAL_DATA, EVAL_SPLIT, HOLDOUT, PreparedData, hold_out, load_splits
+from deepsynth.data.transcription import TRANSCRIPTION_SAMPLES
+from deepsynth.evaluation.metrics import normalisation_words
+from deepsynth.models.image_modes import VisionTokens, mode_for_model, vision_tokens_per_page
 from deepsynth.training.config import TrainerConfig, build_config
+from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import FLAT_FIELDS
 from deepsynth.training.recommend import Recommendation, count_target_tokens, estimate_updates, preset_reason, recommend
 
@@ -47,7 +52,10 @@ class RunPlan:
     ``warmup_steps``, ``world_size`` (exact, the trainer's semantics). ``train_tokens``: supervised
     target tokens of the training rows (counted for recommendations; None otherwise or when the
     tokenizer could not load). ``kept``: fields the caller set itself, kept over the recommendation.
-    ``lines``: what was chosen and why, one line each, in the caller's words (``names``).
+    ``vision_tokens``: what a page costs in the run's resolution mode
+    (:meth:`deepsynth.models.image_modes.VisionTokens.to_dict`; None for a text model or a model that
+    cannot be resolved offline). ``lines``: what was chosen and why, one line each, in the caller's
+    words (``names``).
     """
 
     config: TrainerConfig
@@ -58,6 +66,7 @@ class RunPlan:
     kept: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    vision_tokens: VisionTokens | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +76,7 @@ class RunPlan:
             "recommendation": None if self.recommendation is None else self.recommendation.to_dict(),
             "train_tokens": self.train_tokens,
             "kept": dict(self.kept),
+            "vision_tokens": None if self.vision_tokens is None else self.vision_tokens.to_dict(),
             "warnings": list(self.warnings),
             "lines": list(self.lines),
         }
@@ -112,10 +122,11 @@ def plan_run(
         that leaves nothing to train on) before anything is written.
     """
     names = dict(names or {})
-    label = data_label or config.data_path or BUNDLED_DATA
+    label = data_label or config.data_path or (TRANSCRIPTION_SAMPLES if config.task == "transcribe" else BUNDLED_DATA)
+    notes: list[str] = []
+    pages = _vision_tokens(config, notes)  # a mode the model lacks fails here, before the data loads
     data = _load(config, rows, eval_rows, holdout=None if recommend_settings else config.holdout_samples)
     rec = tokens = None
-    notes: list[str] = []
     if recommend_settings:
         tokens = _count_tokens(config.model_name, data.train["summary"], notes)
         rec = recommend(len(data.train), config.model_name, world_size=world_size, num_train_tokens=tokens,
@@ -126,7 +137,7 @@ def plan_run(
     kept = {name: _value(config, name) for name in keep if name in _recommended_fields(rec)} if rec else {}
     warnings = [w for w in rec.warnings if w not in rec.decisions.values()] if rec else []
     plan = RunPlan(config, _data_summary(data, label), _updates(config, len(data.train), world_size), rec, tokens,
-                   kept, warnings)
+                   kept, warnings, vision_tokens=pages)
     plan.lines = _lines(plan, data, names, origin, notes)
     return plan
 
@@ -138,8 +149,25 @@ def _load(config: TrainerConfig, rows: Any, eval_rows: Any, holdout: int | None)
         rows if rows is not None else config.data_path,
         eval_rows if eval_rows is not None else config.eval_data_path,
         column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
-        max_eval_samples=config.max_eval_samples, holdout_samples=holdout, seed=config.seed,
+        max_eval_samples=config.max_eval_samples, holdout_samples=holdout, seed=config.seed, samples=config.task,
     )
+
+
+def _vision_tokens(config: TrainerConfig, notes: list[str]) -> VisionTokens | None:
+    """Vision tokens per page of the run's model in its mode (ConfigError for a mode or task the model lacks)."""
+    try:
+        resolved, mode = mode_for_model(config.model_name, config.image_mode)
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as error:  # a hub name not cached while offline: the loader will say more
+        notes.append(f"vision tokens per page not computed ({error})")
+        return None
+    if mode is None:
+        if config.task == "transcribe":
+            raise ConfigError("task", config.task, "summarise for a text causal LM (transcription reads page "
+                                                   "images: use a DeepSeek-OCR-family model)")
+        return None
+    return vision_tokens_per_page(resolved.family, mode, resolved.config)
 
 
 def _count_tokens(model: str | None, summaries: list[str], notes: list[str]) -> int | None:
@@ -195,6 +223,12 @@ def _lines(plan: RunPlan, data: PreparedData, names: dict[str, str], origin: str
                "training samples" if rec else (f"preset {config.preset}" if config.preset else "custom LoRA settings")
     lines.append(f"  settings: {settings}; {_lora_words(config)}")
     lines.append(f"  schedule: {_schedule_words(config, plan.updates)}")
+    lines.append(f"  task: {_task_words(config, names)}")
+    if plan.vision_tokens is not None:
+        default = "" if config.image_mode else " (the model's default)"
+        lines.append(f"  pages: image mode {plan.vision_tokens.mode.name}{default}; vision tokens "
+                     f"{plan.vision_tokens.text()}")
+    lines.append(f"  sequence length: {_length_words(config, names)}")
     if config.early_stopping_patience:
         lines.append(f"  early stopping: held-out loss every {config.eval_every_updates} update(s); stops after "
                      f"{config.early_stopping_patience} evaluations without improvement and keeps the best adapter, "
@@ -240,6 +274,23 @@ def _schedule_words(config: TrainerConfig, updates: dict[str, int]) -> str:
             f"steps{processes}) = {config.num_epochs} epochs x batch {config.batch_size}, accumulation "
             f"{config.gradient_accumulation_steps}; learning rate {_words(optimizer.learning_rate)}, "
             f"{optimizer.scheduler_type} schedule, {updates['warmup_steps']} warmup update(s)")
+
+
+def _task_words(config: TrainerConfig, names: dict[str, str]) -> str:
+    instruction = task_instruction(config.task, config.instruction)
+    if config.task == "transcribe":
+        normalised = normalisation_words(ignore_case=config.metric_ignore_case,
+                                         ignore_punctuation=config.metric_ignore_punctuation)
+        return f"transcribe (prompt {instruction!r}; targets are the pages' text; CER and WER on {normalised})"
+    return f"summarise (prompt {instruction!r}; {names.get('task', 'task')} transcribe for OCR)"
+
+
+def _length_words(config: TrainerConfig, names: dict[str, str]) -> str:
+    if config.max_length is None:
+        return ("max_length sized from the data when the pages are encoded (the longest example's vision tokens + "
+                "prompt + target + EOS): no target is cut")
+    return (f"{names.get('max_length', 'max_length')} {config.max_length} (yours): a longer example has its target "
+            "cut, with a warning that gives the numbers")
 
 
 def _words(value: Any) -> str:

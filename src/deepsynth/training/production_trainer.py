@@ -23,11 +23,13 @@ import torch
 from accelerate import PartialState
 from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
 
-from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, DataCollator, RowEncodingError, encode_rows
+from deepsynth.data.collate import DataCollator, RowEncodingError, encode_rows, longest_example, task_instruction
 from deepsynth.data.splits import PreparedData, load_splits
-from deepsynth.evaluation.compare import METRIC_NAMES, evaluate_model
-from deepsynth.models.families import CAUSAL_LM, family_names
+from deepsynth.evaluation.compare import evaluate_model, sample_record
+from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.adapters import load_adapter_weights
+from deepsynth.models.families import CAUSAL_LM, family_names
+from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
@@ -168,13 +170,15 @@ class UnifiedProductionTrainer:
         set_seed(config.seed)  # LoRA init, dropout and data order all follow the run's seed
         loaded = load_model_and_processor(
             config.model_name, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing,
-            quantization=config.lora_quantization,
+            quantization=config.lora_quantization, image_mode=config.image_mode,
         )
+        _check_task(config, loaded)
         base_class = type(loaded.model).__name__
         model, targets = self._adapt(loaded)
-        instruction = config.instruction or DEFAULT_SUMMARY_INSTRUCTION
+        instruction = task_instruction(config.task, config.instruction)
         train_examples = self._encode(loaded, data.train, instruction)
         eval_examples = self._encode(loaded, data.eval, instruction)
+        lengths = _sequence_lengths(config, loaded, train_examples, eval_examples)
 
         estimate = estimate_updates(len(train_examples), config.batch_size, config.gradient_accumulation_steps,
                                     config.num_epochs, _world_size())
@@ -198,6 +202,8 @@ class UnifiedProductionTrainer:
         eval_kwargs = dict(
             sources=self._sources(loaded, data.eval), references=list(data.eval["summary"]), instruction=instruction,
             max_new_tokens=config.max_new_tokens, no_repeat_ngram_size=config.no_repeat_ngram_size,
+            task=config.task, ignore_case=config.metric_ignore_case,
+            ignore_punctuation=config.metric_ignore_punctuation,
         )
         before = predictions_before = None
         if is_main:
@@ -260,6 +266,7 @@ class UnifiedProductionTrainer:
             "model_family": loaded.family,
             "model_class": "AutoModelForCausalLM" if loaded.family == CAUSAL_LM else base_class,
             "preset": config.preset,
+            **_task_report(config, loaded, lengths),
             "num_train_samples": len(train_examples),
             "num_eval_samples": len(eval_examples),
             "eval_on_training_data": data.eval_on_training_data,
@@ -281,9 +288,9 @@ class UnifiedProductionTrainer:
                       "runtime_seconds": round(train_seconds, 2),  # of this process's segment
                       "resumed_from": str(resume) if resume else None},
             "eval": {"before": before, "after": after,
-                     "delta": {k: after[k] - before[k] for k in METRIC_NAMES}},
+                     "delta": {k: after[k] - before[k] for k in before}},
             "samples": [
-                {"reference": ref, "before": b, "after": a}
+                sample_record(ref, b, a)
                 for ref, b, a in list(zip(data.eval["summary"], predictions_before, predictions_after))[:SHOWN_SAMPLES]
             ],
             "history": history,
@@ -325,6 +332,7 @@ class UnifiedProductionTrainer:
             eval_dataset if eval_dataset is not None else config.eval_data_path,
             column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
             max_eval_samples=config.max_eval_samples, holdout_samples=config.holdout_samples, seed=config.seed,
+            samples=config.task,
         )
 
     def _adapt(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:
@@ -344,6 +352,8 @@ class UnifiedProductionTrainer:
         try:
             return encode_rows(rows, loaded.processor, instruction=instruction, max_length=self.config.max_length)
         except RowEncodingError as error:
+            if self.config.max_length is None:
+                raise  # sized from the data: the row itself is at fault, and the error names it
             raise ConfigError("max_length", self.config.max_length, f"room for the targets ({error})") from None
 
     def _training_arguments(self, output_dir: Path, total: int) -> TrainingArguments:
@@ -405,7 +415,7 @@ class UnifiedProductionTrainer:
         def write(folder: Path) -> list[str]:
             model.save_pretrained(folder)
             loaded.processor.save_pretrained(folder)
-            self.config.save(folder / "training_config.json")
+            _recorded_config(self.config, loaded).save(folder / "training_config.json")  # names the mode read
             (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
             plot_loss_curve(metrics["history"], folder / "loss_curve.png")
             written = []
@@ -429,6 +439,43 @@ class UnifiedProductionTrainer:
         }
         paths.update({name: output_dir / f"{name}.png" for name in extra})
         return paths
+
+
+def _check_task(config: TrainerConfig, loaded: LoadedModel) -> None:
+    if config.task == "transcribe" and not loaded.is_multimodal:
+        raise ConfigError("task", config.task, f"summarise for {loaded.name}, a text model (transcription reads "
+                                               "page images: use a DeepSeek-OCR-family model)")
+
+
+def _sequence_lengths(config: TrainerConfig, loaded: LoadedModel, *example_sets: Sequence[dict]) -> dict[str, Any]:
+    """``max_length`` as set, and the longest example it gave (sized from the data when unset); logged."""
+    longest = longest_example([example for examples in example_sets for example in examples], loaded.processor)
+    vision = f"{longest['vision']} vision + " if longest["vision"] else ""
+    parts = f"{vision}{longest['prompt']} prompt + {longest['target']} target + EOS"
+    if config.max_length is None:
+        LOGGER.info("max_length sized from the data: %d tokens (the longest example: %s)", longest["tokens"], parts)
+    return {"set": config.max_length, "longest_example": longest}
+
+
+def _task_report(config: TrainerConfig, loaded: LoadedModel, lengths: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json says of the task, the pages' resolution mode and the sequence length."""
+    mode = loaded.image_mode
+    tokens = vision_tokens_per_page(loaded.family, mode, loaded.model.config) if mode is not None else None
+    report: dict[str, Any] = {"task": config.task, "image_mode": tokens.to_dict() if tokens else None,
+                              "max_length": lengths}
+    if config.task == "transcribe":
+        report["text_normalisation"] = normalisation_words(ignore_case=config.metric_ignore_case,
+                                                           ignore_punctuation=config.metric_ignore_punctuation)
+    return report
+
+
+def _recorded_config(config: TrainerConfig, loaded: LoadedModel) -> TrainerConfig:
+    """``config`` naming the mode the pages were read in (null in the config = the model's default then),
+    so eval and generate reuse it whatever later versions make the default."""
+    mode = loaded.image_mode
+    if config.image_mode is not None or mode is None or mode.name not in IMAGE_MODES.get(loaded.family, {}):
+        return config
+    return TrainerConfig.from_dict({**config.to_dict(), "image_mode": mode.name}, hub_token=config.hub_token)
 
 
 def _world_size() -> int:

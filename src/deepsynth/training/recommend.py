@@ -169,6 +169,8 @@ class Recommendation:
     # The warnings that state a choice ("evaluation": the hold-out, "early_stopping"), by topic: the
     # run plan states those choices in its own lines and prints only the other warnings.
     decisions: dict[str, str] = field(default_factory=dict, repr=False)
+    # What a page costs the model in the resolution mode (VisionTokens.to_dict()); None for a text model.
+    vision_tokens: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,6 +183,7 @@ class Recommendation:
             "trainable_params_by_group": self.trainable_params_by_group,
             "warnings": self.warnings,
             "evaluation": self.evaluation,
+            "vision_tokens": self.vision_tokens,
         }
 
     def overrides(self) -> dict[str, Any]:
@@ -209,6 +212,7 @@ def recommend(
     calibrate: bool = False,
     num_train_tokens: int | None = None,
     has_eval_data: bool = True,
+    image_mode: str | None = None,
 ) -> Recommendation:
     """Recommend a preset and settings for ``num_samples`` training samples on ``model``.
 
@@ -221,7 +225,8 @@ def recommend(
     settings are chosen for the rest. ``num_train_tokens``: supervised target tokens (labels not
     -100) of the ``num_samples`` samples, for the parameters-per-token warning (scaled to the share
     trained on when samples are held out); None assumes ``ASSUMED_TARGET_TOKENS_PER_SAMPLE`` per
-    sample and says so.
+    sample and says so. ``image_mode``: the resolution mode whose vision tokens per page are reported
+    (None: the model's own).
     """
     _check_request(num_samples, num_train_tokens, has_eval_data)
     warnings: list[str] = []
@@ -257,8 +262,15 @@ def recommend(
         training_config=training_config, estimates=estimates, trainable_params_by_group=report.by_group,
         warnings=warnings, evaluation={"holdout_samples": held_out, "train_samples": train_samples,
                                        "eval_on_training_data": not (has_eval_data or held_out > 0)},
-        decisions=decisions,
+        decisions=decisions, vision_tokens=_vision_tokens(model, image_mode),
     )
+
+
+def _vision_tokens(model: str | None, image_mode: str | None) -> dict[str, Any] | None:
+    from deepsynth.models.image_modes import mode_for_model, vision_tokens_per_page
+
+    resolved, mode = mode_for_model(model, image_mode)
+    return None if mode is None else vision_tokens_per_page(resolved.family, mode, resolved.config).to_dict()
 
 
 def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any) -> None:
