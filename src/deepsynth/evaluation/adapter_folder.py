@@ -179,14 +179,18 @@ def _open_page(image: str | Path) -> Any:
         raise ValueError(f"generate: image {image}: not a readable image file ({error})") from None
 
 
-def _eval_rows(settings: TrainerConfig, data: str | Path | None, max_samples: int | None) -> Any:
+def _eval_rows(settings: TrainerConfig, data: str | Path | None, max_samples: int | None,
+               image_mode: str | None) -> Any:
     from deepsynth.data import load_documents, load_sample_dataset
     from deepsynth.data.transcription import load_transcription_samples
+    from deepsynth.models.image_modes import page_size_for_run
 
     if data is None:  # the bundled eval samples of the adapter's task
         bundled = load_transcription_samples if settings.task == "transcribe" else load_sample_dataset
         return bundled("eval", max_samples=max_samples)
-    return load_documents(data, column_mapping=settings.column_mapping, max_samples=max_samples)
+    # PDF pages at the size the mode the model will read them in needs (the training mode unless overridden).
+    page_size = page_size_for_run(settings.model_name, image_mode or settings.image_mode)
+    return load_documents(data, column_mapping=settings.column_mapping, max_samples=max_samples, page_size=page_size)
 
 
 def evaluate_adapter(
@@ -201,7 +205,7 @@ def evaluate_adapter(
     """
     settings = read_adapter_settings(adapter_dir)
     # The data is checked before the model loads: a bad file fails in a second, not after a minute.
-    rows = _eval_rows(settings, data, max_samples)
+    rows = _eval_rows(settings, data, max_samples, image_mode)
     adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
     processor, instruction = adapted.loaded.processor, _instruction(settings)
     examples = encode_rows(rows, processor, instruction=instruction, max_length=settings.max_length)
