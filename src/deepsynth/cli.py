@@ -453,7 +453,7 @@ def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate with an adapter")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", help="page image file")
+    source.add_argument("--image", help="page image file, or a PDF page: report.pdf#page=2")
     source.add_argument("--text", help="document text (rendered to a page for OCR models)")
     p.add_argument("--max-new-tokens", type=int, default=None)
     _add_image_mode(p, "read the page in this resolution mode (default: the adapter's training mode)")
