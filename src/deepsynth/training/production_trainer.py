@@ -29,8 +29,7 @@ from deepsynth.evaluation.compare import evaluate_model, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.adapters import load_adapter_weights
 from deepsynth.models.families import CAUSAL_LM, family_names
-from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
-from deepsynth.models.image_modes import page_size_for_run
+from deepsynth.models.image_modes import IMAGE_MODES, page_size_for_run, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
