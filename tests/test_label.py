@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,6 +49,9 @@ def test_label_drafts_every_page_into_a_targets_file_train_reads(tmp_path, capsy
     assert all(isinstance(line["summary"], str) and line["summary"] for line in lines)
     printed = capsys.readouterr().out
     assert "4 of 4 pages drafted" in printed and f"deepsynth train --data {out}" in printed
+    # Three tokens are not a page's text: every draft is listed as cut, with how its generation ended.
+    assert ("warning: 4 drafts stopped at --max-new-tokens: rapport.pdf#page=1 [stopped at max_new_tokens (3 tokens): "
+            "the text may go on; raise --max-new-tokens]; rapport.pdf#page=2 [") in printed
     # The drafts are the folder's targets file: train reads it as it is, re-reading each page.
     rows = load_documents(folder)
     assert rows["summary"] == [line["summary"] for line in lines]
@@ -62,6 +66,57 @@ def test_batched_drafts_equal_drafts_made_one_page_at_a_time(tmp_path, capsys):
     single = draft_labels(folder, tmp_path / "single.jsonl", batch_size=1, progress=False, **options)
     assert batched.drafted == single.drafted == 3
     assert _lines(tmp_path / "batched.jsonl") == _lines(tmp_path / "single.jsonl")
+
+
+def _drafter_preferring(preferences: dict[int, float], guard: int, max_new_tokens: int = 6):
+    """The embedded base whose next-token logits are ``preferences`` (others -10) whatever the page: its last
+    norm zeroed and its lm_head a biased linear layer, so a test decides exactly what it generates."""
+    from deepsynth.labeling import _Drafter
+    from deepsynth.models.loading import load_model_and_processor
+
+    loaded = load_model_and_processor(None, device="cpu")
+    model = loaded.model.eval()
+    with torch.no_grad():
+        model.model.language_model.norm.weight.zero_()
+        head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+        head.weight.zero_()
+        head.bias.fill_(-10.0)
+        for token, logit in preferences.items():
+            head.bias[token] = logit
+    model.lm_head = head
+    return _Drafter(model, loaded.processor, "Free OCR.", max_new_tokens, guard)
+
+
+def test_each_draft_says_how_it_ended_and_the_report_lists_those_to_check(tmp_path):
+    from deepsynth.evaluation.compare import generate_text
+    from deepsynth.labeling import LabelReport, generate_batch
+
+    pages = [Image.new("RGB", (300, 400), "white"), Image.new("RGB", (500, 200), "lightgrey")]
+    word = 300  # "un" in the shipped tokenizer: visible text, not in the prompt
+    cases = {"empty": ({1: 10.0}, 0), "guarded": ({word: 10.0, 1: 5.0}, 1), "cut": ({word: 10.0}, 0)}
+    report = LabelReport(tmp_path / "drafts.jsonl", pages=6, skipped=0)
+    for name, (preferences, guard) in cases.items():
+        drafter = _drafter_preferring(preferences, guard)
+        batch = generate_batch(drafter, pages)
+        # Batched, each page ends as it does alone (generate_text: what eval and generate use).
+        alone = [generate_text(drafter.model, drafter.processor, page, instruction=drafter.instruction,
+                               max_new_tokens=drafter.max_new_tokens, no_repeat_ngram_size=guard) for page in pages]
+        assert [(str(g), g.stop_reason, g.new_tokens, g.blocked_repeats) for g in batch] == [
+            (str(g), g.stop_reason, g.new_tokens, g.blocked_repeats) for g in alone]
+        for number, generation in enumerate(batch, 1):
+            report.add(f"{name}{number}.png", generation)
+    assert [g.stop_reason for g in generate_batch(_drafter_preferring(*cases["guarded"]), pages)] == [
+        "repetition_guard"] * 2
+    assert (report.drafted, report.empty, report.guarded, report.cut) == (
+        6, ["empty1.png", "empty2.png"], ["guarded1.png", "guarded2.png"], ["cut1.png", "cut2.png"])
+    empty, guarded, cut = report.warnings()
+    assert empty.startswith("warning: 2 empty drafts (write their summary before training): empty1.png "
+                            "[empty generation: the model ended the text at once (EOS as its first token)]")
+    assert guarded.startswith("warning: 2 drafts ended by the repetition guard (the model was repeating itself): "
+                              "guarded1.png [stopped by the repetition guard (no_repeat_ngram_size=1): it banned a "
+                              "repeat and the model then ended the text (EOS after 1 tokens)]")
+    assert cut.startswith("warning: 2 drafts stopped at --max-new-tokens: cut1.png "
+                          "[stopped at max_new_tokens (6 tokens)")
 
 
 def test_left_padding_keeps_prompts_of_different_lengths_exact():

@@ -319,12 +319,8 @@ def cmd_label(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     skipped = f" ({report.skipped} already in the file, skipped)" if report.skipped else ""
     print(f"{report.drafted} of {report.pages} pages drafted{skipped}: {report.out}")
-    if report.empty:
-        print(f"warning: {len(report.empty)} empty drafts (the model stopped at once): {', '.join(report.empty[:10])}"
-              f"{', …' if len(report.empty) > 10 else ''}; write their summary before training")
-    if report.cut:
-        print(f"warning: {len(report.cut)} drafts stopped at --max-new-tokens: {', '.join(report.cut[:10])}"
-              f"{', …' if len(report.cut) > 10 else ''}")
+    for line in report.warnings():  # empty, guard-ended and cut drafts, each with how its generation ended
+        print(line)
     print(f"Correct each line's 'summary', then: deepsynth train --data {report.out}")
     return 0
 
@@ -457,7 +453,7 @@ def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate with an adapter")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", help="page image file")
+    source.add_argument("--image", help="page image file, or a PDF page: report.pdf#page=2")
     source.add_argument("--text", help="document text (rendered to a page for OCR models)")
     p.add_argument("--max-new-tokens", type=int, default=None)
     _add_image_mode(p, "read the page in this resolution mode (default: the adapter's training mode)")

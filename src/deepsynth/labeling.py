@@ -28,6 +28,7 @@ from deepsynth.data.folders import FILE_COLUMN, PAGE_COLUMN, Page, list_pages, r
 from deepsynth.data.images import ImageProblem
 from deepsynth.data.loading import MAX_ROWS, DataError
 from deepsynth.data.pdf import page_size_for
+from deepsynth.evaluation.compare import MAX_NEW_TOKENS, REPETITION_GUARD, Generation, generations_of
 
 LOGGER = logging.getLogger("deepsynth")
 DEFAULT_BATCH_SIZE = 4
@@ -41,8 +42,35 @@ class LabelReport:
     pages: int
     skipped: int
     drafted: int = 0
-    empty: list[str] = field(default_factory=list)  # pages whose draft is empty (the model stopped at once)
+    empty: list[str] = field(default_factory=list)  # pages whose draft is empty
     cut: list[str] = field(default_factory=list)  # drafts stopped by max_new_tokens, not by the model
+    guarded: list[str] = field(default_factory=list)  # drafts the repetition guard ended (it banned a repeat)
+    #: page → how its draft ended (Generation.report), for the empty, cut and guarded drafts.
+    stops: dict[str, str] = field(default_factory=dict)
+
+    def add(self, reference: str, generation: Generation) -> None:
+        """Count a draft; keep one the user should look at (empty, cut, ended by the guard) with how it ended."""
+        self.drafted += 1
+        if generation.empty:
+            self.empty.append(reference)
+        elif generation.stop_reason == MAX_NEW_TOKENS:
+            self.cut.append(reference)
+        elif generation.stop_reason == REPETITION_GUARD:
+            self.guarded.append(reference)
+        else:
+            return
+        self.stops[reference] = generation.report()
+
+    def warnings(self, shown: int = 10) -> list[str]:
+        """One line per kind of draft to look at: the pages, each with how its generation ended."""
+        lines = []
+        for pages, what in ((self.empty, "empty drafts (write their summary before training)"),
+                            (self.guarded, "drafts ended by the repetition guard (the model was repeating itself)"),
+                            (self.cut, "drafts stopped at --max-new-tokens")):
+            if pages:
+                listed = "; ".join(f"{page} [{self.stops[page]}]" for page in pages[:shown])
+                lines.append(f"warning: {len(pages)} {what}: {listed}{'; …' if len(pages) > shown else ''}")
+        return lines
 
 
 @dataclass
@@ -91,14 +119,10 @@ def draft_labels(
                                                            disable=None if progress is None else not progress) as bar:
         for batch in _chunks(todo, batch_size):
             images = [_read(page, page_size) for page in batch]
-            for page, (text, stopped) in zip(batch, generate_batch(drafter, images)):
+            for page, generation in zip(batch, generate_batch(drafter, images)):
                 reference = page.reference(out.parent)
-                handle.write(json.dumps({"image": reference, "summary": text}, ensure_ascii=False) + "\n")
-                report.drafted += 1
-                if not text:
-                    report.empty.append(reference)
-                elif not stopped:
-                    report.cut.append(reference)
+                handle.write(json.dumps({"image": reference, "summary": str(generation)}, ensure_ascii=False) + "\n")
+                report.add(reference, generation)
             handle.flush()  # a kill from here on loses nothing of this batch
             bar.update(len(batch))
     return report
@@ -210,8 +234,9 @@ def _load_drafter(adapter: Any, model: str | None, instruction: str | None, max_
 
 
 @torch.no_grad()
-def generate_batch(drafter: _Drafter, images: Sequence[Any]) -> list[tuple[str, bool]]:
-    """Greedy drafts of a batch of pages: (text, whether the model ended it with EOS) per page.
+def generate_batch(drafter: _Drafter, images: Sequence[Any]) -> list[Generation]:
+    """Greedy drafts of a batch of pages, each a :class:`~deepsynth.evaluation.compare.Generation` (the text, and
+    how it ended: EOS, max_new_tokens, or an end the repetition guard forced).
 
     The settings of ``deepsynth.evaluation.compare.generate_text`` (greedy, the repetition guard),
     for several pages at once: that function takes one page, and a batch needs its prompts
@@ -227,11 +252,9 @@ def generate_batch(drafter: _Drafter, images: Sequence[Any]) -> list[tuple[str, 
         **{key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()},
         max_new_tokens=drafter.max_new_tokens, do_sample=False,
         no_repeat_ngram_size=drafter.no_repeat_ngram_size or None,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, return_dict_in_generate=True, output_logits=True,
     )
-    new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
-    return [(tokenizer.decode(tokens, skip_special_tokens=True).strip(), tokenizer.eos_token_id in tokens)
-            for tokens in new_tokens]
+    return generations_of(tokenizer, output, inputs["input_ids"].shape[1], drafter.no_repeat_ngram_size)
 
 
 def left_padded(parts: list[dict[str, Any]], pad: int) -> dict[str, Any]:

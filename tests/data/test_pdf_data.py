@@ -167,3 +167,41 @@ def test_train_from_a_folder_of_pdfs_end_to_end(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["optimizer_updates"] == 1 and metrics["num_eval_samples"] == 4
     assert "Before/after on 4" in capsys.readouterr().out
+
+
+def test_a_run_renders_pdf_pages_at_the_size_its_resolution_mode_reads():
+    from deepsynth.models.image_modes import page_size_for_run
+
+    # One global view: its size (the embedded model's default is OCR-2's 768-px view on 8-px patches).
+    assert page_size_for_run(None, None) == 384 and page_size_for_run(None, "base") == 512
+    v1 = "deepseek-ai/DeepSeek-OCR"
+    assert [page_size_for_run(v1, mode) for mode in (None, "tiny", "small", "base", "large")] == [
+        1024, 512, 640, 1024, 1280]
+    # Tiles: the page covers the grid the processor picks (A4 portrait: 2×3 tiles, a square: 2×2), never less
+    # than the global view.
+    gundam, dynamic = page_size_for_run(v1, "gundam"), page_size_for_run("deepseek-community/DeepSeek-OCR-2", None)
+    assert (gundam(595.0, 842.0), gundam(300.0, 300.0), gundam(900.0, 100.0)) == (3 * 640, 2 * 640, 6 * 640)
+    assert dynamic(595.0, 842.0) == 3 * 768
+    # A text model reads no pages; a mode its family lacks is the loader's to report.
+    assert page_size_for_run("HuggingFaceTB/SmolLM2-135M", None) == DEFAULT_PAGE_SIZE
+    assert page_size_for_run(None, "gundam") == DEFAULT_PAGE_SIZE
+
+
+@pytest.mark.parametrize(("mode", "side"), [(None, 384), ("base", 512), ("dynamic", 3 * 384)])
+def test_training_planning_and_eval_read_pdf_pages_in_the_runs_mode(tmp_path, mode, side):
+    from deepsynth.evaluation.adapter_folder import _eval_rows
+    from deepsynth.training.config import TrainerConfig
+    from deepsynth.training.plan import plan_run
+    from deepsynth.training.production_trainer import UnifiedProductionTrainer
+
+    folder = _folder(tmp_path, TARGETS)
+    config = TrainerConfig(data_path=str(folder), image_mode=mode)
+    data = UnifiedProductionTrainer(config).prepare_data()
+    report_1, report_3, slide, _ = data.train["image"]
+    assert max(report_1.size) == max(report_3.size) == side  # A4: 1 global view, or the 2×3 tiles' 3 × 384 px
+    assert max(slide.size) == (side if mode != "dynamic" else 2 * 384)  # 16:9: a 2×1 grid of tiles
+    assert plan_run(config).data["train_samples"] == 4
+    # eval reads the pages in the training mode, or in the mode it is told to use instead.
+    assert max(_eval_rows(config, folder, None, None)["image"][0].size) == side
+    other, other_side = ("base", 512) if mode is None else ("small", 384)
+    assert max(_eval_rows(config, folder, None, other)["image"][0].size) == other_side

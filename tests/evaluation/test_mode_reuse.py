@@ -87,3 +87,20 @@ def test_the_cli_takes_the_override_and_refuses_a_mode_the_family_lacks(lora_wei
     assert main(["generate", "--adapter", str(folder), "--text", TEXT, "--image-mode", "gundam"]) == 2
     assert "error: image_mode: got 'gundam', expected one of dynamic, base, small for DeepSeek-OCR-2" in \
         capsys.readouterr().err
+
+
+def test_generate_reads_a_pdf_page_and_names_a_missing_one(lora_weights, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from pdf_support import write_pdf
+
+    folder = _adapter(lora_weights, tmp_path, image_mode="base")
+    pdf = write_pdf(tmp_path / "rapport.pdf", ["Page un", "Page deux"])
+    assert main(["generate", "--adapter", str(folder), "--image", f"{pdf}#page=2"]) == 0
+    assert capsys.readouterr().err.strip().endswith("]")  # how the generation ended, as for an image
+    assert main(["generate", "--adapter", str(folder), "--image", f"{pdf}#page=3"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: generate: image: {pdf}, page 3: no such page (the PDF has 2 pages)" in err
+    assert main(["generate", "--adapter", str(folder), "--image", str(pdf)]) == 2  # which of its 2 pages?
+    assert "has 2 pages and the row does not say which one" in capsys.readouterr().err

@@ -241,4 +241,20 @@ def test_apply_without_eval_data_holds_out_samples_and_the_job_never_trains_on_t
         metrics = job["metrics"]
         assert metrics["holdout"]["samples"] == 1 and metrics["eval_on_training_data"] is False
         assert metrics["num_train_samples"] == 6 and metrics["num_eval_samples"] == 1
+
+        # What a page costs in the chosen resolution mode: the plan's vision tokens, for the mode in the form.
+        assert page.text_content("#est-vision") == "145 per page (small: one 384-px view)"
+        page.select_option("#f-image_mode", "dynamic")  # the advanced settings are open since the job started
+        page.click("#apply-preset")
+        page.wait_for_function("document.getElementById('est-vision').textContent.startsWith('257 per page')")
+        plan = server.http.post("/api/trainer/plan", json={"dataset_id": page.input_value("#dataset-select"),
+                                                           "overrides": {"image_mode": "dynamic"}}).json()
+        assert page.text_content("#est-vision") == plan["vision_tokens"]["text"]
+        assert "257 per page + 144 per tile" in plan["vision_tokens"]["text"]
+        assert "pages: image mode dynamic;" in page.text_content("#apply-note")
+        # A mode the model lacks: the plan's error, naming the field and the model's modes.
+        page.select_option("#f-image_mode", "gundam")
+        page.click("#apply-preset")
+        page.wait_for_function("document.getElementById('apply-note').className === 'error'")
+        assert "image_mode: got 'gundam', expected one of dynamic, base, small" in page.text_content("#apply-note")
         assert not errors

@@ -8,8 +8,11 @@ PDF costs that page only.
 A page is rendered so that its longer side is ``target_size`` pixels, the size of the view the
 model's processor makes of it (not at a fixed DPI: a 72-dpi render of an A4 page is 842 px high,
 a 300-dpi one 3,508 px, and the processor would resize either). :func:`page_size_for` reads that
-size from a loaded processor; without one, :data:`DEFAULT_PAGE_SIZE` (1024 px: the global view of
-DeepSeek-OCR's Base mode and of DeepSeek-OCR-2) is used.
+size from a loaded processor, :func:`page_size_for_settings` from a resolution mode's settings (what
+training, planning and evaluation use, through
+:func:`deepsynth.models.image_modes.page_size_for_run`, before the model loads); without either,
+:data:`DEFAULT_PAGE_SIZE` (1024 px: the global view of DeepSeek-OCR's Base mode and of
+DeepSeek-OCR-2) is used.
 
 Problems (not a PDF, damaged or truncated, password-protected, a page that does not exist, a
 multi-page PDF where one page was meant) are raised as :class:`ImageProblem` naming the file and
@@ -20,12 +23,13 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .images import MAX_IMAGE_PIXELS, ImageProblem, png_bytes
 
-__all__ = ["DEFAULT_PAGE_SIZE", "PageSize", "page_count", "page_size_for", "parse_reference", "render_page"]
+__all__ = ["DEFAULT_PAGE_SIZE", "PageSize", "page_count", "page_size_for", "page_size_for_settings", "parse_reference",
+           "render_page"]
 
 #: Longer side of a rendered page, in pixels, when the model's processor does not say.
 DEFAULT_PAGE_SIZE = 1024
@@ -158,14 +162,22 @@ def page_size_for(processor: Any) -> PageSize:
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is None:
         return DEFAULT_PAGE_SIZE
-    size = getattr(image_processor, "size", None)
+    names = ("size", "tile_size", "crop_to_patches", "min_patches", "max_patches")
+    return page_size_for_settings({name: getattr(image_processor, name, None) for name in names})
+
+
+def page_size_for_settings(settings: Mapping[str, Any]) -> PageSize:
+    """:func:`page_size_for` from image-processor settings (``size``, ``tile_size``, ``crop_to_patches``,
+    ``min_patches``, ``max_patches``): what a resolution mode sets (``ImageMode.processor_settings``), so
+    pages can be rendered for a run's mode before its model is loaded."""
+    size = settings.get("size")
     view = max(_dimension(size, "height"), _dimension(size, "width"))
-    tile = getattr(image_processor, "tile_size", None)
-    if not getattr(image_processor, "crop_to_patches", False) or not isinstance(tile, int):
+    tile = settings.get("tile_size")
+    if not settings.get("crop_to_patches") or not isinstance(tile, int):
         # DeepseekOcr2's processor resizes the global view to tile_size when it makes no tiles.
         return min(tile if isinstance(tile, int) else view or DEFAULT_PAGE_SIZE, _MAX_PAGE_SIZE)
-    lowest = int(getattr(image_processor, "min_patches", 1))
-    highest = int(getattr(image_processor, "max_patches", 1))
+    lowest = int(settings.get("min_patches") or 1)
+    highest = int(settings.get("max_patches") or 1)
 
     def covering(width: float, height: float) -> int:
         from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import get_optimal_tiled_canvas

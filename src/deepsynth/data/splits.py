@@ -15,6 +15,7 @@ from typing import Any
 import datasets
 
 from deepsynth.data.loading import DataError, load_documents, load_sample_dataset
+from deepsynth.data.pdf import DEFAULT_PAGE_SIZE, PageSize
 from deepsynth.data.transcription import load_transcription_samples
 from deepsynth.errors import ConfigError
 
@@ -76,6 +77,7 @@ def load_splits(
     holdout_samples: int | None = None,
     seed: int = 42,
     samples: str = "summarise",
+    page_size: PageSize = DEFAULT_PAGE_SIZE,
 ) -> PreparedData:
     """Load and validate a run's training and eval rows (DataError / ConfigError before anything runs).
 
@@ -84,21 +86,22 @@ def load_splits(
     are, in order: ``eval_source``; the source's rows with ``split == "eval"`` (not looked for in a
     ``datasets.Dataset`` given directly); ``holdout_samples`` training rows drawn with ``seed``
     (:func:`split_holdout`); or, with ``holdout_samples`` None, the training rows themselves
-    (``eval_on_training_data``).
+    (``eval_on_training_data``). PDF pages are rendered at ``page_size`` (the run's resolution mode:
+    :func:`deepsynth.models.image_modes.page_size_for_run`).
     """
     if source is None:
         bundled = load_transcription_samples if samples == "transcribe" else load_sample_dataset
         train = bundled("train", max_samples=max_train_samples)
         if eval_source is not None:
-            return PreparedData(train, _load(eval_source, column_mapping, None, max_eval_samples), False)
+            return PreparedData(train, _load(eval_source, column_mapping, None, max_eval_samples, page_size), False)
         return PreparedData(train, bundled("eval", max_samples=max_eval_samples), False, eval_from=EVAL_SPLIT)
-    train = _load(source, column_mapping, "train", max_train_samples)
+    train = _load(source, column_mapping, "train", max_train_samples, page_size)
     if eval_source is not None:
-        return PreparedData(train, _load(eval_source, column_mapping, None, max_eval_samples), False)
+        return PreparedData(train, _load(eval_source, column_mapping, None, max_eval_samples, page_size), False)
     no_eval_split = None
     if not isinstance(source, datasets.Dataset):
         try:
-            return PreparedData(train, _load(source, column_mapping, "eval", max_eval_samples), False,
+            return PreparedData(train, _load(source, column_mapping, "eval", max_eval_samples, page_size), False,
                                 eval_from=EVAL_SPLIT)
         except DataError as error:
             no_eval_split = _why_no_eval_split(error)
@@ -107,8 +110,9 @@ def load_splits(
     return data if holdout_samples is None else hold_out(data, holdout_samples, seed, max_eval_samples)
 
 
-def _load(source: Any, mapping: Mapping[str, str] | None, split: str | None, limit: int | None) -> datasets.Dataset:
-    return load_documents(source, column_mapping=mapping, split=split, max_samples=limit)
+def _load(source: Any, mapping: Mapping[str, str] | None, split: str | None, limit: int | None,
+          page_size: PageSize) -> datasets.Dataset:
+    return load_documents(source, column_mapping=mapping, split=split, max_samples=limit, page_size=page_size)
 
 
 def _why_no_eval_split(error: DataError) -> str:

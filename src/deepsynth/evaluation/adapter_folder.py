@@ -169,9 +169,26 @@ def _instruction(settings: TrainerConfig) -> str:
     return task_instruction(settings.task, settings.instruction)  # None: the task's instruction, as in training
 
 
-def _open_page(image: str | Path) -> Any:
+def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | None) -> Any:
+    """The page image ``image`` names: an image file, or a PDF page (``report.pdf#page=2``) rendered for the mode."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
+    from deepsynth.data.images import ImageProblem
+    from deepsynth.data.pdf import parse_reference, render_page
+    from deepsynth.models.image_modes import page_size_for_run
+
+    try:
+        reference = parse_reference(str(image))
+        if reference is not None:  # rendered at the size the mode the adapter reads in needs
+            path, number = reference
+            size = page_size_for_run(settings.model_name, image_mode or settings.image_mode)
+            image = io.BytesIO(render_page(Path(path).read_bytes(), number, described=path, target_size=size))
+    except ImageProblem as problem:
+        raise ValueError(f"generate: image: {problem}") from None
+    except OSError as error:
+        raise ValueError(f"generate: image {image}: not a readable PDF file ({error})") from None
     try:
         with Image.open(image) as page:
             return page.convert("RGB")
@@ -179,14 +196,18 @@ def _open_page(image: str | Path) -> Any:
         raise ValueError(f"generate: image {image}: not a readable image file ({error})") from None
 
 
-def _eval_rows(settings: TrainerConfig, data: str | Path | None, max_samples: int | None) -> Any:
+def _eval_rows(settings: TrainerConfig, data: str | Path | None, max_samples: int | None,
+               image_mode: str | None) -> Any:
     from deepsynth.data import load_documents, load_sample_dataset
     from deepsynth.data.transcription import load_transcription_samples
+    from deepsynth.models.image_modes import page_size_for_run
 
     if data is None:  # the bundled eval samples of the adapter's task
         bundled = load_transcription_samples if settings.task == "transcribe" else load_sample_dataset
         return bundled("eval", max_samples=max_samples)
-    return load_documents(data, column_mapping=settings.column_mapping, max_samples=max_samples)
+    # PDF pages at the size the mode the model will read them in needs (the training mode unless overridden).
+    page_size = page_size_for_run(settings.model_name, image_mode or settings.image_mode)
+    return load_documents(data, column_mapping=settings.column_mapping, max_samples=max_samples, page_size=page_size)
 
 
 def evaluate_adapter(
@@ -201,7 +222,7 @@ def evaluate_adapter(
     """
     settings = read_adapter_settings(adapter_dir)
     # The data is checked before the model loads: a bad file fails in a second, not after a minute.
-    rows = _eval_rows(settings, data, max_samples)
+    rows = _eval_rows(settings, data, max_samples, image_mode)
     adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
     processor, instruction = adapted.loaded.processor, _instruction(settings)
     examples = encode_rows(rows, processor, instruction=instruction, max_length=settings.max_length)
@@ -237,8 +258,9 @@ def generate_from_adapter(
 
     if (image is None) == (text is None):
         raise ValueError("generate: give exactly one of image or text")
-    page = _open_page(image) if image is not None else None  # a bad file fails before the model loads
-    adapted = load_adapted_model(adapter_dir, image_mode=image_mode)
+    settings = read_adapter_settings(adapter_dir)
+    page = _open_page(image, settings, image_mode) if image is not None else None  # fails before the model loads
+    adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
     settings = adapted.settings
     if adapted.loaded.is_multimodal:
         source = page if page is not None else render_document(text)

@@ -81,8 +81,8 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _blocked_steps(sequences: torch.Tensor, prompt_length: int, logits: Sequence[torch.Tensor],
-                   no_repeat_ngram_size: int) -> list[int]:
-    """Steps at which the repetition guard replaced the model's greedy choice.
+                   no_repeat_ngram_size: int, row: int = 0, length: int | None = None) -> list[int]:
+    """Steps (of the first ``length``) at which the repetition guard replaced row ``row``'s greedy choice.
 
     Greedy decoding picks the top raw logit unless a logits processor banned it; here the ban is
     checked by running transformers' own NoRepeatNGramLogitsProcessor on the same prefix.
@@ -91,16 +91,43 @@ def _blocked_steps(sequences: torch.Tensor, prompt_length: int, logits: Sequence
         return []
     guard = NoRepeatNGramLogitsProcessor(no_repeat_ngram_size)
     blocked = []
-    for step, step_logits in enumerate(logits):
-        chosen = int(sequences[0, prompt_length + step])
-        first_choice = int(step_logits[0].argmax())
+    for step, step_logits in enumerate(logits[:length]):
+        chosen = int(sequences[row, prompt_length + step])
+        first_choice = int(step_logits[row].argmax())
         if first_choice == chosen:
             continue
-        prefix = sequences[:, : prompt_length + step]
-        banned = guard(prefix, step_logits.clone().float())[0, first_choice]
+        prefix = sequences[row : row + 1, : prompt_length + step]
+        banned = guard(prefix, step_logits[row : row + 1].clone().float())[0, first_choice]
         if torch.isinf(banned) and banned < 0:
             blocked.append(step)
     return blocked
+
+
+def generations_of(tokenizer: Any, output: Any, prompt_length: int, no_repeat_ngram_size: int) -> list[Generation]:
+    """One :class:`Generation` per row of ``model.generate``'s output (``return_dict_in_generate`` and
+    ``output_logits`` set): its text up to its first EOS, and why it stopped there.
+
+    A row of a batch that ended early is padded after its EOS; what follows the EOS is not its text.
+    """
+    eos = tokenizer.eos_token_id
+    generations = []
+    for row in range(output.sequences.shape[0]):
+        tokens = output.sequences[row, prompt_length:].tolist()
+        ended = eos in tokens
+        if ended:
+            tokens = tokens[: tokens.index(eos) + 1]
+        blocked = _blocked_steps(output.sequences, prompt_length, output.logits, no_repeat_ngram_size, row,
+                                 len(tokens))
+        if not ended:
+            reason = MAX_NEW_TOKENS
+        elif blocked and blocked[-1] == len(tokens) - 1:
+            reason = REPETITION_GUARD  # the EOS itself came from the guard's ban of the model's choice
+        else:
+            reason = EOS
+        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        generations.append(Generation(text, stop_reason=reason, new_tokens=len(tokens), blocked_repeats=len(blocked),
+                                      no_repeat_ngram_size=no_repeat_ngram_size))
+    return generations
 
 
 @torch.no_grad()
@@ -130,19 +157,7 @@ def generate_text(
         return_dict_in_generate=True,
         output_logits=True,
     )
-    prompt_length = inputs["input_ids"].shape[1]
-    new_tokens = output.sequences[0, prompt_length:]
-    ended = len(new_tokens) > 0 and int(new_tokens[-1]) == tokenizer.eos_token_id
-    blocked = _blocked_steps(output.sequences, prompt_length, output.logits, no_repeat_ngram_size)
-    if not ended:
-        reason = MAX_NEW_TOKENS
-    elif blocked and blocked[-1] == len(new_tokens) - 1:
-        reason = REPETITION_GUARD  # the EOS itself came from the guard's ban of the model's choice
-    else:
-        reason = EOS
-    text = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-    return Generation(text, stop_reason=reason, new_tokens=len(new_tokens), blocked_repeats=len(blocked),
-                      no_repeat_ngram_size=no_repeat_ngram_size)
+    return generations_of(tokenizer, output, inputs["input_ids"].shape[1], no_repeat_ngram_size)[0]
 
 
 @torch.no_grad()

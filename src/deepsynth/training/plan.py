@@ -19,7 +19,7 @@ from deepsynth.data.collate import task_instruction
 from deepsynth.data.splits import EVAL_DATA, EVAL_SPLIT, HOLDOUT, PreparedData, hold_out, load_splits
 from deepsynth.data.transcription import TRANSCRIPTION_SAMPLES
 from deepsynth.evaluation.metrics import normalisation_words
-from deepsynth.models.image_modes import VisionTokens, mode_for_model, vision_tokens_per_page
+from deepsynth.models.image_modes import VisionTokens, mode_for_model, page_size_for_run, vision_tokens_per_page
 from deepsynth.training.config import TrainerConfig, build_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import FLAT_FIELDS
@@ -150,6 +150,7 @@ def _load(config: TrainerConfig, rows: Any, eval_rows: Any, holdout: int | None)
         eval_rows if eval_rows is not None else config.eval_data_path,
         column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
         max_eval_samples=config.max_eval_samples, holdout_samples=holdout, seed=config.seed, samples=config.task,
+        page_size=page_size_for_run(config.model_name, config.image_mode),
     )
 
 

@@ -29,7 +29,7 @@ from deepsynth.evaluation.compare import evaluate_model, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.adapters import load_adapter_weights
 from deepsynth.models.families import CAUSAL_LM, family_names
-from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
+from deepsynth.models.image_modes import IMAGE_MODES, page_size_for_run, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
@@ -332,7 +332,7 @@ class UnifiedProductionTrainer:
             eval_dataset if eval_dataset is not None else config.eval_data_path,
             column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
             max_eval_samples=config.max_eval_samples, holdout_samples=config.holdout_samples, seed=config.seed,
-            samples=config.task,
+            samples=config.task, page_size=page_size_for_run(config.model_name, config.image_mode),
         )
 
     def _adapt(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:

@@ -7,7 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from deepsynth.training.config import DTYPES, SCHEDULER_TYPES, TrainerConfig, build_config, check_value_kinds, config_fields
+from deepsynth.models.image_modes import all_mode_names
+from deepsynth.training.config import (
+    DTYPES, SCHEDULER_TYPES, TASKS, TrainerConfig, build_config, check_value_kinds, config_fields,
+)
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import BIAS_CHOICES, LORA_PRESETS, QUANTIZATION_CHOICES
 from deepsynth.web.http import errors, import_libraries, model_call
@@ -19,6 +22,8 @@ router = APIRouter(tags=["jobs"])
 CHOICES: dict[str, tuple] = {
     "scheduler_type": SCHEDULER_TYPES, "dtype": DTYPES, "lora_bias": BIAS_CHOICES,
     "lora_quantization": QUANTIZATION_CHOICES, "preset": (None, *LORA_PRESETS), "resume_from_checkpoint": RESUME_CHOICES,
+    # Every family's modes: which of them the chosen model has is the plan's to say (it names the model's modes).
+    "task": TASKS, "image_mode": (None, *all_mode_names()),
 }
 # Where the form places a field (layout only; every field is offered): the LoRA block, the training
 # block, or "advanced" for the rest.

@@ -256,9 +256,11 @@ async function deleteDataset(id) {
 // the chosen data; the page shows and fills in what the plan says, and decides nothing itself.
 function planRequest() {
   const overrides = {};
-  for (const name of ["max_train_samples", "max_eval_samples"]) {  // they change the counts: the plan keeps them
+  // The counts, and what a page costs and how long an example is (the mode, the task and its prompt, the
+  // sequence length): the plan keeps them and reports the run the form describes.
+  for (const name of ["max_train_samples", "max_eval_samples", "task", "image_mode", "instruction", "max_length"]) {
     const value = readField(name);
-    if (value !== null) overrides[name] = value;
+    if (value !== null && value !== "") overrides[name] = value;
   }
   return { dataset_id: $("dataset-select").value, eval_dataset_id: $("eval-dataset-select").value || null,
     model: readField("model_name"), overrides };
@@ -277,6 +279,8 @@ function showPlan(plan) {
   $("est-updates").textContent = fmtInt(plan.updates.effective_updates);
   $("est-warmup").textContent = fmtInt(plan.updates.warmup_steps);
   $("est-trainable").textContent = fmtInt(estimates.trainable_params);
+  // What a page costs in the chosen resolution mode (the plan's VisionTokens; none for a text model).
+  $("est-vision").textContent = plan.vision_tokens ? plan.vision_tokens.text : "none (a text model reads no page images)";
   $("est-time").textContent = estimates.estimated_time_minutes === null || estimates.estimated_time_minutes === undefined
     ? "unknown (measure it with `deepsynth recommend --calibrate`)" : `${estimates.estimated_time_minutes} min`;
   $("warnings").replaceChildren(...plan.warnings.map((w) => el("li", {}, w)));
