@@ -28,6 +28,16 @@ def test_recommend_human_output(capsys):
     assert "tiny_data" in out and "2,636,800" in out and "unknown" in out
 
 
+def test_recommend_prints_the_measured_learning_rate_and_why(capsys):
+    for num_samples, rate, guide in (("3", "5e-04", "5e-05"), ("10", "2e-04", "2e-05"), ("50", "2e-04", "2e-05")):
+        assert main(["recommend", "--num-samples", num_samples, "--model", V1]) == 0
+        out = capsys.readouterr().out
+        note = next(line for line in out.splitlines() if line.startswith("warning: learning rate"))
+        assert f"learning rate {rate}, not the design guide's {guide}" in note and "docs/quality.md" in note
+        assert main(["recommend", "--num-samples", num_samples, "--model", V1, "--guide-learning-rates", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["training_config"]["learning_rate"] == float(guide)
+
+
 def test_recommend_world_size_splits_the_epoch(capsys):
     # 40 samples on 4 processes: 10 per process and epoch, so fewer updates than on one process.
     assert main(["recommend", "--num-samples", "40", "--model", V1, "--world-size", "4", "--json"]) == 0

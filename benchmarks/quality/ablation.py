@@ -11,7 +11,11 @@ Configurations (LoRA fields from the library's presets, schedule from ``recommen
 
 * ``legacy``      -- the legacy DeepSynth default: preset ``standard`` (attention q/k/v/o, r16), 1 epoch,
                      batch 2, no accumulation, lr 2e-5, no warmup, constant learning rate. Never scaled.
-* ``recommended`` -- ``recommend(n, model).apply(...)``: the preset and schedule DeepSynth recommends for n.
+* ``recommended`` -- ``recommend(n, model, learning_rates="guide").apply(...)``: the preset and schedule
+                     DeepSynth recommends for n, at the design guide's learning rates (what ``recommend``
+                     planned when the full-length study ran; every lr_xK below multiplies these rates).
+* ``evidence``    -- ``recommend(n, model).apply(...)``: today's plan, at the learning rates the study
+                     supports (issue #17: x10 the guide's).
 * ``lr_xK``       -- recommended with the learning rate x K (any number: lr_x3, lr_x10, lr_x30; lr_x1 =
                      recommended).
 * ``flat_xK``     -- lr_xK with a constant learning rate and no warmup: warmup + cosine vs constant at a
@@ -75,7 +79,7 @@ NEXT_LARGER = {"tiny_data": "balanced", "balanced": "high_capacity_moe", "high_c
 LEGACY = dict(preset="standard", num_epochs=1, batch_size=2, gradient_accumulation_steps=1,
               optimizer=dict(learning_rate=2e-5, weight_decay=0.01, warmup_steps=0, scheduler_type="none"))
 MODELS = {"tiny": None, "smollm2": "/tmp/smollm2"}
-NAMED_CONFIGS = ("legacy", "recommended", "alternative", "recommended_hlr", "recommended_flat", "router_focused")
+NAMED_CONFIGS = ("legacy", "recommended", "evidence", "alternative", "recommended_hlr", "recommended_flat", "router_focused")
 # Generic families: lr_xK = recommended with lr x K; flat_xK = that, constant lr, no warmup.
 FAMILY = re.compile(r"^(lr|flat)_x(\d+(?:\.\d+)?)$")
 SMOKE_EPOCHS = 2
@@ -110,7 +114,7 @@ def recommended_config(model_name, n: int, config: str, base, args: argparse.Nam
     from deepsynth.training.config import TrainerConfig
     from deepsynth.training.recommend import RECIPES, recommend
 
-    rec = recommend(n, model_name)
+    rec = recommend(n, model_name, learning_rates="evidence" if config == "evidence" else "guide")
     cfg = rec.apply(base)
     info = {"recommend_warnings": rec.warnings, "recommended_preset": rec.preset_name,
             "unscaled_epochs": cfg.num_epochs, "unscaled_updates": rec.estimates["effective_updates"],

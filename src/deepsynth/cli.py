@@ -55,7 +55,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from deepsynth.training.recommend import recommend
 
     rec = recommend(args.num_samples, model=args.model, calibrate=args.calibrate, num_train_tokens=args.train_tokens,
-                    has_eval_data=not args.no_eval_data, world_size=args.world_size, image_mode=args.image_mode)
+                    has_eval_data=not args.no_eval_data, world_size=args.world_size, image_mode=args.image_mode,
+                    learning_rates="guide" if args.guide_learning_rates else "evidence")
     if args.json:
         _print_json(rec.to_dict())
         return 0
@@ -400,6 +401,8 @@ def _add_recommend(sub: Any) -> None:
                    help="supervised target tokens of the samples (default: assume 90 per sample)")
     p.add_argument("--world-size", type=int, default=1, metavar="N",
                    help="training processes (data-parallel): each sees 1/N of the samples per epoch")
+    p.add_argument("--guide-learning-rates", action="store_true",
+                   help="the design guide's learning rates instead of the ones our full-length runs support")
     _add_image_mode(p, "show vision tokens per page for this resolution mode (default: the model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_recommend)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from deepsynth.training.recommend import RECIPES
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DISABLE_TQDM": "1",
@@ -133,10 +135,13 @@ def test_gpu_check_sh_real_dims_dry_run(tmp_path):
 def test_quality_ablation_and_report(tmp_path, capsys):
     out = tmp_path / "results.jsonl"
     _module("quality/ablation.py").main(["--model", "tiny", "--n", "1", "--seeds", "0", "--configs", "legacy",
-                                         "recommended", "--sample-passes", "1", "--eval-samples", "1",
+                                         "recommended", "evidence", "--sample-passes", "1", "--eval-samples", "1",
                                          "--max-new-tokens", "1", "--out", str(out)])
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["config"] for r in records] == ["legacy", "recommended"]
+    assert [r["config"] for r in records] == ["legacy", "recommended", "evidence"]
+    # recommended = the design guide's rates (the study's reference); evidence = what recommend plans today
+    rates = [r["schedule"]["learning_rate"] for r in records]
+    assert rates[1] == RECIPES["tiny_data"].guide_learning_rate and rates[2] == RECIPES["tiny_data"].learning_rate
     report = _module("quality/report.py")
     assert "| 1 | legacy |" in report.table(report.load(out))
 

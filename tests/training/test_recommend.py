@@ -4,7 +4,7 @@ import pytest
 
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.config import TrainerConfig
-from deepsynth.training.recommend import estimate_updates, preset_for, preset_reason, recommend
+from deepsynth.training.recommend import RECIPES, estimate_updates, preset_for, preset_reason, recommend
 from deepsynth.training.targets import count_trainable_params
 from deepsynth.training.lora_config import get_lora_preset
 
@@ -86,13 +86,34 @@ def test_apply_builds_the_trainer_config():
     # Warmup is the recipe's ratio, not a count fixed for the recipe's length (docs/quality.md).
     assert config.optimizer.warmup_steps is None and config.optimizer.warmup_ratio == 0.1
     assert config.optimizer.resolve_warmup(rec.estimates["effective_updates"]) == rec.estimates["warmup_steps"]
-    assert config.optimizer.learning_rate == 2e-5
+    assert config.optimizer.learning_rate == RECIPES["balanced"].learning_rate == 2e-4
     assert config.hub_token == "t" and config.output_dir == "x"
 
 
 def test_decisions_are_the_warnings_that_state_a_choice():
     rec = recommend(10, model=V1, has_eval_data=False)
-    assert set(rec.decisions) == {"evaluation", "early_stopping"}
+    assert set(rec.decisions) == {"evaluation", "early_stopping", "learning_rate"}
     assert all(text in rec.warnings for text in rec.decisions.values())
     assert "decisions" not in rec.to_dict()  # the API's recommendation is unchanged
-    assert recommend(60, model=V1).decisions == {}
+    assert set(recommend(60, model=V1).decisions) == {"learning_rate"}
+
+
+@pytest.mark.parametrize("num_samples, preset", [(3, "tiny_data"), (10, "balanced"), (50, "high_capacity_moe")])
+def test_learning_rate_is_the_measured_one_and_says_why(num_samples, preset):
+    rec = recommend(num_samples, model=V1)
+    recipe = RECIPES[preset]
+    assert rec.preset_name == preset
+    assert rec.training_config["learning_rate"] == recipe.learning_rate > recipe.guide_learning_rate
+    note = rec.decisions["learning_rate"]
+    assert f"{recipe.learning_rate:.0e}" in note and f"{recipe.guide_learning_rate:.0e}" in note
+    assert recipe.evidence in note and "docs/quality.md" in note
+
+
+def test_the_design_guides_learning_rates_stay_reachable():
+    for num_samples, preset in ((3, "tiny_data"), (10, "balanced"), (50, "high_capacity_moe")):
+        rec = recommend(num_samples, model=V1, learning_rates="guide")
+        assert rec.training_config["learning_rate"] == RECIPES[preset].guide_learning_rate
+        assert "design guide's rate" in rec.decisions["learning_rate"]
+    assert (RECIPES["tiny_data"].guide_learning_rate, RECIPES["balanced"].guide_learning_rate) == (5e-5, 2e-5)
+    with pytest.raises(ConfigError, match="learning_rates"):
+        recommend(3, model=V1, learning_rates="fast")

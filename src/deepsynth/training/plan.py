@@ -224,6 +224,8 @@ def _lines(plan: RunPlan, data: PreparedData, names: dict[str, str], origin: str
                "training samples" if rec else (f"preset {config.preset}" if config.preset else "custom LoRA settings")
     lines.append(f"  settings: {settings}; {_lora_words(config)}")
     lines.append(f"  schedule: {_schedule_words(config, plan.updates)}")
+    if rec is not None and "learning_rate" not in plan.kept:
+        lines.append(f"  {rec.decisions['learning_rate']}")
     lines.append(f"  task: {_task_words(config, names)}")
     if plan.vision_tokens is not None:
         default = "" if config.image_mode else " (the model's default)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -27,6 +27,9 @@ class RecommendRequest(BaseModel):
                                       "'eval' split); some are held out for evaluation (see `evaluation`)")
     num_train_tokens: StrictInt | None = Field(None, description="supervised target tokens of the samples; "
                                                "null: assume 90 per sample (said in the warnings)")
+    learning_rates: Literal["evidence", "guide"] = Field(
+        "evidence", description="'evidence': the learning rates our full-length runs support; 'guide': the design "
+        "guide's (the recommendation's notes say which and why)")
 
 
 class EstimateRequest(BaseModel):
@@ -64,7 +67,8 @@ def recommended(body: RecommendRequest, models: ModelPolicy = Depends(models_of)
 
     model = models.check(body.model, "model")
     return model_call(model, recommend, body.num_samples, model=model,
-                      has_eval_data=body.has_eval_data, num_train_tokens=body.num_train_tokens).to_dict()
+                      has_eval_data=body.has_eval_data, num_train_tokens=body.num_train_tokens,
+                      learning_rates=body.learning_rates).to_dict()
 
 
 @router.post("/api/lora/estimate", summary="Exact trainable parameters of LoRA settings",
