@@ -16,7 +16,9 @@ Life cycle: ``queued`` → ``running`` → ``succeeded`` | ``failed`` | ``cancel
 SIGTERM to the process group, then SIGKILL after ``cancel_grace_s``; the output folder (and so the
 last checkpoint) is kept. On start-up a job still marked running is adopted if its process is alive,
 and otherwise finished from what its progress file says (failed, naming its last step, unless the
-trainer reported completion): a job is never started twice.
+trainer reported completion): a job is never started twice. ``progress.jsonl`` is read with its
+schema (:mod:`deepsynth.training.progress`); why a job failed is its ``error`` event (written by the
+trainer, or by the CLI for a failure before the trainer started), never a line the process printed.
 
 The Hub token reaches the training process only through its environment (``HF_TOKEN``): it is not a
 field of the saved config, the database or any message.
