@@ -124,6 +124,7 @@ class UnifiedProductionTrainer:
 
     def _run(self, dataset: Any, eval_dataset: Any) -> tuple[dict[str, Any], dict[str, Path]]:
         """The recipe: every step, in order. Non-main processes of a distributed run stop after training."""
+        require_bitsandbytes(self.config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
         data = self.setup_data(dataset, eval_dataset)  # validated before anything is written
         loaded = self.setup_model()
         model, targets = self.setup_adapter(loaded)
@@ -150,10 +151,9 @@ class UnifiedProductionTrainer:
 
         ``dataset`` / ``eval_dataset`` default to the config's data; see :func:`deepsynth.data.splits.load_splits`
         for where the eval rows come from (eval data, an ``eval`` split, ``holdout_samples``, or the
-        training rows, said in the metrics). A QLoRA preset without bitsandbytes fails first.
+        training rows, said in the metrics).
         """
         config = self.config
-        require_bitsandbytes(config.lora_quantization)
         return load_splits(
             dataset if dataset is not None else config.data_path,
             eval_dataset if eval_dataset is not None else config.eval_data_path,
