@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from deepsynth.training.errors import ConfigError, DiskFullError
@@ -262,9 +263,24 @@ def _short(text: str, limit: int = 160) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    plan = None
+    try:
+        plan = plan_train(args)
+        return _train(args, plan)
+    except BaseException as error:
+        # Watchers (the web job runner) read why the run failed from progress.jsonl, never from our
+        # printed lines: record it there when the run folder exists (none is created for bad input).
+        folder = getattr(args, "output_dir", None) or (plan.config.output_dir if plan is not None else None)
+        if folder and Path(folder).is_dir() and _processes()[1]:
+            from deepsynth.training.progress import record_error_in
+
+            record_error_in(folder, error)
+        raise
+
+
+def _train(args: argparse.Namespace, plan) -> int:
     from deepsynth.models.quantization import require_bitsandbytes
 
-    plan = plan_train(args)
     require_bitsandbytes(plan.config.lora_quantization)  # before the trainer's heavy imports: fail at once
     from deepsynth.training.production_trainer import UnifiedProductionTrainer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from deepsynth.training.production_trainer import SparseProgressCallback
+from deepsynth.training.trainer import SparseProgressCallback
 
 
 def test_sparse_progress_prints_about_ten_loss_lines_and_every_eval(tmp_path, capsys):

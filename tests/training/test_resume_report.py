@@ -7,6 +7,7 @@ from transformers import TrainerCallback
 
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.training.production_trainer import UnifiedProductionTrainer
+from deepsynth.training.report import RunReport
 
 
 def config(out, **overrides) -> TrainerConfig:
@@ -59,3 +60,4 @@ def test_resumed_run_reports_history_curve_and_train_loss_of_the_whole_run(tmp_p
     assert metrics["train"]["train_loss"] == full["train"]["train_loss"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["history"] == full["history"] and saved["train"]["train_loss"] == full["train"]["train_loss"]
+    assert RunReport.from_dict(saved).to_dict() == saved  # a resumed run's report keeps the schema too

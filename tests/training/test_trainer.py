@@ -13,7 +13,9 @@ from deepsynth.evaluation.adapter_folder import load_adapted_model
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.production_trainer import UnifiedProductionTrainer
+from deepsynth.training.progress import read_events, typed_events
 from deepsynth.training.recommend import estimate_updates, recommend
+from deepsynth.training.report import RunReport
 
 TOKEN = "hf_TESTTOKEN_do_not_leak_4242"
 
@@ -59,6 +61,10 @@ def test_seed_test_1_tiny_data_updates_equal_recommend(tmp_path):
     assert saved["eval"]["after"]["loss"] < saved["eval"]["before"]["loss"]  # it learned something
     events = [json.loads(line)["event"] for line in (out / "progress.jsonl").read_text().splitlines()]
     assert events[0] == "start" and events[-1] == "done" and "log" in events
+    # Both files follow their one schema: metrics.json is a RunReport, each progress line a typed event.
+    assert RunReport.from_dict(saved).to_dict() == saved == metrics
+    records, _ = read_events(out / "progress.jsonl")
+    assert len(typed_events(records)) == len(records) == len(events)
 
 
 @pytest.mark.parametrize("samples, batch, accumulation, epochs", [(5, 2, 2, 2), (4, 1, 3, 2), (3, 3, 1, 3)])

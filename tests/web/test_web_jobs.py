@@ -210,7 +210,11 @@ def test_cancel_escalates_to_sigkill_and_a_failed_trainer_reports_its_error(stat
         job = _wait(manager, job["id"], lambda j: j["status"] == "cancelled")  # ...SIGKILL after the grace period
         assert _gone(job["pid"]) and job["exit_code"] == -signal.SIGKILL
 
-        manager.command = _stub("import sys; print('error: lora_rank: got 0, expected an integer > 0'); sys.exit(2)")
+        # What the CLI does with bad input found once the run folder exists: the structured event, then the line.
+        manager.command = _stub("import sys; from deepsynth.errors import ConfigError; "
+                                "from deepsynth.training.progress import record_error_in; "
+                                "error = ConfigError('lora_rank', 0, 'an integer > 0'); "
+                                "record_error_in('output', error); print(f'error: {error}'); sys.exit(2)")
         failed = manager.submit({"dataset_id": "sample"})
         failed = _wait(manager, failed["id"], lambda j: j["status"] == "failed")
         assert failed["error"].startswith("lora_rank: got 0") and failed["exit_code"] == 2
@@ -229,7 +233,8 @@ def test_a_failed_run_is_explained_by_its_structured_error_event_not_its_printed
     # What the trainer does on failure (production_trainer emits an "error" event, then the CLI prints).
     script = ("import json, os, sys; os.makedirs('output', exist_ok=True); "
               "f = open('output/progress.jsonl', 'a'); "
-              "f.write(json.dumps({'event': 'start', 'total_updates': 4}) + '\\n'); "
+              "f.write(json.dumps({'event': 'start', 'total_updates': 4, 'total_steps': 4, "
+              "'num_train_samples': 2}) + '\\n'); "
               "f.write(json.dumps({'event': 'error', 'message': 'DataError: row 3: summary is empty'}) + '\\n'); "
               "f.close(); print('error: something printed later'); sys.exit(1)")
     manager = JobManager(state_dir, DatasetStore(state_dir), poll_interval_s=0.05, command=_stub(script))
@@ -240,3 +245,21 @@ def test_a_failed_run_is_explained_by_its_structured_error_event_not_its_printed
     finally:
         manager.close()
     assert job["error"] == "DataError: row 3: summary is empty" and job["total_updates"] == 4
+
+
+def test_a_real_run_that_fails_records_a_structured_error_the_job_shows(state_dir):
+    # The real `deepsynth train` process: the data pass the upload checks, but a max_length too short
+    # for the page's vision tokens is found only once the model is loaded (the run folder exists).
+    manager = JobManager(state_dir, DatasetStore(state_dir), poll_interval_s=0.1)
+    manager.start()
+    try:
+        job = manager.submit({"dataset_id": "sample", **FAST_JOB, "max_length": 64})
+        job = _wait(manager, job["id"], lambda j: j["status"] in ("failed", "succeeded"), timeout=240)
+    finally:
+        manager.close()
+    progress = (state_dir / "jobs" / job["id"] / "output" / "progress.jsonl").read_text(encoding="utf-8")
+    (event,) = [json.loads(line) for line in progress.splitlines()]
+    assert event["event"] == "error" and event["field"] == "max_length" and event["error_type"] == "ConfigError"
+    assert job["status"] == "failed" and job["exit_code"] == 2
+    assert job["error"] == event["message"] and job["error"].startswith("max_length: got 64, expected room")
+    assert any(line.startswith("error: max_length") for line in job["log_tail"])  # the CLI still prints it

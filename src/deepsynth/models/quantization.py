@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepsynth.models.families import family_names
-from deepsynth.training.errors import ConfigError
+from deepsynth.errors import ConfigError
 
 __all__ = [
     "INSTALL_COMMAND",

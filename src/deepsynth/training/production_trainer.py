@@ -1,20 +1,22 @@
-"""``UnifiedProductionTrainer``: one fine-tuning run, top to bottom, on transformers' ``Trainer``.
+"""``UnifiedProductionTrainer``: one fine-tuning run as a recipe of named steps, on transformers' ``Trainer``.
 
-data → model → LoRA targets → baseline evaluation → Trainer.train (schedule per optimizer update,
-rotating checkpoints, resume) → adapted evaluation → adapter, config, metrics, loss curve → Hub.
+``train()`` calls the steps in order, from one place (``_run``): setup_data → setup_model →
+setup_adapter → setup_examples → start_run → evaluate (baseline) → setup_trainer → fit →
+evaluate (adapted) → report → save → publish. Each step is a method below that reads on its own.
 
 Everything written goes to ``config.output_dir``; only the main process writes. Progress events
-are appended to ``progress.jsonl`` (one JSON object per line) for the web UI and other watchers.
+(schema: :mod:`deepsynth.training.progress`) are appended to ``progress.jsonl``; ``metrics.json`` is
+a :class:`deepsynth.training.report.RunReport`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,6 @@ from deepsynth.data.collate import DataCollator, RowEncodingError, encode_rows, 
 from deepsynth.data.splits import PreparedData, load_splits
 from deepsynth.evaluation.compare import evaluate_model, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
-from deepsynth.models.adapters import load_adapter_weights
 from deepsynth.models.families import CAUSAL_LM, family_names
 from deepsynth.models.image_modes import IMAGE_MODES, page_size_for_run, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
@@ -38,82 +39,55 @@ from deepsynth.training.checkpoints import (
     model_save_bytes, run_history, run_train_loss, staged_save,
 )
 from deepsynth.training.config import TrainerConfig
-from deepsynth.training.errors import ConfigError, DiskFullError
+from deepsynth.training.errors import ConfigError
 from deepsynth.training.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
-from deepsynth.training.moe import install_moe, plot_expert_utilization
-from deepsynth.training.recommend import estimate_updates
+from deepsynth.training.moe import MoeRegularisation, install_moe, plot_expert_utilization
+from deepsynth.training.progress import Done, Phase, ProgressWriter, Start, record_error
+from deepsynth.training.recommend import UpdateEstimate, estimate_updates
+from deepsynth.training.report import EvalSummary, Holdout, RunReport, TrainableParams, TrainSummary, plot_loss_curve
 from deepsynth.training.scheduler import HF_SCHEDULER_NAMES
 from deepsynth.training.targets import ResolvedTargets, apply_lora, count_by_group, resolve_targets
-from deepsynth.training.trainer import MoeTrainer
+from deepsynth.training.trainer import MoeTrainer, ProgressLog, RestoreAdapterOnResume, SparseProgressCallback
 
 LOGGER = logging.getLogger("deepsynth")
 # Samples whose generations are kept in metrics.json for a human to read.
 SHOWN_SAMPLES = 3
 
 
-class ProgressLog(TrainerCallback):
-    """Appends progress events to ``progress.jsonl`` and keeps the loss history in memory."""
+@dataclass
+class Examples:
+    """The encoded rows of a run (set by ``setup_examples``)."""
 
-    def __init__(self, path: Path | None, listener: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.path = path
-        self.listener = listener
-        self.history: list[dict[str, Any]] = []
-
-    def emit(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": round(time.time(), 3), **fields}
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as stream:
-                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-        if self.listener is not None:
-            self.listener(record)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 (TrainerCallback API)
-        logs = logs or {}
-        if "loss" in logs:
-            entry = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": float(logs["loss"]),
-                     "learning_rate": float(logs.get("learning_rate", 0.0))}
-            if "aux_loss" in logs:  # router load-balancing term (MoeTrainer), logged on its own
-                entry["aux_loss"] = float(logs["aux_loss"])
-            self.history.append(entry)
-            self.emit("log", **entry)
-        if "eval_loss" in logs:
-            entry = {"step": state.global_step, "eval_loss": float(logs["eval_loss"])}
-            self.history.append(entry)
-            self.emit("eval", **entry)
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    instruction: str  # the prompt's instruction for the task
+    lengths: dict[str, Any]  # max_length as set, and the longest example (metrics.json "max_length")
 
 
-class SparseProgressCallback(ProgressCallback):
-    """transformers' progress bar, printing about ``lines`` log lines per run instead of one per update.
+@dataclass
+class RunState:
+    """Where and how long the run trains, and where it reports (set by ``start_run``)."""
 
-    The trainer logs every update (``logging_steps=1``) for the loss history and progress.jsonl;
-    printing each of them buries the before/after table under hundreds of lines. Evaluation logs
-    and the final summary are always printed.
-    """
+    output_dir: Path
+    args: TrainingArguments
+    estimate: UpdateEstimate
+    progress: ProgressWriter
+    resume: Path | None  # the checkpoint resumed from
 
-    def __init__(self, lines: int = 10) -> None:
-        super().__init__()
-        self.lines = lines
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        every = max(1, state.max_steps // self.lines) if state.max_steps else 1
-        if "loss" in (logs or {}) and state.global_step % every and state.global_step != state.max_steps:
-            return
-        super().on_log(args, state, control, logs=logs, **kwargs)
+    @property
+    def is_main(self) -> bool:
+        return self.args.process_index == 0
 
 
-class RestoreAdapterOnResume(TrainerCallback):
-    """Loads the checkpoint's adapter weights by exact name when a resumed run begins.
+@dataclass
+class Training:
+    """The Trainer of the run and what is installed around it (set by ``setup_trainer``)."""
 
-    Trainer restores a PEFT checkpoint through PEFT's loader, which (transformers 5) mangles
-    DeepSeek-OCR adapter keys and leaves the adapter at its initial value; see
-    ``deepsynth.models.adapters.load_adapter_weights``. This runs after that, before the first update.
-    """
-
-    def __init__(self, checkpoint: Path) -> None:
-        self.checkpoint = checkpoint
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: D102 (TrainerCallback API)
-        load_adapter_weights(model, self.checkpoint)
+    trainer: MoeTrainer
+    moe: MoeRegularisation
+    guard: CheckpointGuard
+    feature_cache: dict[str, Any]  # metrics.json "feature_cache"
+    seconds: float = 0.0  # of training, this process's segment (set by ``fit``)
 
 
 class UnifiedProductionTrainer:
@@ -130,8 +104,6 @@ class UnifiedProductionTrainer:
         self.callbacks = list(callbacks)
         self.progress_listener = progress_listener
 
-    # --- the run ----------------------------------------------------------------------------------
-
     def train(
         self,
         dataset: datasets.Dataset | str | Path | None = None,
@@ -142,184 +114,39 @@ class UnifiedProductionTrainer:
         A failure after the run started is recorded as an ``error`` event in progress.jsonl (for
         watchers such as the web UI) and re-raised.
         """
-        self._progress: ProgressLog | None = None
+        self._progress: ProgressWriter | None = None
         try:
-            return self._train(dataset, eval_dataset)
+            return self._run(dataset, eval_dataset)
         except BaseException as error:
             if self._progress is not None:
-                self._report_error(self._progress, error)
+                record_error(self._progress, error)
             raise
 
-    @staticmethod
-    def _report_error(progress: ProgressLog, error: BaseException) -> None:
-        """The ``error`` event; a disk-full one says where and how much (the event itself may not fit)."""
-        fields: dict[str, Any] = {"message": f"{type(error).__name__}: {error}"}
-        if isinstance(error, DiskFullError):
-            fields = {"kind": "disk_full", "message": str(error), "path": str(error.path),
-                      "needed_bytes": error.needed, "free_bytes": error.free}
-        try:
-            progress.emit("error", **fields)
-        except OSError as failure:
-            LOGGER.warning("could not record the error in progress.jsonl: %s", failure)
-
-    def _train(self, dataset: Any, eval_dataset: Any) -> tuple[dict[str, Any], dict[str, Path]]:
-        config = self.config
-        output_dir = Path(config.output_dir)
-        require_bitsandbytes(config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
-        data = self.prepare_data(dataset, eval_dataset)  # validated before anything is written
-        set_seed(config.seed)  # LoRA init, dropout and data order all follow the run's seed
-        loaded = load_model_and_processor(
-            config.model_name, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing,
-            quantization=config.lora_quantization, image_mode=config.image_mode,
-        )
-        _check_task(config, loaded)
-        base_class = type(loaded.model).__name__
-        model, targets = self._adapt(loaded)
-        instruction = task_instruction(config.task, config.instruction)
-        train_examples = self._encode(loaded, data.train, instruction)
-        eval_examples = self._encode(loaded, data.eval, instruction)
-        lengths = _sequence_lengths(config, loaded, train_examples, eval_examples)
-
-        estimate = estimate_updates(len(train_examples), config.batch_size, config.gradient_accumulation_steps,
-                                    config.num_epochs, _world_size())
-        args = self._training_arguments(output_dir, estimate.effective_updates)
-        is_main = args.process_index == 0
-        progress = self._progress = ProgressLog(output_dir / "progress.jsonl" if is_main else None,
-                                                self.progress_listener)
-        if is_main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        resume, skipped = self._checkpoint_to_resume(output_dir)
-        progress.emit("start", total_updates=estimate.effective_updates, total_steps=estimate.total_steps,
-                      num_train_samples=len(train_examples), resumed_from=str(resume) if resume else None,
-                      # Log events of earlier segments past this update were redone: readers drop them.
-                      resumed_at_update=checkpoint_step(resume) if resume else 0,
-                      resume_skipped=[{"path": str(path), "reason": reason} for path, reason in skipped])
-        for warning in targets.warnings:
-            LOGGER.warning("LoRA targets: %s", warning)
-        if data.eval_on_training_data:
-            LOGGER.warning("no held-out data: before/after metrics are computed on the training samples")
-
-        eval_kwargs = dict(
-            sources=self._sources(loaded, data.eval), references=list(data.eval["summary"]), instruction=instruction,
-            max_new_tokens=config.max_new_tokens, no_repeat_ngram_size=config.no_repeat_ngram_size,
-            task=config.task, ignore_case=config.metric_ignore_case,
-            ignore_punctuation=config.metric_ignore_punctuation,
-        )
-        before = predictions_before = None
-        if is_main:
-            progress.emit("phase", name="baseline_eval")
-            before, predictions_before = evaluate_model(model, loaded.processor, eval_examples,
-                                                        adapter_disabled=config.use_lora, **eval_kwargs)
-
-        # MoE knobs and expert-utilization telemetry (docs/moe.md); installed after the baseline so
-        # that "eval" utilization describes the adapted model.
-        moe = install_moe(model, loaded.family, gate_dropout_rate=config.gate_dropout_rate,
-                          gate_dropout_keywords=config.gate_dropout_keywords,
-                          expert_dropout_rate=config.expert_dropout_rate,
-                          expert_dropout_min_keep=config.expert_dropout_min_keep,
-                          router_aux_loss_coef=config.router_aux_loss_coef, seed=config.seed,
-                          router_mode=targets.router_mode)
-        # Frozen vision path, no augmentation: encode each unique page once, not once per step.
-        collator: Any = DataCollator(loaded.processor, dtype=loaded.model.dtype)
-        cache_on, cache_reason = cache_applicable(model, loaded.family, config)
-        cache_stats = precompute_image_features(model, train_examples) if cache_on else None
-        if cache_stats is not None and cache_stats.skipped is None:
-            collator = CachedFeatureCollator(collator)
-        LOGGER.info("vision feature cache: %s (%s)", "on" if cache_on else "off", cache_reason)
-        # Marks complete checkpoints, rotates them, checks free space (transformers' rotation is off).
-        guard = CheckpointGuard(output_dir, config.save_total_limit, checkpoint_bytes_estimate(model))
-        callbacks: list[TrainerCallback] = [progress, guard, *self.callbacks]
-        if resume and config.use_lora:
-            callbacks.append(RestoreAdapterOnResume(resume))
-        if config.early_stopping_patience:
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-        trainer = MoeTrainer(
-            moe=moe,
-            loss_on_labelled_positions=config.loss_on_labelled_positions,
-            model=model,
-            args=args,
-            train_dataset=train_examples,
-            eval_dataset=eval_examples if config.eval_every_updates else None,
-            data_collator=collator,
-            callbacks=callbacks,
-        )
-        if trainer.pop_callback(ProgressCallback) is not None:  # None when tqdm is disabled
-            trainer.add_callback(SparseProgressCallback())
-        progress.emit("phase", name="training")
-        started = time.perf_counter()
-        self._run_training(trainer, guard, resume)
-        train_seconds = time.perf_counter() - started
-        # Every rank reports what it trained: under DDP the digests must be equal.
-        LOGGER.info("rank %d/%d: %d optimizer updates, trained-weights sha256 %s", args.process_index,
-                    args.world_size, trainer.state.global_step, trained_weights_digest(model))
-        if not is_main:
+    def _run(self, dataset: Any, eval_dataset: Any) -> tuple[dict[str, Any], dict[str, Path]]:
+        """The recipe: every step, in order. Non-main processes of a distributed run stop after training."""
+        require_bitsandbytes(self.config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
+        data = self.setup_data(dataset, eval_dataset)  # validated before anything is written
+        loaded = self.setup_model()
+        model, targets = self.setup_adapter(loaded)
+        examples = self.setup_examples(loaded, data)
+        run = self.start_run(examples, targets, data)
+        before = self.evaluate(model, loaded, data, examples, run, baseline=True) if run.is_main else None
+        training = self.setup_trainer(model, loaded, targets, examples, run)
+        self.fit(training, run)
+        if not run.is_main:
             return {}, {}
+        after = self.evaluate(model, loaded, data, examples, run, baseline=False)
+        training.moe.remove()
+        report = self.report(model, loaded, data, examples, targets, run, training, before, after)
+        paths = self.save(model, loaded, report, run)
+        if self.config.push_to_hub:
+            self.publish(report, paths, run)
+        run.progress.emit(Done(metrics_path=str(paths["metrics"])))
+        return report.to_dict(), paths
 
-        progress.emit("phase", name="final_eval")
-        after, predictions_after = evaluate_model(model, loaded.processor, eval_examples, **eval_kwargs)
-        moe.remove()
-        # The whole run, earlier segments included: the state's log history is saved in each checkpoint.
-        history = run_history(trainer.state.log_history)
-        by_group = count_by_group(model, loaded.family)
-        metrics = {
-            "base_model": loaded.name,
-            "model_family": loaded.family,
-            "model_class": "AutoModelForCausalLM" if loaded.family == CAUSAL_LM else base_class,
-            "preset": config.preset,
-            **_task_report(config, loaded, lengths),
-            "num_train_samples": len(train_examples),
-            "num_eval_samples": len(eval_examples),
-            "eval_on_training_data": data.eval_on_training_data,
-            # Training rows held out for evaluation (no eval data given; holdout_samples), never trained on.
-            "holdout": {"samples": len(data.held_out_indices), "indices": data.held_out_indices,
-                        "seed": config.seed} if data.held_out_indices else None,
-            "estimated_updates": estimate.effective_updates,
-            "optimizer_updates": trainer.state.global_step,
-            "total_steps": estimate.total_steps,
-            "warmup_steps": args.warmup_steps,
-            "early_stopped": trainer.state.global_step < estimate.effective_updates,
-            "trainable_params": {"total": sum(by_group.values()), "by_group": by_group},
-            # Base weights held in 4/8 bits (QLoRA presets) and their fraction of the base; None: not quantized.
-            "quantization": quantization_report(model),
-            "resolved_targets": targets.to_dict(),
-            "feature_cache": {"enabled": cache_on, "reason": cache_reason,
-                              **(cache_stats.to_dict() if cache_stats else {})},
-            "train": {"train_loss": run_train_loss(history, trainer.state.global_step),
-                      "runtime_seconds": round(train_seconds, 2),  # of this process's segment
-                      "resumed_from": str(resume) if resume else None},
-            "eval": {"before": before, "after": after,
-                     "delta": {k: after[k] - before[k] for k in before}},
-            "samples": [
-                sample_record(ref, b, a)
-                for ref, b, a in list(zip(data.eval["summary"], predictions_before, predictions_after))[:SHOWN_SAMPLES]
-            ],
-            "history": history,
-            **moe.report(),  # "moe" (knobs, whether each acted) and "expert_utilization"
-        }
-        progress.emit("phase", name="saving")
-        paths = self._save(model, loaded, metrics, output_dir)
-        if config.push_to_hub:
-            progress.emit("phase", name="pushing")
-            report = push_adapter(output_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token)
-            metrics["push"] = report.to_dict()
-            paths["metrics"].write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-        progress.emit("done", metrics_path=str(paths["metrics"]))
-        return metrics, paths
+    # --- steps, in the order the recipe calls them ------------------------------------------------
 
-    # --- steps ------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _run_training(trainer: MoeTrainer, guard: CheckpointGuard, resume: Path | None) -> None:
-        """``trainer.train``; a failed save is reported as what it was (e.g. a full disk), cleaned up."""
-        try:
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        except Exception as error:
-            reported = guard.failure(error)
-            if reported is error:
-                raise
-            raise reported from error
-
-    def prepare_data(self, dataset: Any = None, eval_dataset: Any = None) -> PreparedData:
+    def setup_data(self, dataset: Any = None, eval_dataset: Any = None) -> PreparedData:
         """Load and validate train and eval samples (raises DataError before anything is written).
 
         ``dataset`` / ``eval_dataset`` default to the config's data; see :func:`deepsynth.data.splits.load_splits`
@@ -335,7 +162,22 @@ class UnifiedProductionTrainer:
             samples=config.task, page_size=page_size_for_run(config.model_name, config.image_mode),
         )
 
-    def _adapt(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:
+    # The public name the design guide's callers (and the run plan) use for the data step.
+    prepare_data = setup_data
+
+    def setup_model(self) -> LoadedModel:
+        """Seed everything, then load the base model and its processor (frozen vision path)."""
+        config = self.config
+        set_seed(config.seed)  # LoRA init, dropout and data order all follow the run's seed
+        loaded = load_model_and_processor(
+            config.model_name, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing,
+            quantization=config.lora_quantization, image_mode=config.image_mode,
+        )
+        _check_task(config, loaded)
+        return loaded
+
+    def setup_adapter(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:
+        """Resolve the LoRA targets on the model and apply them (or unfreeze all but the frozen path)."""
         lora = self.config.lora_config()
         targets = resolve_targets(loaded.model, lora, loaded.family)
         if self.config.use_lora:
@@ -344,6 +186,178 @@ class UnifiedProductionTrainer:
         for name, parameter in loaded.model.named_parameters():
             parameter.requires_grad_(not name.startswith(frozen))
         return loaded.model, targets
+
+    def setup_examples(self, loaded: LoadedModel, data: PreparedData) -> Examples:
+        """Rows → model inputs (prompt, pages, masked labels) with the task's instruction."""
+        instruction = task_instruction(self.config.task, self.config.instruction)
+        train = self._encode(loaded, data.train, instruction)
+        evaluation = self._encode(loaded, data.eval, instruction)
+        return Examples(train, evaluation, instruction, _sequence_lengths(self.config, loaded, train, evaluation))
+
+    def start_run(self, examples: Examples, targets: ResolvedTargets, data: PreparedData) -> RunState:
+        """Count the updates, open the run folder and progress.jsonl, choose the checkpoint to resume from."""
+        config = self.config
+        output_dir = Path(config.output_dir)
+        estimate = estimate_updates(len(examples.train), config.batch_size, config.gradient_accumulation_steps,
+                                    config.num_epochs, _world_size())
+        args = self._training_arguments(output_dir, estimate.effective_updates)
+        is_main = args.process_index == 0
+        progress = self._progress = ProgressWriter(output_dir / "progress.jsonl" if is_main else None,
+                                                   self.progress_listener)
+        if is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        resume, skipped = self._checkpoint_to_resume(output_dir)
+        progress.emit(Start(total_updates=estimate.effective_updates, total_steps=estimate.total_steps,
+                            num_train_samples=len(examples.train), resumed_from=str(resume) if resume else None,
+                            resumed_at_update=checkpoint_step(resume) if resume else 0,
+                            resume_skipped=[{"path": str(path), "reason": reason} for path, reason in skipped]))
+        for warning in targets.warnings:
+            LOGGER.warning("LoRA targets: %s", warning)
+        if data.eval_on_training_data:
+            LOGGER.warning("no held-out data: before/after metrics are computed on the training samples")
+        return RunState(output_dir, args, estimate, progress, resume)
+
+    def evaluate(self, model: torch.nn.Module, loaded: LoadedModel, data: PreparedData, examples: Examples,
+                 run: RunState, *, baseline: bool) -> tuple[dict[str, float], list[Any]]:
+        """Held-out loss and the task's metrics of greedy generations: the base model (adapter
+        disabled) when ``baseline``, else the adapted one. Returns (scores, generations)."""
+        config = self.config
+        run.progress.emit(Phase(name="baseline_eval" if baseline else "final_eval"))
+        return evaluate_model(
+            model, loaded.processor, examples.eval, sources=self._sources(loaded, data.eval),
+            references=list(data.eval["summary"]), instruction=examples.instruction,
+            max_new_tokens=config.max_new_tokens, no_repeat_ngram_size=config.no_repeat_ngram_size,
+            task=config.task, ignore_case=config.metric_ignore_case,
+            ignore_punctuation=config.metric_ignore_punctuation, adapter_disabled=baseline and config.use_lora,
+        )
+
+    def setup_trainer(self, model: torch.nn.Module, loaded: LoadedModel, targets: ResolvedTargets,
+                      examples: Examples, run: RunState) -> Training:
+        """MoE knobs, the vision feature cache, checkpoint guard and callbacks, and the Trainer."""
+        config = self.config
+        # MoE knobs and expert-utilization telemetry (docs/moe.md); installed after the baseline so
+        # that "eval" utilization describes the adapted model.
+        moe = install_moe(model, loaded.family, gate_dropout_rate=config.gate_dropout_rate,
+                          gate_dropout_keywords=config.gate_dropout_keywords,
+                          expert_dropout_rate=config.expert_dropout_rate,
+                          expert_dropout_min_keep=config.expert_dropout_min_keep,
+                          router_aux_loss_coef=config.router_aux_loss_coef, seed=config.seed,
+                          router_mode=targets.router_mode)
+        collator, feature_cache = self._collator(model, loaded, examples)
+        # Marks complete checkpoints, rotates them, checks free space (transformers' rotation is off).
+        guard = CheckpointGuard(run.output_dir, config.save_total_limit, checkpoint_bytes_estimate(model))
+        callbacks: list[TrainerCallback] = [ProgressLog(run.progress), guard, *self.callbacks]
+        if run.resume and config.use_lora:
+            callbacks.append(RestoreAdapterOnResume(run.resume))
+        if config.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+        trainer = MoeTrainer(
+            moe=moe, loss_on_labelled_positions=config.loss_on_labelled_positions, model=model, args=run.args,
+            train_dataset=examples.train, eval_dataset=examples.eval if config.eval_every_updates else None,
+            data_collator=collator, callbacks=callbacks,
+        )
+        if trainer.pop_callback(ProgressCallback) is not None:  # None when tqdm is disabled
+            trainer.add_callback(SparseProgressCallback())
+        return Training(trainer, moe, guard, feature_cache)
+
+    def fit(self, training: Training, run: RunState) -> None:
+        """``Trainer.train`` (resuming when a checkpoint was chosen); a failed save is reported as what
+        it was (e.g. a full disk), cleaned up. Sets ``training.seconds``."""
+        run.progress.emit(Phase(name="training"))
+        started = time.perf_counter()
+        try:
+            training.trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None)
+        except Exception as error:
+            reported = training.guard.failure(error)
+            if reported is error:
+                raise
+            raise reported from error
+        training.seconds = time.perf_counter() - started
+        # Every rank reports what it trained: under DDP the digests must be equal.
+        LOGGER.info("rank %d/%d: %d optimizer updates, trained-weights sha256 %s", run.args.process_index,
+                    run.args.world_size, training.trainer.state.global_step,
+                    trained_weights_digest(training.trainer.model))
+
+    def report(self, model: torch.nn.Module, loaded: LoadedModel, data: PreparedData, examples: Examples,
+               targets: ResolvedTargets, run: RunState, training: Training,
+               before: tuple[dict[str, float], list[Any]], after: tuple[dict[str, float], list[Any]]) -> RunReport:
+        """The run's :class:`RunReport` (metrics.json): what was trained, how long, before/after."""
+        config, state = self.config, training.trainer.state
+        (scores_before, generations_before), (scores_after, generations_after) = before, after
+        # The whole run, earlier segments included: the state's log history is saved in each checkpoint.
+        history = run_history(state.log_history)
+        by_group = count_by_group(model, loaded.family)
+        pairs = list(zip(data.eval["summary"], generations_before, generations_after))[:SHOWN_SAMPLES]
+        return RunReport(
+            base_model=loaded.name, model_family=loaded.family,
+            model_class="AutoModelForCausalLM" if loaded.family == CAUSAL_LM else type(loaded.model).__name__,
+            preset=config.preset, **_task_report(config, loaded, examples.lengths),
+            num_train_samples=len(examples.train), num_eval_samples=len(examples.eval),
+            eval_on_training_data=data.eval_on_training_data,
+            holdout=Holdout(samples=len(data.held_out_indices), indices=data.held_out_indices,
+                            seed=config.seed) if data.held_out_indices else None,
+            estimated_updates=run.estimate.effective_updates, optimizer_updates=state.global_step,
+            total_steps=run.estimate.total_steps, warmup_steps=run.args.warmup_steps,
+            early_stopped=state.global_step < run.estimate.effective_updates,
+            trainable_params=TrainableParams(total=sum(by_group.values()), by_group=by_group),
+            quantization=quantization_report(model), resolved_targets=targets.to_dict(),
+            feature_cache=training.feature_cache,
+            train=TrainSummary(train_loss=run_train_loss(history, state.global_step),
+                               runtime_seconds=round(training.seconds, 2),
+                               resumed_from=str(run.resume) if run.resume else None),
+            eval=EvalSummary(before=scores_before, after=scores_after,
+                             delta={k: scores_after[k] - scores_before[k] for k in scores_before}),
+            samples=[sample_record(reference, b, a) for reference, b, a in pairs],
+            history=history,
+            **training.moe.report(),  # "moe" (knobs, whether each acted) and "expert_utilization"
+        )
+
+    def save(self, model: torch.nn.Module, loaded: LoadedModel, report: RunReport, run: RunState) -> dict[str, Path]:
+        """Write the adapter folder; nothing in the output folder changes unless every file was written."""
+        run.progress.emit(Phase(name="saving"))
+        output_dir = run.output_dir
+
+        def write(folder: Path) -> list[str]:
+            model.save_pretrained(folder)
+            loaded.processor.save_pretrained(folder)
+            _recorded_config(self.config, loaded).save(folder / "training_config.json")  # names the mode read
+            report.write(folder / "metrics.json")
+            plot_loss_curve(report.history, folder / "loss_curve.png")
+            written = []
+            if report.expert_utilization and plot_expert_utilization(
+                    report.expert_utilization, folder / "expert_utilization.png"):
+                written.append("expert_utilization")
+            # Replace PEFT's placeholder README with DeepSynth's model card (settings, counts, metrics).
+            write_model_card(folder, repo_id=self.config.hub_model_id, overwrite=True)
+            return written
+
+        # Room for the weights and about 2 MB for the rest (its size is known only once written; ENOSPC is caught).
+        extra = staged_save(output_dir, write, needed=model_save_bytes(model) + (2 << 20))
+        paths = {name: output_dir / file for name, file in _OUTPUT_FILES.items()}
+        paths.update({name: output_dir / f"{name}.png" for name in extra})
+        return paths
+
+    def publish(self, report: RunReport, paths: dict[str, Path], run: RunState) -> None:
+        """Push the adapter folder to the Hub; the push report is added to metrics.json."""
+        config = self.config
+        run.progress.emit(Phase(name="pushing"))
+        pushed = push_adapter(run.output_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token)
+        report.push = pushed.to_dict()
+        report.write(paths["metrics"])
+
+    # --- helpers of the steps ---------------------------------------------------------------------
+
+    def _collator(self, model: torch.nn.Module, loaded: LoadedModel,
+                  examples: Examples) -> tuple[Any, dict[str, Any]]:
+        """The batch collator, and the feature cache's report: with a frozen vision path and no
+        augmentation each unique page is encoded once, not once per step."""
+        collator: Any = DataCollator(loaded.processor, dtype=loaded.model.dtype)
+        cache_on, cache_reason = cache_applicable(model, loaded.family, self.config)
+        cache_stats = precompute_image_features(model, examples.train) if cache_on else None
+        if cache_stats is not None and cache_stats.skipped is None:
+            collator = CachedFeatureCollator(collator)
+        LOGGER.info("vision feature cache: %s (%s)", "on" if cache_on else "off", cache_reason)
+        return collator, {"enabled": cache_on, "reason": cache_reason, **(cache_stats.to_dict() if cache_stats else {})}
 
     def _sources(self, loaded: LoadedModel, rows: datasets.Dataset) -> list[Any]:
         return list(rows["image"] if loaded.is_multimodal else rows["text"])
@@ -410,35 +424,11 @@ class UnifiedProductionTrainer:
             LOGGER.warning("resuming from %s as asked, though it may be incomplete: %s", path, problem)
         return path, []
 
-    def _save(self, model: torch.nn.Module, loaded: LoadedModel, metrics: dict[str, Any], output_dir: Path) -> dict[str, Path]:
-        """Write the adapter folder; nothing in ``output_dir`` changes unless every file was written."""
-        def write(folder: Path) -> list[str]:
-            model.save_pretrained(folder)
-            loaded.processor.save_pretrained(folder)
-            _recorded_config(self.config, loaded).save(folder / "training_config.json")  # names the mode read
-            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-            plot_loss_curve(metrics["history"], folder / "loss_curve.png")
-            written = []
-            if metrics["expert_utilization"] and plot_expert_utilization(
-                    metrics["expert_utilization"], folder / "expert_utilization.png"):
-                written.append("expert_utilization")
-            # Replace PEFT's placeholder README with DeepSynth's model card (settings, counts, metrics).
-            write_model_card(folder, repo_id=self.config.hub_model_id, overwrite=True)
-            return written
 
-        # Room for the weights and about 2 MB for the rest (its size is known only once written; ENOSPC is caught).
-        extra = staged_save(output_dir, write, needed=model_save_bytes(model) + (2 << 20))
-        paths = {
-            "output_dir": output_dir,
-            "adapter": output_dir,
-            "training_config": output_dir / "training_config.json",
-            "metrics": output_dir / "metrics.json",
-            "loss_curve": output_dir / "loss_curve.png",
-            "progress": output_dir / "progress.jsonl",
-            "model_card": output_dir / "README.md",
-        }
-        paths.update({name: output_dir / f"{name}.png" for name in extra})
-        return paths
+_OUTPUT_FILES = {
+    "output_dir": ".", "adapter": ".", "training_config": "training_config.json", "metrics": "metrics.json",
+    "loss_curve": "loss_curve.png", "progress": "progress.jsonl", "model_card": "README.md",
+}
 
 
 def _check_task(config: TrainerConfig, loaded: LoadedModel) -> None:
@@ -492,27 +482,3 @@ def trained_weights_digest(model: torch.nn.Module) -> str:
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def plot_loss_curve(history: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Training (and held-out) loss per optimizer update, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    held_out = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if train:
-        axis.plot(*zip(*train), label="training loss")
-    if held_out:
-        axis.plot(*zip(*held_out), "o-", label="held-out loss")
-    axis.set_xlabel("optimizer update")
-    axis.set_ylabel("loss")
-    axis.legend()
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path

@@ -1,14 +1,22 @@
-"""transformers' Trainer as DeepSynth runs it: the router aux loss and its log entry (the only Trainer subclass)."""
+"""transformers' Trainer as DeepSynth runs it: the Trainer subclass (router aux loss) and the run's callbacks.
+
+The only module that subclasses transformers' training classes: the callbacks turn the Trainer's
+logs into progress events (schema in :mod:`deepsynth.training.progress`), keep the console short
+and restore the adapter on resume.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
-from transformers import Trainer
+from transformers import ProgressCallback, Trainer, TrainerCallback
 
+from deepsynth.models.adapters import load_adapter_weights
 from deepsynth.training.loss import labelled_loss_inputs
 from deepsynth.training.moe.install import MoeRegularisation
+from deepsynth.training.progress import Eval, Log, ProgressWriter
 
 LOGGER = logging.getLogger("deepsynth")
 
@@ -61,3 +69,54 @@ class MoeTrainer(Trainer):
             logs["aux_loss"] = sum(self._aux_since_log) / len(self._aux_since_log)
             self._aux_since_log = []
         super().log(logs, start_time)
+
+
+class ProgressLog(TrainerCallback):
+    """Writes a ``log`` event per optimizer update and an ``eval`` event per held-out loss."""
+
+    def __init__(self, writer: ProgressWriter) -> None:
+        self.writer = writer
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 (TrainerCallback API)
+        logs = logs or {}
+        if "loss" in logs:
+            self.writer.emit(Log(step=state.global_step, epoch=round(state.epoch or 0.0, 4), loss=float(logs["loss"]),
+                                 learning_rate=float(logs.get("learning_rate", 0.0)),
+                                 # router load-balancing term (MoeTrainer), logged on its own
+                                 aux_loss=float(logs["aux_loss"]) if "aux_loss" in logs else None))
+        if "eval_loss" in logs:
+            self.writer.emit(Eval(step=state.global_step, eval_loss=float(logs["eval_loss"])))
+
+
+class SparseProgressCallback(ProgressCallback):
+    """transformers' progress bar, printing about ``lines`` log lines per run instead of one per update.
+
+    The trainer logs every update (``logging_steps=1``) for the loss history and progress.jsonl;
+    printing each of them buries the before/after table under hundreds of lines. Evaluation logs
+    and the final summary are always printed.
+    """
+
+    def __init__(self, lines: int = 10) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        every = max(1, state.max_steps // self.lines) if state.max_steps else 1
+        if "loss" in (logs or {}) and state.global_step % every and state.global_step != state.max_steps:
+            return
+        super().on_log(args, state, control, logs=logs, **kwargs)
+
+
+class RestoreAdapterOnResume(TrainerCallback):
+    """Loads the checkpoint's adapter weights by exact name when a resumed run begins.
+
+    Trainer restores a PEFT checkpoint through PEFT's loader, which (transformers 5) mangles
+    DeepSeek-OCR adapter keys and leaves the adapter at its initial value; see
+    ``deepsynth.models.adapters.load_adapter_weights``. This runs after that, before the first update.
+    """
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = checkpoint
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: D102 (TrainerCallback API)
+        load_adapter_weights(model, self.checkpoint)

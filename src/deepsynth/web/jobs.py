@@ -16,7 +16,9 @@ Life cycle: ``queued`` → ``running`` → ``succeeded`` | ``failed`` | ``cancel
 SIGTERM to the process group, then SIGKILL after ``cancel_grace_s``; the output folder (and so the
 last checkpoint) is kept. On start-up a job still marked running is adopted if its process is alive,
 and otherwise finished from what its progress file says (failed, naming its last step, unless the
-trainer reported completion): a job is never started twice.
+trainer reported completion): a job is never started twice. ``progress.jsonl`` is read with its
+schema (:mod:`deepsynth.training.progress`); why a job failed is its ``error`` event (written by the
+trainer, or by the CLI for a failure before the trainer started), never a line the process printed.
 
 The Hub token reaches the training process only through its environment (``HF_TOKEN``): it is not a
 field of the saved config, the database or any message.
@@ -42,6 +44,7 @@ from typing import Any
 
 from deepsynth.training.config import OptimizerConfig, TrainerConfig, build_config, check_value_kinds
 from deepsynth.training.errors import ConfigError
+from deepsynth.training.progress import Eval, Log, Phase, read_events, summarise, typed_events
 from deepsynth.web.datasets_store import DatasetStore
 from deepsynth.web.settings import ACCESS_TOKEN_ENV
 
@@ -81,56 +84,6 @@ def trainer_fields() -> list[str]:
     """Every field a job request may set: TrainerConfig's, plus the optimizer's given flat."""
     names = [f.name for f in fields(TrainerConfig) if f.name not in SERVER_FIELDS and f.name != "optimizer"]
     return names + ["optimizer"] + [f.name for f in fields(OptimizerConfig)]
-
-
-# --------------------------------------------------------------------------------------- progress
-
-
-def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Complete JSON lines of ``path`` from byte ``offset``; returns (events, offset after them)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except OSError:
-        return [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    events = []
-    for line in data[: end + 1].splitlines():
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a line the trainer did not write as JSON is not progress
-        if isinstance(event, dict):
-            events.append(event)
-    return events, offset + end + 1
-
-
-def summarise(events: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fold progress events into {step, total_updates, total_steps, num_train_samples, phase, ...}."""
-    summary = dict(summary or {})
-    for event in events:
-        kind = event.get("event")
-        if kind == "start":
-            for key in ("total_updates", "total_steps", "num_train_samples"):
-                if isinstance(event.get(key), int):
-                    summary[key] = event[key]
-        elif kind == "phase" and isinstance(event.get("name"), str):
-            summary["phase"] = event["name"]
-        elif kind == "log":
-            if isinstance(event.get("step"), int):
-                summary["step"] = event["step"]
-            if isinstance(event.get("loss"), (int, float)):
-                summary["last_loss"] = float(event["loss"])
-        elif kind == "done":
-            summary["done"] = True
-        elif kind == "error":
-            summary["error"] = str(event.get("message") or "the trainer reported an error")
-    return summary
 
 
 # --------------------------------------------------------------------------------------- processes
@@ -424,14 +377,11 @@ class JobManager:
         """Everything the UI shows about a job: status, config, loss/eval history, metrics, log tail."""
         job = self.get(job_id)
         job_dir = self.jobs_dir / job_id
-        events, _ = read_events(job_dir / "output" / "progress.jsonl")
-        job["loss_history"] = [
-            {k: e.get(k) for k in ("step", "epoch", "loss", "learning_rate")}
-            for e in events if e.get("event") == "log"
-        ]
-        job["eval_history"] = [{"step": e.get("step"), "eval_loss": e.get("eval_loss")}
-                               for e in events if e.get("event") == "eval"]
-        job["phases"] = [e.get("name") for e in events if e.get("event") == "phase"]
+        events = typed_events(read_events(job_dir / "output" / "progress.jsonl")[0])
+        job["loss_history"] = [{"step": e.step, "epoch": e.epoch, "loss": e.loss, "learning_rate": e.learning_rate}
+                               for e in events if isinstance(e, Log)]
+        job["eval_history"] = [{"step": e.step, "eval_loss": e.eval_loss} for e in events if isinstance(e, Eval)]
+        job["phases"] = [e.name for e in events if isinstance(e, Phase)]
         metrics = self.metrics(job_id)
         job["metrics"] = metrics
         job["expert_utilization"] = (metrics or {}).get("expert_utilization")
@@ -498,6 +448,9 @@ class JobManager:
         ))
         env = {k: v for k, v in os.environ.items() if k != ACCESS_TOKEN_ENV}
         env["PYTHONUNBUFFERED"] = "1"
+        # The run folder exists from the start, so that the CLI records even an early failure (bad
+        # data found after launch) as a structured error event there.
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         token = self.token_provider()
         if token:
             env["HF_TOKEN"] = token
@@ -538,11 +491,8 @@ class JobManager:
         else:
             status = FAILED
             where = f"last step {row['step']}" + (f" of {row['total_updates']}" if row["total_updates"] else "")
-            logged = _logged_error(self.jobs_dir / job_id / "train.log")
-            if summary.get("error"):
+            if summary.get("error"):  # the run's structured error event (trainer or CLI)
                 error = summary["error"]
-            elif logged and not restarted:
-                error = f"{logged} ({where})"
             elif restarted:
                 error = f"the server was restarted while this job ran and its process is gone ({where})"
             elif exit_code is not None and exit_code < 0:
@@ -585,23 +535,6 @@ def _default_token() -> str | None:
     from deepsynth.publishing.hub import resolve_token
 
     return resolve_token()
-
-
-def _logged_error(log: Path) -> str | None:
-    """The error a failed process printed last: the CLI's ``error: ...`` line or a traceback's last line.
-
-    Only a fallback: a run that reached the trainer says why it failed in its structured ``error``
-    event in progress.jsonl (read by :func:`summarise`, preferred in ``_finish``). This covers
-    failures before the trainer opens that file (a config or data error found by the CLI, a crash
-    at import).
-    """
-    lines = [line.strip() for line in _tail(log, 60) if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error: "):
-            return line[len("error: "):]
-    if any(line.startswith("Traceback (most recent call last)") for line in lines):
-        return lines[-1][:500]
-    return None
 
 
 def _tail(path: Path, lines: int) -> list[str]:
