@@ -10,7 +10,7 @@ model's processor makes of it (not at a fixed DPI: a 72-dpi render of an A4 page
 a 300-dpi one 3,508 px, and the processor would resize either). :func:`page_size_for` reads that
 size from a loaded processor, :func:`page_size_for_settings` from a resolution mode's settings (what
 training, planning and evaluation use, through
-:func:`deepsynth.models.image_modes.page_size_for_run`, before the model loads); without either,
+:func:`deepsynth.models.image_modes.processor_settings_for_run`, before the model loads); without either,
 :data:`DEFAULT_PAGE_SIZE` (1024 px: the global view of DeepSeek-OCR's Base mode and of
 DeepSeek-OCR-2) is used.
 
@@ -166,10 +166,13 @@ def page_size_for(processor: Any) -> PageSize:
     return page_size_for_settings({name: getattr(image_processor, name, None) for name in names})
 
 
-def page_size_for_settings(settings: Mapping[str, Any]) -> PageSize:
+def page_size_for_settings(settings: Mapping[str, Any] | None) -> PageSize:
     """:func:`page_size_for` from image-processor settings (``size``, ``tile_size``, ``crop_to_patches``,
-    ``min_patches``, ``max_patches``): what a resolution mode sets (``ImageMode.processor_settings``), so
-    pages can be rendered for a run's mode before its model is loaded."""
+    ``min_patches``, ``max_patches``): what a resolution mode sets (``ImageMode.processor_settings``,
+    :func:`deepsynth.models.image_modes.processor_settings_for_run`), so pages can be rendered for a
+    run's mode before its model is loaded. None: :data:`DEFAULT_PAGE_SIZE`."""
+    if settings is None:
+        return DEFAULT_PAGE_SIZE
     size = settings.get("size")
     view = max(_dimension(size, "height"), _dimension(size, "width"))
     tile = settings.get("tile_size")

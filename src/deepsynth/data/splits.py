@@ -87,7 +87,7 @@ def load_splits(
     ``datasets.Dataset`` given directly); ``holdout_samples`` training rows drawn with ``seed``
     (:func:`split_holdout`); or, with ``holdout_samples`` None, the training rows themselves
     (``eval_on_training_data``). PDF pages are rendered at ``page_size`` (the run's resolution mode:
-    :func:`deepsynth.models.image_modes.page_size_for_run`).
+    :func:`deepsynth.models.image_modes.processor_settings_for_run`).
     """
     if source is None:
         bundled = load_transcription_samples if samples == "transcribe" else load_sample_dataset

@@ -177,13 +177,15 @@ def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | Non
 
     from deepsynth.data.images import ImageProblem
     from deepsynth.data.pdf import parse_reference, render_page
-    from deepsynth.models.image_modes import page_size_for_run
+    from deepsynth.data.pdf import page_size_for_settings
+    from deepsynth.models.image_modes import processor_settings_for_run
 
     try:
         reference = parse_reference(str(image))
         if reference is not None:  # rendered at the size the mode the adapter reads in needs
             path, number = reference
-            size = page_size_for_run(settings.model_name, image_mode or settings.image_mode)
+            size = page_size_for_settings(
+                processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
             image = io.BytesIO(render_page(Path(path).read_bytes(), number, described=path, target_size=size))
     except ImageProblem as problem:
         raise ValueError(f"generate: image: {problem}") from None
@@ -200,13 +202,15 @@ def _eval_rows(settings: TrainerConfig, data: str | Path | None, max_samples: in
                image_mode: str | None) -> Any:
     from deepsynth.data import load_documents, load_sample_dataset
     from deepsynth.data.transcription import load_transcription_samples
-    from deepsynth.models.image_modes import page_size_for_run
+    from deepsynth.data.pdf import page_size_for_settings
+    from deepsynth.models.image_modes import processor_settings_for_run
 
     if data is None:  # the bundled eval samples of the adapter's task
         bundled = load_transcription_samples if settings.task == "transcribe" else load_sample_dataset
         return bundled("eval", max_samples=max_samples)
     # PDF pages at the size the mode the model will read them in needs (the training mode unless overridden).
-    page_size = page_size_for_run(settings.model_name, image_mode or settings.image_mode)
+    page_size = page_size_for_settings(
+        processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
     return load_documents(data, column_mapping=settings.column_mapping, max_samples=max_samples, page_size=page_size)
 
 

@@ -39,7 +39,7 @@ __all__ = [
     "mode_for_model",
     "mode_of_resolved",
     "model_geometry",
-    "page_size_for_run",
+    "processor_settings_for_run",
     "vision_tokens_per_page",
 ]
 
@@ -233,21 +233,17 @@ def mode_for_model(model_name: str | None, name: str | None) -> tuple[Any, Image
     return resolved, mode_of_resolved(resolved, name)
 
 
-def page_size_for_run(model_name: str | None, name: str | None) -> Any:
-    """The size a PDF page is rendered at for ``model_name`` read in mode ``name`` (None: the model's own),
-    as :func:`deepsynth.data.pdf.page_size_for` gives it for the processor that mode sets up: an int
-    (the longer side in pixels) or, with tiles, a function of the page's size. No weights are read.
-
-    A model that cannot be resolved here (a hub name not cached while offline), a mode its family
-    lacks, or a text model gets the loader's default size: the model loader reports the first two.
+def processor_settings_for_run(model_name: str | None, name: str | None) -> dict[str, Any] | None:
+    """The image-processor settings ``model_name`` read in mode ``name`` (None: the model's own) sets up,
+    for :func:`deepsynth.data.pdf.page_size_for_settings` to size PDF pages before the model loads. No
+    weights are read. None (the loader's default page size) for a model that cannot be resolved here (a
+    hub name not cached while offline), a mode its family lacks (the loader reports both) or a text model.
     """
-    from deepsynth.data.pdf import DEFAULT_PAGE_SIZE, page_size_for_settings
-
     try:
         _, mode = mode_for_model(model_name, name)
     except (ValueError, OSError):
-        return DEFAULT_PAGE_SIZE
-    return DEFAULT_PAGE_SIZE if mode is None else page_size_for_settings(mode.processor_settings())
+        return None
+    return None if mode is None else mode.processor_settings()
 
 
 def checkpoint_settings(resolved: Any) -> dict:

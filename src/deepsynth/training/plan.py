@@ -19,7 +19,8 @@ from deepsynth.data.collate import task_instruction
 from deepsynth.data.splits import EVAL_DATA, EVAL_SPLIT, HOLDOUT, PreparedData, hold_out, load_splits
 from deepsynth.data.transcription import TRANSCRIPTION_SAMPLES
 from deepsynth.evaluation.metrics import normalisation_words
-from deepsynth.models.image_modes import VisionTokens, mode_for_model, page_size_for_run, vision_tokens_per_page
+from deepsynth.data.pdf import page_size_for_settings
+from deepsynth.models.image_modes import VisionTokens, mode_for_model, processor_settings_for_run, vision_tokens_per_page
 from deepsynth.training.config import TrainerConfig, build_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import FLAT_FIELDS
@@ -150,7 +151,7 @@ def _load(config: TrainerConfig, rows: Any, eval_rows: Any, holdout: int | None)
         eval_rows if eval_rows is not None else config.eval_data_path,
         column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
         max_eval_samples=config.max_eval_samples, holdout_samples=holdout, seed=config.seed, samples=config.task,
-        page_size=page_size_for_run(config.model_name, config.image_mode),
+        page_size=_page_size(config),
     )
 
 
@@ -302,3 +303,8 @@ def _words(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)
+
+
+def _page_size(config: TrainerConfig) -> Any:
+    """The size PDF pages are rendered at for the run's model and resolution mode (before it loads)."""
+    return page_size_for_settings(processor_settings_for_run(config.model_name, config.image_mode))
