@@ -263,3 +263,26 @@ def test_a_real_run_that_fails_records_a_structured_error_the_job_shows(state_di
     assert job["status"] == "failed" and job["exit_code"] == 2
     assert job["error"] == event["message"] and job["error"].startswith("max_length: got 64, expected room")
     assert any(line.startswith("error: max_length") for line in job["log_tail"])  # the CLI still prints it
+
+
+def test_a_cancelled_jobs_adapter_is_its_newest_complete_checkpoint_not_a_partial_one(state_dir):
+    # What a run killed mid-save leaves: checkpoint-2 complete (its marker written by the real
+    # checkpoint code), checkpoint-4 cut off after adapter_config.json, before its marker.
+    script = ("import os, sys, time; from pathlib import Path; "
+              "from deepsynth.training.checkpoints import write_marker; "
+              "[os.makedirs(f'output/checkpoint-{n}', exist_ok=True) for n in (2, 4)]; "
+              "[Path(f'output/checkpoint-{n}/{name}').write_text('{}') for n in (2, 4) "
+              "for name in ('adapter_config.json', 'trainer_state.json')]; "
+              "write_marker(Path('output/checkpoint-2'), 2); print('ready', flush=True); time.sleep(120)")
+    manager = JobManager(state_dir, DatasetStore(state_dir), cancel_grace_s=0.5, poll_interval_s=0.05,
+                         command=_stub(script))
+    manager.start()
+    try:
+        job = manager.submit({"dataset_id": "sample"})
+        job = _wait(manager, job["id"], lambda j: j["status"] == "running" and "ready" in j["log_tail"])
+        manager.cancel(job["id"])
+        _wait(manager, job["id"], lambda j: j["status"] == "cancelled")
+        folder, kind = manager.adapter_dir(job["id"])
+    finally:
+        manager.close(stop_running=True)
+    assert (folder.name, kind) == ("checkpoint-2", "checkpoint")

@@ -417,7 +417,11 @@ class JobManager:
         candidates = [p.parent for p in output.glob("*/adapter_config.json") if not p.parent.name.startswith("checkpoint-")]
         if candidates:
             return max(candidates, key=lambda p: p.stat().st_mtime), "final"
-        checkpoints = [p.parent for p in output.glob("checkpoint-*/adapter_config.json")]
+        from deepsynth.training.checkpoints import checkpoint_problem  # torch: imported only when asked
+
+        # Only complete checkpoints: one a crash cut mid-write has adapter_config.json but no marker.
+        checkpoints = [p.parent for p in output.glob("checkpoint-*/adapter_config.json")
+                       if checkpoint_problem(p.parent) is None]
         if checkpoints:
             def number(path: Path) -> int:
                 tail = path.name.rsplit("-", 1)[-1]
