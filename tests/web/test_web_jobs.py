@@ -98,7 +98,8 @@ def test_queue_live_progress_cancel_keeps_checkpoints_and_token_stays_in_env(liv
         reader.start()
         reader.wait_for(lambda kind, data: kind == "progress" and data.get("event") == "start")
         reader.wait_for(lambda kind, data: kind == "progress" and data.get("event") == "log" and data["step"] >= 2)
-        running = http.get(f"/api/jobs/{first['id']}").json()
+        # The job's row follows the progress file at the runner's next poll (the stream reads the file itself).
+        running = server.wait_job(first["id"], lambda j: (j.get("step") or 0) >= 1, timeout=30)
         assert running["status"] == "running" and running["total_updates"] == 2 * 500 and running["step"] >= 1
         assert running["loss_history"] and running["phase"] == "training"
 
