@@ -17,12 +17,14 @@ def _triple(d: dict | None, fmt: str) -> str:
 def trainer_table(data: dict) -> str:
     summary, settings = data["summary"], data["settings"]
     reference = settings["reference"]
+    # Rounds completed (a comparison stopped early keeps the runs it finished).
+    rounds = min(len(records) for records in data["runs"].values()) if data.get("runs") else settings["rounds"]
     lines = [
         f"`{data['command']}`",
         "",
         f"model {settings['model']}, preset {settings['preset']}, {settings['samples']} samples, batch "
         f"{settings['batch_size']}, accumulation {settings['grad_accum']}, {settings['epochs']} epochs, "
-        f"{settings['rounds']} rounds, {settings['threads'] or 'default'} thread(s); load average at the end "
+        f"{rounds} rounds, {settings['threads'] or 'default'} thread(s); load average at the end "
         f"{', '.join(f'{x:.1f}' for x in data['machine']['load_average'])}",
         "",
         f"| variant | tokens/s (wall) | tokens/CPU-s | ratio vs {reference} (wall) | ratio vs {reference} (CPU) "
