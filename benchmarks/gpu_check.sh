@@ -8,8 +8,14 @@
 #                                                # real dimensions x tiny_data / high_capacity_moe / qlora_4bit,
 #                                                # end to end (two updates, adapter reload, merge, export), bf16
 #                                                # (hard limit 540 s) -> real_dims.json
+#   bash benchmarks/gpu_check.sh --trainer       # benchmarks/trainer_vs_baseline.py at real dimensions: DeepSynth vs
+#                                                # the plain Trainer + PEFT script on DeepSeek-OCR v1 Base mode,
+#                                                # tiny_data, 2 A4 pages x 3 epochs (batch 1, accumulation 2),
+#                                                # 2 paired rounds, then torch.profiler over one update of each
+#                                                # (hard limit 540 s) -> trainer_real_dims.json, profile_real_dims.json
 #   bash benchmarks/gpu_check.sh --dry-run                 # tiny configs on the CPU: check the scripts only
 #   bash benchmarks/gpu_check.sh --real-dims --tiny        # same for the real-dimensions cases
+#   bash benchmarks/gpu_check.sh --trainer --tiny-dims     # same for the trainer comparison
 # Arguments after the mode go to the Python script (e.g. --cases deepseek_ocr:qlora_4bit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +27,15 @@ if [ "${1:-}" = "--real-dims" ]; then
   shift
   # --min-free-gb 0: on a GPU machine host RAM is not the limit; each case still runs in its own process.
   exec timeout 540 python benchmarks/real_dims.py --all --min-free-gb 0 --json "${OUT:-.}/real_dims.json" "$@"
+fi
+if [ "${1:-}" = "--trainer" ]; then
+  shift
+  shape=(--model deepseek-ocr --preset tiny_data --samples 2 --batch-size 1 --grad-accum 2 --epochs 3)
+  # One deadline for both steps: the comparison first (what issue 15 asks), then the profiles.
+  deadline=$((SECONDS + 540))
+  timeout 400 python benchmarks/trainer_vs_baseline.py compare "${shape[@]}" --rounds 2 \
+    --variants deepsynth,baseline-scoped --json "${OUT:-.}/trainer_real_dims.json" "$@"
+  exec timeout $((deadline - SECONDS)) python benchmarks/trainer_vs_baseline.py profile "${shape[@]}" --epochs 1 \
+    --profile-update 1 --json "${OUT:-.}/profile_real_dims.json" "$@"
 fi
 exec timeout 290 python benchmarks/gpu_check.py --json "${OUT:-.}/gpu_check.json" "$@"

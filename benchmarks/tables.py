@@ -17,12 +17,14 @@ def _triple(d: dict | None, fmt: str) -> str:
 def trainer_table(data: dict) -> str:
     summary, settings = data["summary"], data["settings"]
     reference = settings["reference"]
+    # Rounds completed (a comparison stopped early keeps the runs it finished).
+    rounds = min(len(records) for records in data["runs"].values()) if data.get("runs") else settings["rounds"]
     lines = [
         f"`{data['command']}`",
         "",
         f"model {settings['model']}, preset {settings['preset']}, {settings['samples']} samples, batch "
         f"{settings['batch_size']}, accumulation {settings['grad_accum']}, {settings['epochs']} epochs, "
-        f"{settings['rounds']} rounds, {settings['threads'] or 'default'} thread(s); load average at the end "
+        f"{rounds} rounds, {settings['threads'] or 'default'} thread(s); load average at the end "
         f"{', '.join(f'{x:.1f}' for x in data['machine']['load_average'])}",
         "",
         f"| variant | tokens/s (wall) | tokens/CPU-s | ratio vs {reference} (wall) | ratio vs {reference} (CPU) "
@@ -38,6 +40,41 @@ def trainer_table(data: dict) -> str:
             f"| {s['samples_per_s']['median']:.2f} | {io:.2f} of {s['loop_seconds']['median']:.1f} "
             f"| {s['peak_rss_mib']['median']:.0f} | {s['trainable']:,} |")
     return "\n".join(lines)
+
+
+def trainer_memory_table(data: dict) -> str:
+    """Issue-15 columns: throughput with DeepSynth's feature-cache encoding counted, and peak memory ratios."""
+    summary, reference = data["summary"], data["settings"]["reference"]
+    lines = [
+        f"| variant | tokens/s (wall, loop) | tokens/s incl. cache encoding | tokens/CPU-s incl. cache | ratio wall "
+        f"(loop) | ratio wall incl. cache | ratio CPU incl. cache | peak RSS MiB (process) | ratio peak RSS "
+        f"| loop peak RSS MiB | ratio loop peak RSS | RSS at loop start MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, s in summary.items():
+        ratio = lambda key, fmt=".2f": _triple(s.get(f"{key}_ratio_vs_{reference}"), fmt)  # noqa: E731
+        lines.append(
+            f"| `{variant}` | {_triple(s['tokens_per_s'], '.1f')} | {_triple(s['tokens_per_s_incl_cache'], '.1f')} "
+            f"| {_triple(s['tokens_per_cpu_s_incl_cache'], '.1f')} | {ratio('tokens_per_s')} "
+            f"| {ratio('tokens_per_s_incl_cache')} | {ratio('tokens_per_cpu_s_incl_cache')} "
+            f"| {_triple(s['peak_rss_mib'], '.0f')} | {ratio('peak_rss_mib', '.3f')} "
+            f"| {_triple(s.get('loop_peak_rss_mib'), '.0f')} | {ratio('loop_peak_rss_mib', '.3f')} "
+            f"| {_triple(s.get('rss_at_loop_start_mib'), '.0f')} |")
+    return "\n".join(lines)
+
+
+def profile_tables(data: dict) -> str:
+    """Top ops by self CPU time of one profiled update per variant (trainer_vs_baseline.py profile)."""
+    parts = []
+    for variant, record in data["profiles"].items():
+        profile = record["profile"]
+        parts += [f"{variant}: {profile['update_seconds']:.1f} s under the profiler, "
+                  f"{profile['self_cpu_ms_total'] / 1000:.1f} CPU-s of ops", "",
+                  "| op | calls | self CPU s | share |", "|---|---|---|---|"]
+        parts += [f"| `{e['op']}` | {e['calls']} | {e['self_cpu_ms'] / 1000:.2f} | {e['self_cpu_share']:.1%} |"
+                  for e in profile["top_by_self_cpu"]]
+        parts.append("")
+    return "\n".join(parts)
 
 
 def moe_table(data: dict) -> str:
@@ -76,7 +113,17 @@ def main(paths: list[str]) -> int:
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         print(f"<!-- {path} -->")
-        print(fault_table(data) if "kills" in data else moe_table(data) if "timings" in data else trainer_table(data))
+        if "kills" in data:
+            print(fault_table(data))
+        elif "timings" in data:
+            print(moe_table(data))
+        elif "profiles" in data:
+            print(profile_tables(data))
+        else:
+            print(trainer_table(data))
+            if any("tokens_per_s_incl_cache" in s for s in data["summary"].values()):
+                print()
+                print(trainer_memory_table(data))
         print()
     return 0
 

@@ -31,7 +31,7 @@ COVERED = {
     "gpu_check.sh": "test_gpu_check_sh_real_dims_dry_run", "moe_experts.py": "test_moe_experts",
     "moe_utilization.py": "test_moe_utilization", "real_dims.py": "test_real_dims_tiny",
     "tables.py": "test_tables", "telemetry_cost.py": "test_telemetry_cost",
-    "trainer_vs_baseline.py": "test_trainer_vs_baseline", "quality/ablation.py": "test_quality_ablation_and_report",
+    "trainer_vs_baseline.py": "test_trainer_vs_baseline (+ _real_dims_option_tiny)", "quality/ablation.py": "test_quality_ablation_and_report",
     "quality/report.py": "test_quality_ablation_and_report", "quality/heldout_curve.py": "test_quality_heldout_curve",
     "quality/save_smollm2.py": "test_quality_save_smollm2_check",
     "labelled_loss.py": "test_labelled_loss_smoke.py", "padding_free.py": "test_padding_free_smoke.py",
@@ -75,6 +75,29 @@ def test_trainer_vs_baseline(tmp_path, capsys):
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(script.RESULT_PREFIX))
     deepsynth = json.loads(line.removeprefix(script.RESULT_PREFIX))
     assert deepsynth["trainable"] == baseline["trainable"] and deepsynth["optimizer_updates"] == 1
+
+
+def test_trainer_vs_baseline_real_dims_option_tiny(capsys):
+    # --model deepseek-ocr at shrunken dims: DeepSynth through its loader with random weights (a
+    # config-only checkpoint folder), the plain script on the same weights, pages and token counts,
+    # each with one update profiled by torch.profiler. Both run in this process (seconds).
+    script = _module("trainer_vs_baseline.py")
+    small = ["--model", "deepseek-ocr", "--tiny-dims", "--samples", "1", "--batch-size", "1", "--epochs", "1",
+             "--threads", "1", "--profile-update", "1", "--profile-rows", "5"]
+    records = {}
+    for variant in ("deepsynth", "baseline-scoped"):
+        assert script.main(["run", *small, "--variant", variant]) == 0
+        line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(script.RESULT_PREFIX))
+        records[variant] = json.loads(line.removeprefix(script.RESULT_PREFIX))
+    deepsynth, baseline = records["deepsynth"], records["baseline-scoped"]
+    assert deepsynth["trainable"] == baseline["trainable"] > 0 and baseline["trainable_in_vision"] == 0
+    assert deepsynth["tokens_per_epoch"] == baseline["tokens_per_epoch"] and deepsynth["optimizer_updates"] == 1
+    assert deepsynth["cache"]["encoder_calls"] == 1 and deepsynth["cache_seconds"] > 0
+    for record in records.values():
+        assert len(record["profile"]["top_by_self_cpu"]) == 5 and record["peak_rss_mib"] >= record["loop_peak_rss_mib"]
+    # The loader's weight reading is restored after the run.
+    from deepsynth.models import loading
+    assert loading._load_weights.__module__ == "deepsynth.models.loading"
 
 
 def test_moe_experts(tmp_path):
