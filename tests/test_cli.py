@@ -29,7 +29,7 @@ def test_recommend_human_output(capsys):
 
 
 def test_recommend_prints_the_measured_learning_rate_and_why(capsys):
-    for num_samples, rate, guide in (("3", "5e-04", "5e-05"), ("10", "2e-04", "2e-05"), ("50", "2e-04", "2e-05")):
+    for num_samples, rate, guide in (("3", "5e-04", "5e-05"), ("10", "2e-04", "2e-05"), ("50", "6e-05", "2e-05")):
         assert main(["recommend", "--num-samples", num_samples, "--model", V1]) == 0
         out = capsys.readouterr().out
         note = next(line for line in out.splitlines() if line.startswith("warning: learning rate"))

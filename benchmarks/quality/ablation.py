@@ -15,7 +15,7 @@ Configurations (LoRA fields from the library's presets, schedule from ``recommen
                      DeepSynth recommends for n, at the design guide's learning rates (what ``recommend``
                      planned when the full-length study ran; every lr_xK below multiplies these rates).
 * ``evidence``    -- ``recommend(n, model).apply(...)``: today's plan, at the learning rates the study
-                     supports (issue #17: x10 the guide's).
+                     supports (issue #17: x10 the guide's at n < 50, x3 from 50).
 * ``lr_xK``       -- recommended with the learning rate x K (any number: lr_x3, lr_x10, lr_x30; lr_x1 =
                      recommended).
 * ``flat_xK``     -- lr_xK with a constant learning rate and no warmup: warmup + cosine vs constant at a
