@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from tiny_families import FAMILY_BUILDERS, example_inputs
+from tiny_families import FAMILY_BUILDERS, example_inputs, lora_with_nonzero_b
 from transformers import TrainingArguments
 
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
@@ -14,7 +14,6 @@ from deepsynth.training.loss import labelled_logits_support, labelled_positions,
 from deepsynth.training.moe import install_moe
 from deepsynth.training.trainer import MoeTrainer
 from deepsynth.training.production_trainer import UnifiedProductionTrainer
-from deepsynth.training.targets import apply_lora, resolve_targets
 
 VOCAB = 128  # tiny_families
 
@@ -24,12 +23,7 @@ def adapted(family):
     model = FAMILY_BUILDERS[family]()
     targets = ["q_proj", "v_proj", "down_proj"] + (["gate"] if family != "causal_lm" else [])
     lora = AdapterSettings(rank=4, alpha=8, dropout=0.0, target_modules=targets)
-    peft_model = apply_lora(model, resolve_targets(model, lora, family))
-    torch.manual_seed(7)
-    for name, parameter in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.5)
-    return peft_model
+    return lora_with_nonzero_b(model, lora, family)
 
 
 def padded_batch(model, family):

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from tiny_families import example_inputs, tiny_ocr2, tiny_ocr_v1
+from tiny_families import example_inputs, lora_with_nonzero_b, tiny_ocr2, tiny_ocr_v1
 from transformers import TrainingArguments
 
 from deepsynth.models.families import family_names
@@ -12,7 +12,6 @@ from deepsynth.training.lora_config import AdapterSettings
 from deepsynth.training.moe import find_routers, install_moe, routing_decisions
 from deepsynth.training.moe.regularisers import ExpertDropout, GateDropout, load_balancing_loss, resolve_gate_dropout
 from deepsynth.training.moe.routers import route_from_logits
-from deepsynth.training.targets import apply_lora, resolve_targets
 from deepsynth.training.trainer import MoeTrainer
 
 OCR2 = "deepseek_ocr2"
@@ -33,12 +32,7 @@ def adapted(targets=("q_proj", "gate_proj", "down_proj", "gate"), save=(), famil
     """Tiny model with LoRA (B initialised non-zero so that every LoRA tensor gets a gradient)."""
     model = builder()
     lora = AdapterSettings(rank=4, alpha=8, dropout=0.0, target_modules=list(targets), modules_to_save=list(save))
-    peft_model = apply_lora(model, resolve_targets(model, lora, family))
-    torch.manual_seed(7)
-    for name, parameter in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.5)
-    return peft_model
+    return lora_with_nonzero_b(model, lora, family)
 
 
 def gradients(model, inputs) -> dict[str, torch.Tensor]:

@@ -76,3 +76,15 @@ def example_inputs(model: torch.nn.Module, family: str) -> dict[str, torch.Tenso
 
 
 FAMILY_BUILDERS = {"deepseek_ocr2": tiny_ocr2, "deepseek_ocr": tiny_ocr_v1, "causal_lm": tiny_llama}
+
+
+def lora_with_nonzero_b(model: torch.nn.Module, lora, family: str) -> torch.nn.Module:
+    """``model`` with DeepSynth's LoRA, B initialised non-zero (seed 7) so that every LoRA tensor gets a gradient."""
+    from deepsynth.training.targets import apply_lora, resolve_targets
+
+    peft_model = apply_lora(model, resolve_targets(model, lora, family))
+    torch.manual_seed(7)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    return peft_model

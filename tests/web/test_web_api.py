@@ -15,7 +15,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
-from web_support import ACCESS_TOKEN, AUTH, HUB_TOKEN, JSONL_ROWS
+from web_support import ACCESS_TOKEN, AUTH, HUB_TOKEN, JSONL_ROWS, assert_error
 
 from deepsynth.cli import main as cli_main
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
@@ -43,14 +43,6 @@ def idle(state_dir: Path) -> TestClient:
 def upload(client: TestClient, filename: str, content: bytes, name: str | None = None):
     data = {"name": name} if name is not None else None
     return client.post("/api/datasets", files={"file": (filename, content)}, data=data)
-
-
-def assert_error(response, status: int, *words: str) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    message = response.json()["error"]
-    for word in words:
-        assert word in message, (word, message)
-    return message
 
 
 def png_bytes(color: str = "white") -> bytes:

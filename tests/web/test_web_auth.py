@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 from fastapi.testclient import TestClient
-from web_support import ACCESS_TOKEN, AUTH, JSONL_ROWS, files_containing, stub_serve_command
+from web_support import ACCESS_TOKEN, AUTH, JSONL_ROWS, assert_error, files_containing, stub_serve_command
 
 from deepsynth.training.errors import ConfigError
 from deepsynth.web.app import create_app
@@ -23,14 +23,6 @@ from deepsynth.web.server import add_serve_arguments, check_bind, is_loopback, r
 OTHER_TOKEN = "another-servers-token-9Xc2Lm"
 # What an attacker would send: a job that pushes to their repository with the server owner's Hub token.
 ATTACK_JOB = {"dataset_id": "sample", "push_to_hub": True, "hub_model_id": "attacker/x", "num_epochs": 1}
-
-
-def assert_error(response, status: int, *words: str) -> str:
-    assert response.status_code == status, (response.status_code, response.text)
-    message = response.json()["error"]
-    for word in words:
-        assert word in message, (word, message)
-    return message
 
 
 def api_operations(client: TestClient) -> list[tuple[str, str]]:

@@ -68,6 +68,15 @@ STUB_SERVE = (
 )
 
 
+def assert_error(response, status: int, *words: str) -> str:
+    """The API's one error message for ``response``, asserting its status and that it names ``words``."""
+    assert response.status_code == status, (response.status_code, response.text)
+    message = response.json()["error"]
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
 def stub_serve_command() -> list[str]:
     """The command line of a real server (uvicorn, `serve()`) whose jobs finish at once (STUB_TRAINER)."""
     return [sys.executable, "-c", STUB_SERVE]
