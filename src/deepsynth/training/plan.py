@@ -151,7 +151,7 @@ def _load(config: TrainerConfig, rows: Any, eval_rows: Any, holdout: int | None)
         eval_rows if eval_rows is not None else config.eval_data_path,
         column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
         max_eval_samples=config.max_eval_samples, holdout_samples=holdout, seed=config.seed, samples=config.task,
-        page_size=_page_size(config),
+        page_size=run_page_size(config),
     )
 
 
@@ -305,6 +305,6 @@ def _words(value: Any) -> str:
     return str(value)
 
 
-def _page_size(config: TrainerConfig) -> Any:
+def run_page_size(config: TrainerConfig) -> Any:
     """The size PDF pages are rendered at for the run's model and resolution mode (before it loads)."""
     return page_size_for_settings(processor_settings_for_run(config.model_name, config.image_mode))

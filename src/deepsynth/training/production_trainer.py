@@ -30,8 +30,7 @@ from deepsynth.data.splits import PreparedData, load_splits
 from deepsynth.evaluation.compare import evaluate_model, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.families import CAUSAL_LM, family_names
-from deepsynth.data.pdf import page_size_for_settings
-from deepsynth.models.image_modes import IMAGE_MODES, processor_settings_for_run, vision_tokens_per_page
+from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
@@ -43,6 +42,7 @@ from deepsynth.training.config import TrainerConfig
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
 from deepsynth.training.moe import MoeRegularisation, install_moe, plot_expert_utilization
+from deepsynth.training.plan import run_page_size
 from deepsynth.training.progress import Done, Phase, ProgressWriter, Start, record_error
 from deepsynth.training.recommend import UpdateEstimate, estimate_updates
 from deepsynth.training.report import EvalSummary, Holdout, RunReport, TrainableParams, TrainSummary, plot_loss_curve
@@ -160,7 +160,7 @@ class UnifiedProductionTrainer:
             eval_dataset if eval_dataset is not None else config.eval_data_path,
             column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
             max_eval_samples=config.max_eval_samples, holdout_samples=config.holdout_samples, seed=config.seed,
-            samples=config.task, page_size=_page_size(config),
+            samples=config.task, page_size=run_page_size(config),
         )
 
     # The public name the design guide's callers (and the run plan) use for the data step.
@@ -483,8 +483,3 @@ def trained_weights_digest(model: torch.nn.Module) -> str:
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _page_size(config: TrainerConfig) -> Any:
-    """The size PDF pages are rendered at for the run's model and resolution mode (before it loads)."""
-    return page_size_for_settings(processor_settings_for_run(config.model_name, config.image_mode))
