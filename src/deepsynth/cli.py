@@ -315,10 +315,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from deepsynth.evaluation.adapter_folder import generate_from_adapter
+    from deepsynth.evaluation.adapter_folder import generate_from_adapter, generate_from_model
 
-    generation = generate_from_adapter(args.adapter, image=args.image, text=args.text,
-                                       max_new_tokens=args.max_new_tokens, image_mode=args.image_mode)
+    generate = generate_from_adapter if args.adapter else generate_from_model
+    generation = generate(args.adapter or args.model, image=args.image, text=args.text,
+                          max_new_tokens=args.max_new_tokens, image_mode=args.image_mode)
     if args.json:
         _print_json(generation.to_dict())
         return 0
@@ -469,8 +470,10 @@ def _add_image_mode(p: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def _add_generate(sub: Any) -> None:
-    p = sub.add_parser("generate", help="generate with an adapter")
-    p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
+    p = sub.add_parser("generate", help="generate with an adapter, or with a model (a merged export)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--adapter", help="adapter folder written by `deepsynth train`")
+    which.add_argument("--model", help="model folder or name, e.g. a merged export (`deepsynth export --merge`)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="page image file, or a PDF page: report.pdf#page=2")
     source.add_argument("--text", help="document text (rendered to a page for OCR models)")

@@ -258,21 +258,49 @@ def generate_from_adapter(
     training mode unless ``image_mode`` overrides it (with a warning when it differs). The result is
     a :class:`~deepsynth.evaluation.compare.Generation`: the text, and how generation ended.
     """
-    from deepsynth.data import render_document
-
     if (image is None) == (text is None):
         raise ValueError("generate: give exactly one of image or text")
     settings = read_adapter_settings(adapter_dir)
     page = _open_page(image, settings, image_mode) if image is not None else None  # fails before the model loads
     adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
-    settings = adapted.settings
-    if adapted.loaded.is_multimodal:
+    return _generate(adapted.model, adapted.loaded, adapted.settings, page, text, max_new_tokens)
+
+
+def generate_from_model(
+    model_dir: str | Path, *, image: str | Path | None = None, text: str | None = None,
+    max_new_tokens: int | None = None, image_mode: str | None = None,
+) -> Generation:
+    """Generate with a model folder — a merged export (``deepsynth export --merge``) or any base model.
+
+    A merged export keeps its run's ``training_config.json``: the task, instruction, mode and generation
+    settings come from it, as from an adapter folder; any other model reads its own mode and the
+    summary task.
+    """
+    if (image is None) == (text is None):
+        raise ValueError("generate: give exactly one of image or text")
+    recorded = Path(model_dir) / TRAINING_CONFIG_FILE
+    data = _known_settings(_read_json_object(recorded), recorded) if recorded.is_file() else {}
+    try:
+        settings = TrainerConfig.from_dict({**data, "model_name": str(model_dir)})
+    except ValueError as error:
+        raise AdapterFolderError(f"model: {recorded}: {error}") from None
+    page = _open_page(image, settings, image_mode) if image is not None else None  # fails before the model loads
+    loaded = load_model_and_processor(str(model_dir), dtype=settings.dtype,
+                                      image_mode=image_mode if image_mode is not None else settings.image_mode)
+    return _generate(loaded.model, loaded, settings, page, text, max_new_tokens)
+
+
+def _generate(model: Any, loaded: Any, settings: TrainerConfig, page: Any, text: str | None,
+              max_new_tokens: int | None) -> Generation:
+    from deepsynth.data import render_document
+
+    if loaded.is_multimodal:
         source = page if page is not None else render_document(text)
     elif text is None:
-        raise ValueError(f"generate: {adapted.loaded.name} is a text model; give text, not an image")
+        raise ValueError(f"generate: {loaded.name} is a text model; give text, not an image")
     else:
         source = text
     return generate_text(
-        adapted.model, adapted.loaded.processor, source, instruction=_instruction(settings),
+        model, loaded.processor, source, instruction=_instruction(settings),
         max_new_tokens=max_new_tokens or settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size,
     )
