@@ -493,7 +493,8 @@ def _add_label(sub: Any) -> None:
     model.add_argument("--adapter", default=None, help="adapter folder: its base, instruction and limits")
     model.add_argument("--model", default=None, help="base model name or folder (default: the embedded model)")
     p.add_argument("--instruction", default=None,
-                   help="prompt (default: the adapter's, else the summary instruction; 'Free OCR.' drafts "
+                   help="prompt (default: the adapter's, i.e. its instruction or its task's, 'Free OCR.' for "
+                        "--task transcribe; without an adapter the summary instruction; 'Free OCR.' drafts "
                         "transcriptions)")
     p.add_argument("--batch-size", type=int, default=4, metavar="N", help="pages generated at once (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, build_generation_inputs, is_multimodal_processor
+from deepsynth.data.collate import build_generation_inputs, is_multimodal_processor
 from deepsynth.data.folders import FILE_COLUMN, PAGE_COLUMN, Page, list_pages, read_page
 from deepsynth.data.images import ImageProblem
 from deepsynth.data.loading import MAX_ROWS, DataError
@@ -229,7 +229,10 @@ def _load_drafter(adapter: Any, model: str | None, instruction: str | None, max_
         raise DataError(f"model {loaded.name!r} is a text model; label reads page images, so it needs an OCR-family "
                         "model (the default base, or an adapter trained on one)")
     network.eval()
-    return _Drafter(network, loaded.processor, instruction or settings.instruction or DEFAULT_SUMMARY_INSTRUCTION,
+    # An adapter's own prompt (its instruction, else its task's: a transcription adapter reads "Free OCR.").
+    from deepsynth.evaluation.adapter_folder import adapter_instruction
+
+    return _Drafter(network, loaded.processor, adapter_instruction(settings, instruction),
                     max_new_tokens or settings.max_new_tokens, settings.no_repeat_ngram_size)
 
 

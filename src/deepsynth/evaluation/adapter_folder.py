@@ -165,8 +165,10 @@ def _warn_if_other_mode(base: str | None, override: str, trained: str | None, ad
                    "training mode)", wanted.name, wanted.views(), adapter_dir, used.name, used.views())
 
 
-def _instruction(settings: TrainerConfig) -> str:
-    return task_instruction(settings.task, settings.instruction)  # None: the task's instruction, as in training
+def adapter_instruction(settings: TrainerConfig, instruction: str | None = None) -> str:
+    """The prompt for an adapter trained with ``settings``: ``instruction`` when given, else the run's own
+    (its ``instruction``, or its task's when that is null, as in training). label, eval and generate call it."""
+    return instruction or task_instruction(settings.task, settings.instruction)
 
 
 def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | None) -> Any:
@@ -228,7 +230,7 @@ def evaluate_adapter(
     # The data is checked before the model loads: a bad file fails in a second, not after a minute.
     rows = _eval_rows(settings, data, max_samples, image_mode)
     adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
-    processor, instruction = adapted.loaded.processor, _instruction(settings)
+    processor, instruction = adapted.loaded.processor, adapter_instruction(settings)
     examples = encode_rows(rows, processor, instruction=instruction, max_length=settings.max_length)
     options = {"ignore_case": settings.metric_ignore_case if ignore_case is None else ignore_case,
                "ignore_punctuation": settings.metric_ignore_punctuation if ignore_punctuation is None
@@ -273,6 +275,6 @@ def generate_from_adapter(
     else:
         source = text
     return generate_text(
-        adapted.model, adapted.loaded.processor, source, instruction=_instruction(settings),
+        adapted.model, adapted.loaded.processor, source, instruction=adapter_instruction(settings),
         max_new_tokens=max_new_tokens or settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size,
     )
