@@ -239,7 +239,8 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
     rows = [(name, f"{before[name]:.4f}", f"{after[name]:.4f}", f"{after[name] - before[name]:+.4f}") for name in before]
     where = "training samples (no held-out data)" if metrics["eval_on_training_data"] else "held-out samples"
-    table = f"Before/after on {metrics['num_eval_samples']} {where}:\n" + _table(
+    scored = f"Scored: {metrics['scored_rows']}\n" if metrics.get("scored_rows") else ""
+    table = f"{scored}Before/after on {metrics['num_eval_samples']} {where}:\n" + _table(
         rows, ("metric", "base", "adapted", "change"))
     if metrics.get("text_normalisation"):  # transcription: say how CER and WER compared the texts
         table += f"\nCER and WER on normalised text: {metrics['text_normalisation']}"
@@ -451,7 +452,9 @@ def _add_train(sub: Any) -> None:
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="before/after metrics of an adapter on a dataset")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
-    p.add_argument("--data", default=None, help="data file or folder (default: bundled eval samples)")
+    p.add_argument("--data", default=None,
+                   help="data file or folder: its rows marked split 'eval', or all its rows without a 'split' column "
+                        "(default: the rows the adapter's run held out from training)")
     p.add_argument("--max-eval-samples", type=int, default=None)
     _add_image_mode(p, "read the pages in this resolution mode (default: the adapter's training mode)")
     p.add_argument("--ignore-case", action=argparse.BooleanOptionalAction, default=None,

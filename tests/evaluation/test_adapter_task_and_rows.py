@@ -50,3 +50,71 @@ def test_label_prompts_a_transcription_adapter_as_generate_does(lora_weights, tm
     (line,) = [json.loads(text) for text in out.read_text(encoding="utf-8").splitlines()]
     generated = generate_from_adapter(folder, image=page)
     assert line["summary"] == str(generated) and line["summary"]
+
+
+def _documents(path: Path, splits: list[str | None]) -> list[dict]:
+    rows = []
+    for number, split in enumerate(splits, 1):
+        row = {"text": f"Document {number} : la mairie ouvre le marché {number}.", "summary": f"Résumé {number}."}
+        if split is not None:
+            row["split"] = split
+        rows.append(row)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return rows
+
+
+def test_eval_on_a_file_with_a_split_column_scores_its_eval_rows_only(lora_weights, tmp_path):
+    folder = _adapter(lora_weights, tmp_path, max_new_tokens=2)
+    data = tmp_path / "documents.jsonl"
+    rows = _documents(data, ["train", "eval", "train", "eval", "train"])
+    metrics = evaluate_adapter(folder, data)
+    assert metrics["num_eval_samples"] == 2 and not metrics["eval_on_training_data"]
+    assert [sample["reference"] for sample in metrics["samples"]] == [rows[1]["summary"], rows[3]["summary"]]
+    assert metrics["scored_rows"] == f"the 2 rows of {data} marked split 'eval'"
+
+
+def test_eval_on_a_file_without_a_split_column_scores_every_row_and_says_so(lora_weights, tmp_path):
+    folder = _adapter(lora_weights, tmp_path, max_new_tokens=2)
+    data = tmp_path / "documents.jsonl"
+    _documents(data, [None, None])
+    metrics = evaluate_adapter(folder, data)
+    assert metrics["num_eval_samples"] == 2 and metrics["scored_rows"] == f"all 2 rows of {data}"
+
+
+def test_eval_refuses_a_file_whose_rows_are_all_marked_train(lora_weights, tmp_path, capsys):
+    folder = _adapter(lora_weights, tmp_path, max_new_tokens=2)
+    data = tmp_path / "documents.jsonl"
+    _documents(data, ["train", "train"])
+    assert main(["eval", "--adapter", str(folder), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(data) in err and "no rows marked 'eval'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_without_data_scores_the_rows_the_run_held_out(lora_weights, tmp_path, capsys):
+    from deepsynth.data.splits import load_splits
+
+    data = tmp_path / "documents.jsonl"
+    _documents(data, [None] * 7)
+    folder = _adapter(lora_weights, tmp_path, max_new_tokens=2, data_path=str(data), holdout_samples=2, seed=5)
+    held_out = load_splits(str(data), holdout_samples=2, seed=5)  # what the trainer held out
+    metrics = evaluate_adapter(folder)
+    assert [sample["reference"] for sample in metrics["samples"]] == list(held_out.eval["summary"])
+    rows = ", ".join(str(index + 1) for index in held_out.held_out_indices)
+    assert metrics["scored_rows"] == f"the 2 rows of {data} held out from training (rows {rows}, drawn with seed 5)"
+    assert main(["eval", "--adapter", str(folder)]) == 0
+    assert f"Scored: the 2 rows of {data} held out from training" in capsys.readouterr().out
+
+
+def test_eval_without_data_refuses_when_the_run_held_nothing_out(lora_weights, tmp_path, capsys):
+    data = tmp_path / "documents.jsonl"
+    _documents(data, [None] * 3)
+    cases = {
+        _adapter(lora_weights, tmp_path, data_path=str(data)): "held out no rows",
+        tmp_path / "bare": "has no training_config.json",
+    }
+    shutil.copytree(lora_weights, tmp_path / "bare")
+    for folder, message in cases.items():
+        assert main(["eval", "--adapter", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "--data" in err and "Traceback" not in err

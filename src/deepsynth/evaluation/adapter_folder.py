@@ -200,27 +200,115 @@ def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | Non
         raise ValueError(f"generate: image {image}: not a readable image file ({error})") from None
 
 
-def _eval_rows(settings: TrainerConfig, data: str | Path | None, max_samples: int | None,
-               image_mode: str | None) -> Any:
-    from deepsynth.data import load_documents, load_sample_dataset
-    from deepsynth.data.transcription import load_transcription_samples
+@dataclass
+class EvalRows:
+    """The rows an evaluation scores, and which they are in the user's words (``scored``)."""
+
+    rows: Any
+    scored: str
+    eval_on_training_data: bool = False
+
+
+def adapter_eval_rows(adapter_dir: str | Path, settings: TrainerConfig, data: str | Path | None,
+                      max_samples: int | None, image_mode: str | None) -> EvalRows:
+    """The rows to score the adapter on: ``data``'s ``eval`` rows (all its rows when it has no ``split``
+    column), or without ``data`` the rows the adapter's own run held out (its eval data, its data's
+    ``eval`` split, its ``holdout_samples``, or the bundled eval split for a run on the bundled samples).
+
+    Raises:
+        ValueError: (DataError, AdapterFolderError) ``data`` marks no row ``eval``; without ``data``, the
+            run held out no rows or left no record of its data: the message says what to pass.
+    """
     from deepsynth.data.pdf import page_size_for_settings
     from deepsynth.models.image_modes import processor_settings_for_run
 
-    if data is None:  # the bundled eval samples of the adapter's task
-        bundled = load_transcription_samples if settings.task == "transcribe" else load_sample_dataset
-        return bundled("eval", max_samples=max_samples)
     # PDF pages at the size the mode the model will read them in needs (the training mode unless overridden).
-    page_size = page_size_for_settings(
-        processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
-    return load_documents(data, column_mapping=settings.column_mapping, max_samples=max_samples, page_size=page_size)
+    page_size = page_size_for_settings(processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
+    if data is not None and not _is_runs_data(data, settings):
+        return _eval_rows_of(data, settings, max_samples, page_size)
+    if not (Path(adapter_dir) / TRAINING_CONFIG_FILE).is_file():
+        raise AdapterFolderError(f"adapter: {adapter_dir} has no {TRAINING_CONFIG_FILE}, so the rows its run held "
+                                 "out are unknown; pass --data FILE with rows it was not trained on")
+    return _held_out_rows(adapter_dir, settings, max_samples, page_size)
+
+
+def _is_runs_data(data: str | Path, settings: TrainerConfig) -> bool:
+    """True when ``data`` is the file the adapter was trained on (its run's split decides the rows)."""
+    if settings.data_path is None or settings.eval_data_path is not None:
+        return False
+    try:
+        return Path(data).expanduser().resolve() == Path(settings.data_path).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def _eval_rows_of(data: str | Path, settings: TrainerConfig, max_samples: int | None, page_size: Any) -> EvalRows:
+    from deepsynth.data import load_documents
+    from deepsynth.data.loading import DataError
+
+    options = dict(column_mapping=settings.column_mapping, max_samples=max_samples, page_size=page_size)
+    try:
+        rows = load_documents(data, split="eval", **options)
+        return EvalRows(rows, f"the {len(rows)} rows of {data} marked split 'eval'")
+    except DataError as error:
+        if error.column != "split":
+            raise
+        if "no 'split' column" not in error.problem:  # a split column, but no row marked 'eval'
+            raise DataError(f"no rows marked 'eval' ({error.problem.partition('(')[2].rstrip(')') or 'none'}); eval "
+                            "scores the rows marked 'eval' (rows marked 'train' are training rows): mark the rows to "
+                            "score split=eval, or give a file of them", source=str(data), column="split") from None
+    rows = load_documents(data, **options)
+    return EvalRows(rows, f"all {len(rows)} rows of {data}")
+
+
+def _held_out_rows(adapter_dir: str | Path, settings: TrainerConfig, max_samples: int | None,
+                   page_size: Any) -> EvalRows:
+    """The eval rows of the run that trained the adapter, drawn as the trainer drew them (load_splits)."""
+    from deepsynth.data.loading import DataError
+    from deepsynth.data.splits import EVAL_DATA, HOLDOUT, load_splits
+
+    limit = max_samples if max_samples is not None else settings.max_eval_samples
+    try:
+        split = load_splits(settings.data_path, settings.eval_data_path, column_mapping=settings.column_mapping,
+                            max_train_samples=settings.max_train_samples, max_eval_samples=limit,
+                            holdout_samples=settings.holdout_samples, seed=settings.seed, samples=settings.task,
+                            page_size=page_size)
+    except DataError as error:
+        raise AdapterFolderError(f"adapter: the data its run recorded in {TRAINING_CONFIG_FILE} cannot be read "
+                                 f"({error}); pass --data FILE with rows it was not trained on") from None
+    source = settings.data_path or "the bundled samples"
+    if split.eval_on_training_data:
+        raise AdapterFolderError(f"adapter: the run that trained {adapter_dir} held out no rows of {source} (its "
+                                 "scores were on its training rows); pass --data FILE with rows it was not trained on")
+    count = len(split.eval)
+    if split.eval_from == EVAL_DATA:
+        return EvalRows(split.eval, f"the {count} rows of its eval data {settings.eval_data_path}")
+    if split.eval_from == HOLDOUT:
+        _check_recorded_holdout(adapter_dir, split.held_out_indices)
+        rows = ", ".join(str(index + 1) for index in split.held_out_indices[:count])
+        return EvalRows(split.eval, f"the {count} rows of {source} held out from training (rows {rows}, drawn with "
+                                    f"seed {settings.seed})")
+    return EvalRows(split.eval, f"the {count} rows of {source} marked split 'eval' (held out from training)")
+
+
+def _check_recorded_holdout(adapter_dir: str | Path, indices: list[int]) -> None:
+    """Refuse when the run's metrics.json names other held-out rows: the data changed since training."""
+    path = Path(adapter_dir) / "metrics.json"
+    if not path.is_file():
+        return
+    recorded = (_read_json_object(path).get("holdout") or {}).get("indices")
+    if recorded is not None and list(recorded) != list(indices):
+        raise AdapterFolderError(f"adapter: {path} records held-out rows {recorded}, but its data now gives "
+                                 f"{indices}: the data changed since training; pass --data FILE with the rows to "
+                                 "score")
 
 
 def evaluate_adapter(
     adapter_dir: str | Path, data: str | Path | None = None, *, max_samples: int | None = None,
     image_mode: str | None = None, ignore_case: bool | None = None, ignore_punctuation: bool | None = None,
 ) -> dict[str, Any]:
-    """Before/after metrics of the adapter in ``adapter_dir`` on ``data`` (default: bundled eval samples).
+    """Before/after metrics of the adapter in ``adapter_dir`` on the rows :func:`adapter_eval_rows` picks
+    (``data``'s eval rows; without ``data``, the rows the adapter's run held out); ``scored_rows`` says which.
 
     The adapter's task decides the metrics and the default data; ``image_mode`` overrides the training
     mode (with a warning); ``ignore_case`` / ``ignore_punctuation`` (None: the run's settings) relax
@@ -228,7 +316,8 @@ def evaluate_adapter(
     """
     settings = read_adapter_settings(adapter_dir)
     # The data is checked before the model loads: a bad file fails in a second, not after a minute.
-    rows = _eval_rows(settings, data, max_samples, image_mode)
+    chosen = adapter_eval_rows(adapter_dir, settings, data, max_samples, image_mode)
+    rows = chosen.rows
     adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
     processor, instruction = adapted.loaded.processor, adapter_instruction(settings)
     examples = encode_rows(rows, processor, instruction=instruction, max_length=settings.max_length)
@@ -241,7 +330,8 @@ def evaluate_adapter(
     before, predictions_before = evaluate_model(adapted.model, processor, examples, adapter_disabled=True, **kwargs)
     after, predictions_after = evaluate_model(adapted.model, processor, examples, **kwargs)
     mode = adapted.loaded.image_mode
-    result = {"num_eval_samples": len(rows), "eval_on_training_data": False, "task": settings.task,
+    result = {"num_eval_samples": len(rows), "eval_on_training_data": chosen.eval_on_training_data,
+              "scored_rows": chosen.scored, "task": settings.task,
               "image_mode": None if mode is None else mode.name, "eval": {"before": before, "after": after},
               "samples": [sample_record(*texts) for texts in
                           list(zip(rows["summary"], predictions_before, predictions_after))[:SHOWN_SAMPLES]]}
