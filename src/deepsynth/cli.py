@@ -57,7 +57,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     rec = recommend(args.num_samples, model=args.model, calibrate=args.calibrate, num_train_tokens=args.train_tokens,
                     has_eval_data=not args.no_eval_data, world_size=args.world_size, image_mode=args.image_mode,
-                    learning_rates="guide" if args.guide_learning_rates else "evidence")
+                    learning_rates=_learning_rates(args))
     if args.json:
         _print_json(rec.to_dict())
         return 0
@@ -231,8 +231,10 @@ def plan_train(args: argparse.Namespace):
                           "--data FILE (or data_path in --config) with it: a column mapping applies to your own data")
     world_size, _ = _processes()
     names = {info.name: flag for flag, info in train_flags().items()}
+    names.update(learning_rates="--guide-learning-rates",
+                 recommend_settings="--auto (or --data without --config or --preset)")
     return plan_run(config, recommend_settings=recommended, keep=overrides, world_size=world_size, names=names,
-                    origin=origin)
+                    origin=origin, learning_rates=_learning_rates(args))
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
@@ -418,11 +420,22 @@ def _add_recommend(sub: Any) -> None:
                    help="supervised target tokens of the samples (default: assume 90 per sample)")
     p.add_argument("--world-size", type=int, default=1, metavar="N",
                    help="training processes (data-parallel): each sees 1/N of the samples per epoch")
-    p.add_argument("--guide-learning-rates", action="store_true",
-                   help="the design guide's learning rates instead of the ones our full-length runs support")
+    _add_learning_rates_flag(p)
     _add_image_mode(p, "show vision tokens per page for this resolution mode (default: the model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_recommend)
+
+
+def _add_learning_rates_flag(p: argparse.ArgumentParser) -> None:
+    """``--guide-learning-rates``, for recommend and train alike (read back by :func:`_learning_rates`)."""
+    p.add_argument("--guide-learning-rates", action="store_true",
+                   help="recommended settings with the design guide's learning rates instead of the ones our "
+                        "full-length runs support (docs/quality.md)")
+
+
+def _learning_rates(args: argparse.Namespace) -> str:
+    """The ``learning_rates`` choice of recommend() and plan_run() the flags make."""
+    return "guide" if args.guide_learning_rates else "evidence"
 
 
 def _add_inspect(sub: Any) -> None:
@@ -445,6 +458,7 @@ def _add_train(sub: Any) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--auto", action="store_true", help="apply `recommend` for the dataset's size")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop: nothing is trained or written")
+    _add_learning_rates_flag(p)
     _add_train_flags(p, group)
     p.set_defaults(func=cmd_train)
 
