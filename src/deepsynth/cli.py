@@ -311,6 +311,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(metrics)
     else:
+        if metrics.get("image_mode_read"):
+            print(f"Pages read in image mode {metrics['image_mode_read']}")
         print(_metrics_table(metrics))
         if metrics["samples"]:
             print("\n" + _samples_text(metrics["samples"]))
@@ -328,6 +330,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not generation.empty:
         print(generation)
     # On stderr, so stdout stays the text alone; an empty generation is never just a blank line.
+    if generation.image_mode:
+        print(f"[image mode {generation.image_mode}]", file=sys.stderr)
     print(f"[{generation.report()}]", file=sys.stderr)
     return 0
 

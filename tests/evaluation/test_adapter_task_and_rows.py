@@ -118,3 +118,47 @@ def test_eval_without_data_refuses_when_the_run_held_nothing_out(lora_weights, t
         assert main(["eval", "--adapter", str(folder)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "--data" in err and "Traceback" not in err
+
+
+def test_the_base_models_evaluation_shows_samples_done_out_of_total(lora_weights, tmp_path, capsys):
+    folder = _adapter(lora_weights, tmp_path, max_new_tokens=2)
+    data = tmp_path / "documents.jsonl"
+    _documents(data, [None, None, None])
+    evaluate_adapter(folder, data, progress=True)
+    err = capsys.readouterr().err
+    assert "scoring the base model" in err and "3/3" in err
+
+
+def test_generate_and_eval_say_which_image_mode_they_read_the_pages_in(lora_weights, tmp_path, capsys):
+    folder = _adapter(lora_weights, tmp_path, max_new_tokens=2, image_mode="small")
+    assert main(["generate", "--adapter", str(folder), "--text", "Le marché ouvre samedi."]) == 0
+    assert "image mode small (one 384-px view; the adapter's training mode)" in capsys.readouterr().err
+    assert main(["generate", "--adapter", str(folder), "--text", "Un texte.", "--image-mode", "base", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_mode"] == (
+        "base (one 512-px view, as asked; the adapter was trained in small)")
+    data = tmp_path / "documents.jsonl"
+    _documents(data, [None])
+    assert main(["eval", "--adapter", str(folder), "--data", str(data)]) == 0
+    assert "Pages read in image mode small (one 384-px view; the adapter's training mode)" in capsys.readouterr().out
+
+
+def test_generate_names_the_page_to_give_for_a_multi_page_pdf(lora_weights, tmp_path, capsys):
+    from pdf_support import write_pdf
+
+    folder = _adapter(lora_weights, tmp_path, max_new_tokens=2)
+    pdf = tmp_path / "rapport.pdf"
+    write_pdf(pdf, ["Page un", "Page deux"])
+    assert main(["generate", "--adapter", str(folder), "--image", str(pdf)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: generate: image {pdf} has 2 pages and names none; give one page: {pdf}#page=N "
+                   "(N from 1 to 2)\n")
+
+
+@pytest.mark.parametrize("command", [["train", "--dry-run"], ["eval", "--adapter", "ADAPTER"]])
+def test_data_that_is_not_a_regular_file_is_not_called_missing(lora_weights, tmp_path, capsys, command):
+    folder = _adapter(lora_weights, tmp_path, max_new_tokens=2)
+    argv = [str(folder) if part == "ADAPTER" else part for part in command]
+    assert main([*argv, "--data", "/dev/zero"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: /dev/zero: is not a regular file or a folder (a device, pipe or socket); expected a data "
+                   "file or a folder of pages\n")

@@ -31,6 +31,19 @@ class ImageProblem(ValueError):
     """What is wrong with a row's image, as the message tells the user."""
 
 
+class UnnamedPage(ImageProblem):
+    """A file of several pages (a PDF, a multi-page TIFF) named without saying which page.
+
+    ``count``: its pages; ``path``: the file as the caller named it (None when unknown). The message
+    speaks of a data row's ``page`` column; a caller that took the file elsewhere rephrases it.
+    """
+
+    def __init__(self, message: str, count: int, path: str | None = None) -> None:
+        super().__init__(message)
+        self.count = count
+        self.path = path
+
+
 def megabytes(size: int) -> str:
     return f"{size / (1 << 20):.3g} MB"
 

@@ -154,6 +154,20 @@ def load_adapted_model(
     return AdaptedModel(attach_adapter(loaded.model, adapter_dir), loaded, settings)
 
 
+def mode_read(adapted: AdaptedModel, image_mode: str | None) -> str | None:
+    """The resolution mode ``adapted`` reads pages in, in words, and whether it is the training mode:
+    ``"small (one 384-px view; the adapter's training mode)"``; None for a text model."""
+    mode = adapted.loaded.image_mode
+    if mode is None:
+        return None
+    if image_mode is None:
+        return f"{mode.name} ({mode.views()}; the adapter's training mode)"
+    trained = mode_of_resolved(mode_for_model(adapted.loaded.name, None)[0], adapted.settings.image_mode)
+    if trained is None or (trained.name, trained.global_size) == (mode.name, mode.global_size):
+        return f"{mode.name} ({mode.views()}, as asked; the adapter's training mode)"
+    return f"{mode.name} ({mode.views()}, as asked; the adapter was trained in {trained.name})"
+
+
 def _warn_if_other_mode(base: str | None, override: str, trained: str | None, adapter_dir: str | Path) -> None:
     """Warn when ``override`` is not the mode the adapter was trained in (both resolved for the base model)."""
     resolved, wanted = mode_for_model(base, override)  # raises ConfigError for a mode the family lacks
@@ -177,7 +191,7 @@ def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | Non
 
     from PIL import Image, UnidentifiedImageError
 
-    from deepsynth.data.images import ImageProblem
+    from deepsynth.data.images import ImageProblem, UnnamedPage
     from deepsynth.data.pdf import parse_reference, render_page
     from deepsynth.data.pdf import page_size_for_settings
     from deepsynth.models.image_modes import processor_settings_for_run
@@ -188,7 +202,11 @@ def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | Non
             path, number = reference
             size = page_size_for_settings(
                 processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
-            image = io.BytesIO(render_page(Path(path).read_bytes(), number, described=path, target_size=size))
+            image = io.BytesIO(render_page(Path(path).read_bytes(), number, described=path, target_size=size,
+                                           path=path))
+    except UnnamedPage as problem:  # in the words of --image, not of a data file's row and 'page' column
+        raise ValueError(f"generate: image {problem.path} has {problem.count} pages and names none; give one page: "
+                         f"{problem.path}#page=N (N from 1 to {problem.count})") from None
     except ImageProblem as problem:
         raise ValueError(f"generate: image: {problem}") from None
     except OSError as error:
@@ -306,13 +324,16 @@ def _check_recorded_holdout(adapter_dir: str | Path, indices: list[int]) -> None
 def evaluate_adapter(
     adapter_dir: str | Path, data: str | Path | None = None, *, max_samples: int | None = None,
     image_mode: str | None = None, ignore_case: bool | None = None, ignore_punctuation: bool | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Before/after metrics of the adapter in ``adapter_dir`` on the rows :func:`adapter_eval_rows` picks
     (``data``'s eval rows; without ``data``, the rows the adapter's run held out); ``scored_rows`` says which.
 
     The adapter's task decides the metrics and the default data; ``image_mode`` overrides the training
     mode (with a warning); ``ignore_case`` / ``ignore_punctuation`` (None: the run's settings) relax
-    transcription scores. ``samples`` holds the first few generations and how each ended.
+    transcription scores. ``samples`` holds the first few generations and how each ended; ``image_mode_read``
+    the mode the pages were read in, in words (:func:`mode_read`). ``progress``: a progress bar of samples
+    scored (None: when stderr is a terminal).
     """
     settings = read_adapter_settings(adapter_dir)
     # The data is checked before the model loads: a bad file fails in a second, not after a minute.
@@ -326,12 +347,13 @@ def evaluate_adapter(
                else ignore_punctuation}
     kwargs = dict(sources=row_sources(rows, processor), references=list(rows["summary"]), instruction=instruction,
                   max_new_tokens=settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size,
-                  task=settings.task, **options)
+                  task=settings.task, progress=progress, **options)
     before, predictions_before = evaluate_model(adapted.model, processor, examples, adapter_disabled=True, **kwargs)
     after, predictions_after = evaluate_model(adapted.model, processor, examples, **kwargs)
     mode = adapted.loaded.image_mode
     result = {"num_eval_samples": len(rows), "eval_on_training_data": chosen.eval_on_training_data,
               "scored_rows": chosen.scored, "task": settings.task,
+              "image_mode_read": mode_read(adapted, image_mode),
               "image_mode": None if mode is None else mode.name, "eval": {"before": before, "after": after},
               "samples": [sample_record(*texts) for texts in
                           list(zip(rows["summary"], predictions_before, predictions_after))[:SHOWN_SAMPLES]]}
@@ -348,7 +370,8 @@ def generate_from_adapter(
 
     OCR-family models read pages: a text is rendered to a page first, as in training, and read in the
     training mode unless ``image_mode`` overrides it (with a warning when it differs). The result is
-    a :class:`~deepsynth.evaluation.compare.Generation`: the text, and how generation ended.
+    a :class:`~deepsynth.evaluation.compare.Generation`: the text, how generation ended, and the mode
+    the page was read in (``image_mode``, :func:`mode_read`).
     """
     from deepsynth.data import render_document
 
@@ -364,7 +387,9 @@ def generate_from_adapter(
         raise ValueError(f"generate: {adapted.loaded.name} is a text model; give text, not an image")
     else:
         source = text
-    return generate_text(
+    generation = generate_text(
         adapted.model, adapted.loaded.processor, source, instruction=adapter_instruction(settings),
         max_new_tokens=max_new_tokens or settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size,
     )
+    generation.image_mode = mode_read(adapted, image_mode)
+    return generation
