@@ -186,24 +186,32 @@ def adapter_instruction(settings: TrainerConfig, instruction: str | None = None)
 
 
 def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | None) -> Any:
-    """The page image ``image`` names: an image file, or a PDF page (``report.pdf#page=2``) rendered for the mode."""
+    """The page image ``image`` names: an image file, a PDF page (``report.pdf#page=2``) rendered for the mode,
+    or a page of a multi-page TIFF (``fax.tif#page=2``)."""
     import io
 
     from PIL import Image, UnidentifiedImageError
 
-    from deepsynth.data.images import ImageProblem, UnnamedPage
-    from deepsynth.data.pdf import parse_reference, render_page
-    from deepsynth.data.pdf import page_size_for_settings
+    from deepsynth.data.images import ImageProblem, UnnamedPage, normalize_image, read_file, tiff_reference
+    from deepsynth.data.pdf import page_size_for_settings, parse_reference, render_page
     from deepsynth.models.image_modes import processor_settings_for_run
 
     try:
-        reference = parse_reference(str(image))
+        reference, tiff = parse_reference(str(image)), tiff_reference(str(image))
         if reference is not None:  # rendered at the size the mode the adapter reads in needs
             path, number = reference
             size = page_size_for_settings(
                 processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
             image = io.BytesIO(render_page(Path(path).read_bytes(), number, described=path, target_size=size,
                                            path=path))
+        elif tiff is not None:  # a TIFF may hold several pages: named like a PDF's
+            path, number = tiff
+            data, described = read_file(path, Path.cwd(), None)
+            try:
+                image = io.BytesIO(normalize_image(data, described, number))
+            except UnnamedPage as problem:
+                problem.path = path
+                raise
     except UnnamedPage as problem:  # in the words of --image, not of a data file's row and 'page' column
         raise ValueError(f"generate: image {problem.path} has {problem.count} pages and names none; give one page: "
                          f"{problem.path}#page=N (N from 1 to {problem.count})") from None
@@ -211,6 +219,8 @@ def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | Non
         raise ValueError(f"generate: image: {problem}") from None
     except OSError as error:
         raise ValueError(f"generate: image {image}: not a readable PDF file ({error})") from None
+    except Exception as error:  # Pillow raises several types for a damaged TIFF
+        raise ValueError(f"generate: image {image}: not a readable image file ({error})") from None
     try:
         with Image.open(image) as page:
             return page.convert("RGB")
