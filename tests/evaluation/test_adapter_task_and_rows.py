@@ -162,3 +162,10 @@ def test_data_that_is_not_a_regular_file_is_not_called_missing(lora_weights, tmp
     err = capsys.readouterr().err
     assert err == ("error: /dev/zero: is not a regular file or a folder (a device, pipe or socket); expected a data "
                    "file or a folder of pages\n")
+
+
+def test_label_does_not_call_a_device_missing(tmp_path, capsys):
+    assert main(["label", "--data", "/dev/zero", "--out", str(tmp_path / "drafts.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a regular file or a folder" in err and "not found" not in err and "Traceback" not in err
+    assert not (tmp_path / "drafts.jsonl").exists()

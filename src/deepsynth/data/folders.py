@@ -224,6 +224,9 @@ def list_pages(source: Path, limit: int) -> list[Page]:
             raise ImageProblem(f"{str(source)!r} is not a page image or a PDF; expected a folder of them or one "
                                f"file ({', '.join(_PAGE_SUFFIXES)})")
         files = [source]
+    elif source.exists():  # /dev/zero, a FIFO: there, but nothing to read pages from
+        raise ImageProblem(f"{str(source)!r} is not a regular file or a folder (a device, pipe or socket); expected a "
+                           "folder of page images and PDFs, or one such file")
     else:
         raise ImageProblem(f"{str(source)!r} not found")
     pages: list[Page] = []
