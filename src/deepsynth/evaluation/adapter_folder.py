@@ -251,7 +251,8 @@ def adapter_eval_rows(adapter_dir: str | Path, settings: TrainerConfig, data: st
     from deepsynth.models.image_modes import processor_settings_for_run
 
     # PDF pages at the size the mode the model will read them in needs (the training mode unless overridden).
-    page_size = page_size_for_settings(processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
+    page_size = page_size_for_settings(
+        processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
     if data is not None and not _is_runs_data(data, settings):
         return _eval_rows_of(data, settings, max_samples, page_size)
     if not (Path(adapter_dir) / TRAINING_CONFIG_FILE).is_file():
@@ -277,7 +278,7 @@ def _eval_rows_of(data: str | Path, settings: TrainerConfig, max_samples: int | 
     options = dict(column_mapping=settings.column_mapping, max_samples=max_samples, page_size=page_size)
     try:
         rows = load_documents(data, split="eval", **options)
-        return EvalRows(rows, f"the {len(rows)} rows of {data} marked split 'eval'")
+        return EvalRows(rows, f"the {_rows(len(rows))} of {data} marked split 'eval'")
     except DataError as error:
         if error.column != "split":
             raise
@@ -286,7 +287,7 @@ def _eval_rows_of(data: str | Path, settings: TrainerConfig, max_samples: int | 
                             "scores the rows marked 'eval' (rows marked 'train' are training rows): mark the rows to "
                             "score split=eval, or give a file of them", source=str(data), column="split") from None
     rows = load_documents(data, **options)
-    return EvalRows(rows, f"all {len(rows)} rows of {data}")
+    return EvalRows(rows, f"all {_rows(len(rows))} of {data}" if len(rows) > 1 else f"the one row of {data}")
 
 
 def _held_out_rows(adapter_dir: str | Path, settings: TrainerConfig, max_samples: int | None,
@@ -310,13 +311,18 @@ def _held_out_rows(adapter_dir: str | Path, settings: TrainerConfig, max_samples
                                  "scores were on its training rows); pass --data FILE with rows it was not trained on")
     count = len(split.eval)
     if split.eval_from == EVAL_DATA:
-        return EvalRows(split.eval, f"the {count} rows of its eval data {settings.eval_data_path}")
+        return EvalRows(split.eval, f"the {_rows(count)} of its eval data {settings.eval_data_path}")
     if split.eval_from == HOLDOUT:
         _check_recorded_holdout(adapter_dir, split.held_out_indices)
         rows = ", ".join(str(index + 1) for index in split.held_out_indices[:count])
-        return EvalRows(split.eval, f"the {count} rows of {source} held out from training (rows {rows}, drawn with "
+        numbers = f"row{'s' if count > 1 else ''} {rows}"
+        return EvalRows(split.eval, f"the {_rows(count)} of {source} held out from training ({numbers}, drawn with "
                                     f"seed {settings.seed})")
-    return EvalRows(split.eval, f"the {count} rows of {source} marked split 'eval' (held out from training)")
+    return EvalRows(split.eval, f"the {_rows(count)} of {source} marked split 'eval' (held out from training)")
+
+
+def _rows(count: int) -> str:
+    return "1 row" if count == 1 else f"{count} rows"
 
 
 def _check_recorded_holdout(adapter_dir: str | Path, indices: list[int]) -> None:
@@ -343,7 +349,7 @@ def evaluate_adapter(
     mode (with a warning); ``ignore_case`` / ``ignore_punctuation`` (None: the run's settings) relax
     transcription scores. ``samples`` holds the first few generations and how each ended; ``image_mode_read``
     the mode the pages were read in, in words (:func:`mode_read`). ``progress``: a progress bar of samples
-    scored (None: when stderr is a terminal).
+    scored on stderr (None: shown; False: not).
     """
     settings = read_adapter_settings(adapter_dir)
     # The data is checked before the model loads: a bad file fails in a second, not after a minute.

@@ -184,7 +184,7 @@ def evaluate_model(
 
     With ``adapter_disabled`` a PEFT model is scored as its base model. ``ignore_case`` /
     ``ignore_punctuation``: transcription scores only (deepsynth.evaluation.metrics). ``progress``: a
-    progress bar of samples done / total on stderr (None: when stderr is a terminal). Returns
+    progress bar of samples done / total on stderr (None: shown, as the Trainer shows its bars; False: not). Returns
     (metrics, predictions), each prediction a :class:`Generation`.
     """
     from tqdm.auto import tqdm  # transformers' own progress bars
@@ -198,7 +198,7 @@ def evaluate_model(
     predictions: list[Generation] = []
     # Scoring a real base takes minutes (SmolLM2: 11 on a CPU): samples done / total, on stderr.
     bar = tqdm(total=len(examples), unit="sample", desc="scoring the base model" if adapter_disabled else "scoring",
-               disable=None if progress is None else not progress)
+               disable=progress is False)  # shown by default, like the Trainer's own bars (logs too)
     try:
         with context, bar:
             for example, source in zip(examples, sources, strict=True):

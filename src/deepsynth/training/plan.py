@@ -272,7 +272,7 @@ def _lines(plan: RunPlan, data: PreparedData, names: dict[str, str], origin: str
     if config.early_stopping_patience:
         lines.append(f"  early stopping: held-out loss every {config.eval_every_updates} update(s); stops after "
                      f"{config.early_stopping_patience} evaluations without improvement and keeps the best adapter, "
-                     f"so the {config.num_epochs} epochs are an upper bound")
+                     f"so the {config.num_epochs} epoch{'s' if config.num_epochs != 1 else ''} are an upper bound")
     if plan.train_tokens is not None:
         lines.append(f"  target tokens: {plan.train_tokens:,} in the training samples (counted with the tokenizer)")
     for name, value in plan.kept.items():

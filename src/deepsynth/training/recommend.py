@@ -297,8 +297,8 @@ def recommend(
     preset_name = preset_for(train_samples)
     recipe, lora = RECIPES[preset_name], get_lora_preset(preset_name)
     accumulation = _accumulation(recipe, train_samples, world_size, warnings)
-    field_warnings = {"gradient_accumulation_steps": warnings[-1]} if accumulation < recipe.gradient_accumulation_steps \
-        else {}
+    capped = accumulation < recipe.gradient_accumulation_steps
+    field_warnings = {"gradient_accumulation_steps": warnings[-1]} if capped else {}
     estimate = estimate_updates(train_samples, recipe.batch_size, accumulation, recipe.num_epochs, world_size)
     report = count_trainable_params(model, lora)
     warnings.extend(report.targets.warnings)
