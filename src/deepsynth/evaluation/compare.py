@@ -43,6 +43,8 @@ class Generation(str):
     new_tokens: int
     blocked_repeats: int
     no_repeat_ngram_size: int
+    #: The resolution mode the page was read in, in words (set by generate; None for a text or unset).
+    image_mode: str | None = None
 
     def __new__(cls, text: str, *, stop_reason: str, new_tokens: int, blocked_repeats: int = 0,
                 no_repeat_ngram_size: int = 0) -> Generation:
@@ -75,7 +77,8 @@ class Generation(str):
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": str(self), "stop_reason": self.stop_reason, "new_tokens": self.new_tokens,
-                "blocked_repeats": self.blocked_repeats, "empty": self.empty, "report": self.report()}
+                "blocked_repeats": self.blocked_repeats, "empty": self.empty, "report": self.report(),
+                "image_mode": self.image_mode}
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -205,6 +208,7 @@ def evaluate_model(
     task: str = "summarise",
     ignore_case: bool = False,
     ignore_punctuation: bool = False,
+    progress: bool | None = None,
 ) -> tuple[dict[str, float], list[Generation]]:
     """Mean loss over ``examples`` and ``task``'s text metrics of their greedy generations vs ``references``.
 
@@ -212,27 +216,33 @@ def evaluate_model(
     full-vocabulary logits of image and prompt positions); generations start from each example's
     prompt and page — cached features when the example has them (``sources`` is no longer read; kept
     for callers). With ``adapter_disabled`` a PEFT model is scored as its base model. ``ignore_case`` /
-    ``ignore_punctuation``: transcription scores only (deepsynth.evaluation.metrics). Returns
+    ``ignore_punctuation``: transcription scores only (deepsynth.evaluation.metrics). ``progress``: a
+    progress bar of samples done / total on stderr (None: shown, as the Trainer shows its bars; False: not). Returns
     (metrics, predictions), each prediction a :class:`Generation`.
     """
+    from tqdm.auto import tqdm  # transformers' own progress bars
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     collate = CachedFeatureCollator(DataCollator(processor, dtype=model.dtype))
     labelled_only, _ = labelled_logits_support(model)
     context = model.disable_adapter() if adapter_disabled else nullcontext()
+    losses: list[float] = []
+    predictions: list[Generation] = []
+    # Scoring a real base takes minutes (SmolLM2: 11 on a CPU): samples done / total, on stderr.
+    bar = tqdm(total=len(examples), unit="sample", desc="scoring the base model" if adapter_disabled else "scoring",
+               disable=progress is False)  # shown by default, like the Trainer's own bars (logs too)
     try:
-        with context:
-            losses = []
+        with context, bar:
             for example in examples:
                 batch = collate([example])
                 batch = with_labelled_logits(batch) if labelled_only else batch
                 losses.append(float(model(**_to_device(batch, device)).loss))
-            predictions = [
-                generate_from_inputs(model, processor, example_generation_inputs(example, model.dtype),
-                                     max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size)
-                for example in examples
-            ]
+                predictions.append(generate_from_inputs(
+                    model, processor, example_generation_inputs(example, model.dtype),
+                    max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size))
+                bar.update(1)
     finally:
         model.train(was_training)
     scores = task_metrics(task, predictions, references, ignore_case=ignore_case, ignore_punctuation=ignore_punctuation)
