@@ -32,7 +32,7 @@ from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.families import CAUSAL_LM, family_names
 from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
-from deepsynth.models.memory import release_vision, upcast
+from deepsynth.models.memory import log_memory, release_vision, return_freed_memory, upcast
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.checkpoints import (
@@ -129,16 +129,21 @@ class UnifiedProductionTrainer:
         require_bitsandbytes(self.config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
         data = self.setup_data(dataset, eval_dataset)  # validated before anything is written
         loaded = self.setup_model()
+        log_memory("setup_model")  # where a run's memory goes, step by step (docs/performance.md)
         examples = self.setup_examples(loaded, data)
         pages = self.setup_pages(loaded, examples)
+        log_memory("setup_pages")
         model, targets = self.setup_adapter(loaded)
         run = self.start_run(examples, targets, data)
         before = self.evaluate(model, loaded, data, examples, run, baseline=True) if run.is_main else None
+        log_memory("the baseline evaluation")
         training = self.setup_trainer(model, loaded, targets, examples, run, pages)
         self.fit(training, run)
+        log_memory("fit")
         if not run.is_main:
             return {}, {}
         after = self.evaluate(model, loaded, data, examples, run, baseline=False)
+        log_memory("the final evaluation")
         training.moe.remove()
         report = self.report(model, loaded, data, examples, targets, run, training, before, after)
         paths = self.save(model, loaded, report, run)
@@ -213,7 +218,9 @@ class UnifiedProductionTrainer:
             report.update(stats.to_dict())
             if stats.skipped is None:
                 report["vision_released_bytes"] = release_vision(loaded.model, loaded.family)
+        return_freed_memory()  # the released vision path, before the upcast asks for more
         loaded.finish_upcast()
+        return_freed_memory()  # the bf16 copies of a staged upcast
         LOGGER.info("vision feature cache: %s (%s)", "on" if cache_on else "off", reason)
         return report
 
