@@ -13,6 +13,12 @@
 #                                                # tiny_data, 2 A4 pages x 3 epochs (batch 1, accumulation 2),
 #                                                # 2 paired rounds, then torch.profiler over one update of each
 #                                                # (hard limit 540 s) -> trainer_real_dims.json, profile_real_dims.json
+#   bash benchmarks/gpu_check.sh --user-path     # benchmarks/user_path.py: replicas of DeepSeek-OCR and DeepSeek-OCR-2
+#                                                # written to disk, then the user's commands from them (train on
+#                                                # A4 PDFs with tiny_data and qlora_4bit, eval, export --merge,
+#                                                # generate --model / --adapter), bf16, peak RSS and CUDA peak of
+#                                                # each (hard limit 560 s) -> user_path.json
+#   bash benchmarks/gpu_check.sh --user-path --tiny        # the same on shrunken configs, on the CPU (the suite's smoke)
 #   bash benchmarks/gpu_check.sh --dry-run                 # tiny configs on the CPU: check the scripts only
 #   bash benchmarks/gpu_check.sh --real-dims --tiny        # same for the real-dimensions cases
 #   bash benchmarks/gpu_check.sh --trainer --tiny-dims     # same for the trainer comparison
@@ -27,6 +33,21 @@ if [ "${1:-}" = "--real-dims" ]; then
   shift
   # --min-free-gb 0: on a GPU machine host RAM is not the limit; each case still runs in its own process.
   exec timeout 540 python benchmarks/real_dims.py --all --min-free-gb 0 --json "${OUT:-.}/real_dims.json" "$@"
+fi
+if [ "${1:-}" = "--user-path" ]; then
+  shift
+  if [ "${1:-}" = "--tiny" ]; then
+    shift
+    exec python benchmarks/user_path.py --tiny "$@"
+  fi
+  replicas="${REPLICAS:-/tmp/deepsynth-replicas}"
+  deadline=$((SECONDS + 560))
+  for family in deepseek-ocr deepseek-ocr-2; do
+    [ -f "$replicas/$family/model.safetensors.index.json" ] || \
+      timeout $((deadline - SECONDS)) python benchmarks/user_path.py replica --family "$family" --out "$replicas/$family"
+  done
+  exec timeout $((deadline - SECONDS)) python benchmarks/user_path.py run --replica "$replicas/{family}" \
+    --work "${OUT:-.}/user-path-work" --json "${OUT:-.}/user_path.json" "$@"
 fi
 if [ "${1:-}" = "--trainer" ]; then
   shift

@@ -201,10 +201,12 @@ def measured(command: list[str], log: Path, env: dict[str, str] | None = None) -
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
+    cuda = re.findall(r"CUDA peak so far (\d+) MiB", log.read_text(encoding="utf-8", errors="replace"))
     return {"returncode": process.returncode, "completed": process.returncode == 0,
             "wall_seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "log": str(log)}
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "peak_cuda_mib": float(cuda[-1]) if cuda else None,
+            "log": str(log)}
 
 
 def user_commands(replica: Path, data: Path, work: Path, family: str, preset: str, tiny: bool) -> dict[str, list[str]]:

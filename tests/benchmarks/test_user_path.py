@@ -48,9 +48,11 @@ def test_replica_values_are_seeded_by_name():
 
 
 def test_user_path_tiny_runs_the_users_commands_from_replica_folders(tmp_path):
+    """``gpu_check.sh --user-path --tiny``: the GPU check's CPU dry run, on shrunken replicas."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DISABLE_TQDM": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, str(BENCH / "user_path.py"), "--tiny", "--keep", str(tmp_path)],
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    run = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--user-path", "--tiny", "--keep", str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((tmp_path / "user_path_tiny.json").read_text(encoding="utf-8"))

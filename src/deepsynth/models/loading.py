@@ -456,6 +456,33 @@ def load_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
     return _load_tokenizer(resolved)
 
 
+def _load_base(resolved: ResolvedConfig, mode: ImageMode | None, dtype: torch.dtype, extra: dict[str, Any],
+               quantization: str | None, staged_upcast: bool) -> tuple[PreTrainedModel, Any, dict[str, list[str]]]:
+    """The weights (quantized per ``extra``) and the processor of ``resolved``, before placement and freezing."""
+    if resolved.name == EMBEDDED_MODEL_NAME:
+        model, processor = tiny.load_embedded()
+        model = model.to(dtype=dtype)
+        if extra:
+            from deepsynth.models.quantization import quantize_in_memory
+
+            with _quantized_on_load(quantization, resolved.family):
+                model = quantize_in_memory(model, extra)
+        return model, apply_image_mode(processor, mode), {}
+    if resolved.family == CAUSAL_LM:
+        processor = _load_tokenizer(resolved)
+        if processor.pad_token is None:
+            # Batches need a pad id; labels mask padding with -100, so reusing EOS is harmless.
+            processor.pad_token = processor.eos_token
+        model, info = _load_weights(resolved, dtype, extra, quantization)
+        return model, processor, info
+    processor = _ocr_processor(resolved, mode)
+    _align_image_token(resolved, processor)
+    stored = storage_dtype(resolved.local_dir) if staged_upcast and quantization is None else None
+    narrower = stored is not None and torch.finfo(stored).bits < torch.finfo(dtype).bits
+    model, info = _load_weights(resolved, stored if narrower else dtype, extra, quantization)
+    return model, processor, info
+
+
 def load_model_and_processor(
     name_or_path: str | Path | None = None,
     *,
@@ -500,32 +527,12 @@ def load_model_and_processor(
     target_dtype = resolve_dtype(dtype, target_device)
     mode = resolve_image_mode(resolved, image_mode)  # a wrong mode fails before any weight is read
 
-    loading_info: dict[str, list[str]] = {}
     extra: dict[str, Any] = {}
     if quantization is not None:
         from deepsynth.models import quantization as quantize  # imports bitsandbytes only when asked
 
         extra = quantize.from_pretrained_kwargs(quantization, resolved.family, target_dtype, target_device)
-    if resolved.name == EMBEDDED_MODEL_NAME:
-        model, processor = tiny.load_embedded()
-        processor = apply_image_mode(processor, mode)
-        model = model.to(dtype=target_dtype)
-        if extra:
-            with _quantized_on_load(quantization, resolved.family):
-                model = quantize.quantize_in_memory(model, extra)
-    elif resolved.family == CAUSAL_LM:
-        processor = _load_tokenizer(resolved)
-        if processor.pad_token is None:
-            # Batches need a pad id; labels mask padding with -100, so reusing EOS is harmless.
-            processor.pad_token = processor.eos_token
-        model, loading_info = _load_weights(resolved, target_dtype, extra, quantization)
-    else:
-        processor = _ocr_processor(resolved, mode)
-        _align_image_token(resolved, processor)
-        stored = storage_dtype(resolved.local_dir) if staged_upcast and quantization is None else None
-        narrower = stored is not None and torch.finfo(stored).bits < torch.finfo(target_dtype).bits
-        model, loading_info = _load_weights(resolved, stored if narrower else target_dtype, extra, quantization)
-
+    model, processor, loading_info = _load_base(resolved, mode, target_dtype, extra, quantization, staged_upcast)
     if extra:
         model = quantize.prepare_quantized(model, quantization, resolved.family)
     else:

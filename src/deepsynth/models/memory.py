@@ -165,6 +165,9 @@ def log_memory(step: str) -> None:
     except OSError:
         return
     fields = {line.split(":")[0]: line.split()[1] for line in status if line.startswith(("VmRSS", "VmHWM"))}
-    if len(fields) == 2:
-        LOGGER.info("memory after %s: %.0f MiB resident, peak so far %.0f MiB", step,
-                    int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024)
+    if len(fields) != 2:
+        return
+    cuda = (f", CUDA peak so far {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+            if torch.cuda.is_available() and torch.cuda.is_initialized() else "")
+    LOGGER.info("memory after %s: %.0f MiB resident, peak so far %.0f MiB%s", step,
+                int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024, cuda)
