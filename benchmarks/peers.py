@@ -478,6 +478,40 @@ def tiny_text_model(target: Path) -> str:
     return str(target)
 
 
+def _tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (MiB, Linux /proc; 0 elsewhere)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += int(Path(f"/proc/{current}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo += [int(c) for c in children]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_capped(command: list[str], env: dict, work: Path, cap_mib: float | None) -> subprocess.CompletedProcess:
+    """Run ``command``; with a cap, kill it (and say so) once its process tree holds more than ``cap_mib``:
+    on a machine shared under a 3 GB rule, a run that grows past it must take the big-memory lock instead."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True, cwd=str(work))
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, _tree_rss_mib(process.pid)) if cap_mib else 0.0
+            if cap_mib and peak > cap_mib:
+                process.kill()
+                process.wait()
+                err.write(f"\nkilled: resident memory {peak:.0f} MiB > --rss-cap-mib {cap_mib:.0f}; rerun with --lock")
+                break
+            time.sleep(0.5)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, process.returncode, out.read(), err.read())
+
+
 def run_tool(tool: str, python: Path, args, job_path: Path, work: Path) -> dict[str, Any]:
     """One run of ``tool`` in a fresh process of its own interpreter; its record."""
     command = [str(python), str(HERE), "run", "--tool", tool, "--job", str(job_path), "--workdir", str(work),
@@ -488,9 +522,10 @@ def run_tool(tool: str, python: Path, args, job_path: Path, work: Path) -> dict[
         command = ["flock", args.lock, *command]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "DISABLE_TQDM": "1",
-           "USE_MODELSCOPE_HUB": "0", "WANDB_DISABLED": "true", "PYTHONPATH": ""}
+           "USE_MODELSCOPE_HUB": "0", "WANDB_DISABLED": "true", "PYTHONPATH": "",
+           "MALLOC_ARENA_MAX": "2"}
     load_before = os.getloadavg()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=str(work))
+    done = run_capped(command, env, work, args.rss_cap_mib)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         tail = (done.stdout[-1500:] + "\n" + done.stderr[-4000:]).strip()
@@ -499,6 +534,105 @@ def run_tool(tool: str, python: Path, args, job_path: Path, work: Path) -> dict[
     record = json.loads(lines[-1][len(RESULT_PREFIX):])
     record.update(load_before=load_before, load_after=os.getloadavg())
     return record
+
+
+# --- OCR path: can a peer train a DeepSeek-OCR-family model here? --------------------------------------
+
+OCR_ATTEMPTS = {
+    # ms-swift's DeepSeek-OCR model type, in the venv pinned to transformers 4.46.3 as ms-swift requires,
+    # on a folder holding DeepSeek-OCR's real config.json shrunk (the remote code it names is not shipped).
+    "swift-ocr": {"model_type": "deepseek_ocr", "folder": "deepseek-ocr-tiny-config"},
+    # ms-swift's DeepSeek-OCR-2 model type in its default venv, on DeepSynth's shipped tiny DeepSeek-OCR-2
+    # (transformers' native class, real weights).
+    "swift": {"model_type": "deepseek_ocr2", "folder": "deepsynth-tiny-ocr2"},
+}
+
+
+def ocr_folders(cache: Path) -> dict[str, Path]:
+    """The two model folders the OCR attempts train: DeepSeek-OCR's shipped config, shrunk (no weights, no
+    remote code: nothing to download), and DeepSynth's shipped tiny DeepSeek-OCR-2 with its tokenizer."""
+    import deepsynth.models
+    from deepsynth.models.tiny import shipped_tokenizer
+
+    package = Path(deepsynth.models.__file__).parent
+    folders = {"deepseek-ocr-tiny-config": cache / "ocr" / "deepseek-ocr-tiny-config",
+               "deepsynth-tiny-ocr2": cache / "ocr" / "deepsynth-tiny-ocr2"}
+    config = json.loads((package / "architectures" / "deepseek-ocr.json").read_text())
+    language = config.get("language_config", {})
+    language.update(hidden_size=128, intermediate_size=256, moe_intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=2, n_routed_experts=4, num_experts_per_tok=2)
+    for key, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        shipped_tokenizer().save_pretrained(str(folder))
+    (folders["deepseek-ocr-tiny-config"] / "config.json").write_text(json.dumps(config, indent=1))
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(package / "assets" / "tiny-ocr2" / name, folders["deepsynth-tiny-ocr2"] / name)
+    return folders
+
+
+def ocr_page(work: Path) -> dict[str, Any]:
+    """One training row: a rendered bundled page and its summary, in ms-swift's messages + images format."""
+    from deepsynth.data.loading import SAMPLE_DATA_PATH
+    from deepsynth.data.render import render_document
+
+    row = next(r for r in read_jsonl(SAMPLE_DATA_PATH) if r["split"] == "train")
+    work.mkdir(parents=True, exist_ok=True)
+    render_document(row["text"]).save(work / "page.png")
+    return {"messages": [{"role": "user", "content": f"<image>{INSTRUCTION}"},
+                         {"role": "assistant", "content": row["summary"]}], "images": [str(work / "page.png")]}
+
+
+def ocr_worker(args) -> int:
+    """In the peer's venv: ``swift sft`` (its ``sft_main``) with LoRA on the OCR model; the outcome."""
+    from swift import SftArguments, sft_main
+
+    job = default_job(smoke=True)
+    work = Path(args.workdir)
+    out = Path(tempfile.mkdtemp(prefix="peers-ocr-"))
+    try:
+        sft_main(SftArguments(
+            model=args.model, model_type=args.model_type, tuner_type="lora", dataset=[str(work / "page.jsonl")],
+            lora_rank=job["lora_rank"], lora_alpha=job["lora_alpha"], target_modules=["all-linear"],
+            output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=1, max_length=1024,
+            torch_dtype="float32", split_dataset_ratio=0, dataset_num_proc=1, dataloader_num_workers=0,
+            report_to="none", save_strategy="no", logging_steps=1))
+        outcome = {"trained": True}
+    except BaseException as error:  # the point is the exact error a user gets
+        import traceback
+
+        outcome = {"trained": False, "error": f"{type(error).__name__}: {error}"[:2000],
+                   "where": traceback.format_exc().strip().splitlines()[-3:]}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    print(RESULT_PREFIX + json.dumps(outcome), flush=True)
+    return 0
+
+
+def ocr(args) -> int:
+    """Each OCR attempt in its venv; the outcomes (trained, or the exact error) to --json."""
+    cache = cache_root(args.cache)
+    folders = ocr_folders(cache)
+    work = cache / "work" / "ocr"
+    (work / "page.jsonl").parent.mkdir(parents=True, exist_ok=True)
+    (work / "page.jsonl").write_text(json.dumps(ocr_page(work), ensure_ascii=False) + "\n")
+    results = {}
+    for venv, attempt in OCR_ATTEMPTS.items():
+        python = peer_python(venv, cache)
+        if python is None:
+            results[venv] = {"not_installed": f"python benchmarks/peers.py install --tools {venv}"}
+            continue
+        command = [str(python), str(HERE), "ocr-run", "--model", str(folders[attempt["folder"]]),
+                   "--model-type", attempt["model_type"], "--workdir", str(work)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": "",
+               "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=str(work), timeout=900)
+        lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+        outcome = json.loads(lines[-1][len(RESULT_PREFIX):]) if lines else {
+            "trained": False, "error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+        results[venv] = {**attempt, "versions": versions(python), **outcome}
+        print(f"{venv} ({attempt['model_type']}): {'trained' if outcome.get('trained') else outcome.get('error')}")
+    write_json(args.json, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "attempts": results})
+    return 0
 
 
 def describe(values: list[float]) -> dict[str, float] | None:
@@ -622,8 +756,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny random Llama, 2 samples, 1 epoch (the test suite)")
     p.add_argument("--nice", type=int, default=None)
     p.add_argument("--lock", help="run each tool under `flock LOCK` (e.g. /tmp/deepsynth-bigmem.lock)")
+    p.add_argument("--rss-cap-mib", type=float, default=None,
+                   help="kill a run whose processes hold more than this (shared machines without --lock)")
     p.add_argument("--cache")
     p.add_argument("--json")
+    p = sub.add_parser("ocr", help="the OCR path: can ms-swift train a DeepSeek-OCR-family model here?")
+    p.add_argument("--cache")
+    p.add_argument("--json")
+    p = sub.add_parser("ocr-run")
+    p.add_argument("--model", required=True)
+    p.add_argument("--model-type", required=True)
+    p.add_argument("--workdir", required=True)
     p = sub.add_parser("run")
     p.add_argument("--tool", choices=TOOLS, required=True)
     p.add_argument("--job", required=True)
@@ -632,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "install":
         return install(args.tools.split(","), cache_root(args.cache))
-    return worker(args) if args.command == "run" else compare(args)
+    commands = {"run": worker, "compare": compare, "ocr": ocr, "ocr-run": ocr_worker}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
