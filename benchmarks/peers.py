@@ -39,6 +39,7 @@ modules, trainable parameters; DeepSynth's column is its planner's (``recommend`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -238,6 +239,9 @@ def instrument(measure: Measure, job: dict[str, Any], eval_rows: list[dict], tok
             tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
             measure.heldout = heldout_loss(model, tokenizer, eval_rows, job["max_length"], job["max_new_tokens"])
 
+    # functools.wraps keeps the signature visible: ms-swift inspects Trainer.__init__'s parameters to
+    # choose between ``processing_class`` and the older ``tokenizer`` keyword.
+    @functools.wraps(original)
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         if measure.trainer_class is not None:
@@ -419,7 +423,8 @@ def worker(args) -> int:
     out = Path(tempfile.mkdtemp(prefix=f"peers-{args.tool}-"))
     started = time.perf_counter()
     try:
-        extra = RUNNERS[args.tool](job, work, args.model, out)
+        extra = (run_quick_start(args.tool, job, work, args.model, out) if args.quick_start
+                 else RUNNERS[args.tool](job, work, args.model, out))
     finally:
         shutil.rmtree(out, ignore_errors=True)
     wall = time.perf_counter() - started
@@ -454,16 +459,17 @@ def prepare(job: dict[str, Any], work: Path) -> None:
                                              encoding="utf-8")
 
 
-def tiny_text_model(target: Path) -> str:
-    """A tiny random Llama with DeepSynth's shipped tokenizer (the smoke run: no download, no wheel)."""
+def tiny_text_model(target: Path, tokenizer_dir: str | None = None) -> str:
+    """A tiny random Llama with DeepSynth's shipped tokenizer (the smoke run: no download, no wheel), or
+    with the tokenizer of ``tokenizer_dir`` (the quick-start runs: SmolLM2's, chat template included)."""
     if (target / "config.json").is_file():
         return str(target)
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from deepsynth.models.tiny import shipped_tokenizer
 
-    tokenizer = shipped_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else shipped_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LlamaForCausalLM(LlamaConfig(
@@ -515,7 +521,7 @@ def run_capped(command: list[str], env: dict, work: Path, cap_mib: float | None)
 def run_tool(tool: str, python: Path, args, job_path: Path, work: Path) -> dict[str, Any]:
     """One run of ``tool`` in a fresh process of its own interpreter; its record."""
     command = [str(python), str(HERE), "run", "--tool", tool, "--job", str(job_path), "--workdir", str(work),
-               "--model", args.model_dir]
+               "--model", args.model_dir, *(["--quick-start"] if getattr(args, "quick_start", False) else [])]
     if args.nice:
         command = ["nice", "-n", str(args.nice), *command]
     if args.lock:  # runs of several GB on a shared machine: one big process at a time (waiting is untimed)
@@ -635,6 +641,116 @@ def ocr(args) -> int:
     return 0
 
 
+# --- tiny-data behaviour: each peer's documented quick-start settings at n = 3 and n = 10 ---------------
+
+# Where each setting comes from: TRL's SFT docs (SFTTrainer with peft_config=LoraConfig(), every other
+# field SFTConfig's default); LLaMA-Factory's examples/train_lora/llama3_lora_sft.yaml (bf16 dropped: CPU);
+# ms-swift's README quick start (`swift sft ... --train_type lora`, torch_dtype bfloat16 dropped: CPU).
+QUICK_START = {
+    "trl": {"sft_config": {}, "lora": {}},
+    "llamafactory": {"lora_rank": 8, "lora_target": "all", "per_device_train_batch_size": 1,
+                     "gradient_accumulation_steps": 8, "learning_rate": 1.0e-4, "num_train_epochs": 3.0,
+                     "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "cutoff_len": 2048},
+    "swift": {"num_train_epochs": 1, "per_device_train_batch_size": 1, "learning_rate": 1e-4, "lora_rank": 8,
+              "lora_alpha": 32, "target_modules": ["all-linear"], "gradient_accumulation_steps": 16,
+              "warmup_ratio": 0.05, "max_length": 2048},
+}
+
+
+def run_quick_start(tool: str, job: dict[str, Any], work: Path, model: str, out: Path) -> dict[str, Any]:
+    """``tool`` at its quick-start settings (QUICK_START) on the job's documents."""
+    base = dict(output_dir=str(out), report_to="none", save_strategy="no", logging_steps=1, seed=job["seed"])
+    settings = QUICK_START[tool]
+    if tool == "trl":
+        import datasets
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+
+        rows = read_jsonl(work / "train.jsonl")
+        data = datasets.Dataset.from_list([
+            {"prompt": [{"role": "user", "content": f"{INSTRUCTION}\n\n{r['text']}"}],
+             "completion": [{"role": "assistant", "content": r["summary"]}]} for r in rows])
+        SFTTrainer(model=model, args=SFTConfig(**base, use_cpu=True), train_dataset=data,
+                   peft_config=LoraConfig(task_type="CAUSAL_LM")).train()
+    elif tool == "llamafactory":
+        _torchaudio_placeholder()
+        from llamafactory.train.tuner import run_exp
+
+        args = llamafactory_args(job, work, model, out)
+        for key in ("lora_alpha", "lora_dropout", "warmup_steps", "weight_decay"):
+            args.pop(key)  # left at LLaMA-Factory's defaults, as in its example
+        run_exp({**args, **base, **settings})
+    else:
+        from swift import SftArguments, sft_main
+
+        args = swift_args(job, work, model, out)
+        for key in ("lora_dropout", "warmup_steps", "weight_decay", "lr_scheduler_type"):
+            args.pop(key)
+        sft_main(SftArguments(**{**args, **base, **settings}))
+    return {"quick_start": settings}
+
+
+def smollm2_trainable(modules: list[str], rank: int, dims_from: str) -> int:
+    """LoRA parameters the given module names (suffixes) get at the real SmolLM2-135M's dimensions (its
+    config, built on the meta device: the quick-start runs use a small model of the same architecture)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    suffixes = sorted({name.rsplit(".", 1)[-1] for name in modules})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(dims_from))
+    model = get_peft_model(model, LoraConfig(r=rank, target_modules=suffixes))
+    return sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+
+
+def defaults(args) -> int:
+    """Each tool at its quick-start settings on n = 3 and n = 10 documents (a small Llama with SmolLM2's
+    tokenizer: updates, schedule and LoRA targets do not depend on the width), beside DeepSynth's plan."""
+    from deepsynth.training.config import TrainerConfig
+    from deepsynth.training.recommend import recommend
+
+    cache = cache_root(args.cache)
+    args.model_dir, dims_from = tiny_text_model(cache / "tiny-llama-smollm2-tokenizer", args.model_dir), args.model_dir
+    args.nice, args.lock, args.rss_cap_mib, args.quick_start = 10, None, None, True
+    table: dict[str, Any] = {}
+    for n in (3, 10):
+        job = {**default_job(), "samples": n, "eval_samples": 1, "max_new_tokens": 4}
+        work = cache / "work" / f"quick-start-n{n}"
+        prepare(job, work)
+        (work / "job.json").write_text(json.dumps(job))
+        plan = recommend(n, dims_from)
+        config = plan.apply(TrainerConfig(model_name=dims_from))
+        updates = plan.estimates["effective_updates"]
+        table[f"deepsynth n={n}"] = {
+            "preset": plan.preset_name, "optimizer_updates": updates, "warmup_updates": plan.estimates["warmup_steps"],
+            "learning_rate": config.optimizer.learning_rate, "epochs": config.num_epochs,
+            "lora_modules": config.lora_target_modules, "lora_rank": config.lora_rank,
+            "trainable_smollm2": plan.estimates["trainable_params"], "source": "recommend(n) plan"}
+        for tool in args.tools.split(","):
+            python = peer_python(tool, cache)
+            record = run_tool(tool, python, args, work / "job.json", work) if python else {"error": "not installed"}
+            table[f"{tool} n={n}"] = quick_start_row(record, dims_from)
+            print(f"{tool} n={n}: {table[f'{tool} n={n}']}", flush=True)
+    write_json(args.json, {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick_start": QUICK_START,
+                           "rows": table, "load_average": os.getloadavg()})
+    return 0
+
+
+def quick_start_row(record: dict[str, Any], dims_from: str) -> dict[str, Any]:
+    """Updates made, warmup (updates before the peak rate), updates at rate 0, LoRA modules and size."""
+    if "error" in record:
+        return {"error": record["error"]}
+    rates = record["learning_rates"]
+    peak = max(rates) if rates else 0.0
+    rank = record.get("quick_start", {}).get("lora_rank", 8)
+    return {"optimizer_updates": record["optimizer_updates"], "learning_rates": rates,
+            "warmup_updates": next((i for i, rate in enumerate(rates) if rate == peak), None),
+            "updates_at_rate_0": sum(1 for rate in rates if rate == 0.0),
+            "lora_modules": sorted({name.rsplit(".", 1)[-1] for name in record["lora_modules"]}),
+            "trainable_smollm2": smollm2_trainable(record["lora_modules"], rank, dims_from)}
+
+
 def describe(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
@@ -694,11 +810,20 @@ def compare(args) -> int:
         "cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "runs": {t: [] for t, p in pythons.items() if p},
     }
     present = [t for t in tools if pythons[t]]
-    for round_index in range(args.rounds):
+    done = 0
+    if args.append and args.json and Path(args.json).is_file():
+        # Continue an interrupted comparison: its runs are kept, the next round keeps the alternation.
+        previous = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        for tool, records in previous["runs"].items():
+            result["runs"].setdefault(tool, []).extend(records)
+        done = min(len(result["runs"][t]) for t in present)
+        result.update(started=previous["started"], load_average_start=previous["load_average_start"],
+                      command=previous["command"] + " ; " + result["command"])
+    for round_index in range(done, done + args.rounds):
         for tool in present if round_index % 2 == 0 else present[::-1]:
             record = run_tool(tool, pythons[tool], args, job_path, work)
             result["runs"][tool].append(record)
-            log_run(round_index, args.rounds, record)
+            log_run(round_index, done + args.rounds, record)
             result.update(summary=summarise(result["runs"]), load_average_end=os.getloadavg())
             write_json(args.json, result)  # after every run: an interrupted session keeps what it measured
     print(text_table(result))
@@ -737,6 +862,42 @@ def text_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def defaults_table(result: dict[str, Any]) -> str:
+    """The tiny-data behaviour table of docs/peers.md."""
+    lines = ["| tool, n | updates made | warmup updates (before the peak rate) | updates at rate 0 | learning rates "
+             "| LoRA modules | trainable at SmolLM2-135M dims |", "|---|---|---|---|---|---|---|"]
+    for name, row in result["rows"].items():
+        if "error" in row:
+            lines.append(f"| {name} | failed: `{row['error'][:150]}` ||||||")
+            continue
+        rates = row.get("learning_rates")
+        shown = ", ".join(f"{rate:.2g}" for rate in rates[:6]) + (" …" if len(rates) > 6 else "") if rates else (
+            f"peak {row['learning_rate']:.2g}, {row.get('preset')}, {row.get('epochs')} epochs")
+        lines.append(f"| {name} | {row['optimizer_updates']} | {row['warmup_updates']} "
+                     f"| {row.get('updates_at_rate_0', 0)} | {shown} | {', '.join(row['lora_modules'])} "
+                     f"| {row['trainable_smollm2']:,} |")
+    return "\n".join(lines)
+
+
+def ocr_table(result: dict[str, Any]) -> str:
+    lines = ["| attempt | model type | transformers | outcome |", "|---|---|---|---|"]
+    for venv, a in result["attempts"].items():
+        outcome = "trained" if a.get("trained") else f"`{a.get('error', a.get('not_installed'))[:300]}`"
+        lines.append(f"| {venv} | {a.get('model_type')} | {a.get('versions', {}).get('transformers')} | {outcome} |")
+    return "\n".join(lines)
+
+
+def tables(paths: list[str]) -> int:
+    """Markdown tables from result files (compare, defaults or ocr)."""
+    for path in paths:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        print(f"<!-- {path} -->")
+        print(defaults_table(result) if "rows" in result else ocr_table(result) if "attempts" in result
+              else text_table(result))
+        print()
+    return 0
+
+
 def write_json(path: str | None, data: Any) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -756,6 +917,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny random Llama, 2 samples, 1 epoch (the test suite)")
     p.add_argument("--nice", type=int, default=None)
     p.add_argument("--lock", help="run each tool under `flock LOCK` (e.g. /tmp/deepsynth-bigmem.lock)")
+    p.add_argument("--append", action="store_true",
+                   help="add --rounds rounds to the runs already in --json (an interrupted comparison)")
     p.add_argument("--rss-cap-mib", type=float, default=None,
                    help="kill a run whose processes hold more than this (shared machines without --lock)")
     p.add_argument("--cache")
@@ -772,10 +935,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job", required=True)
     p.add_argument("--workdir", required=True)
     p.add_argument("--model", required=True)
+    p.add_argument("--quick-start", action="store_true", help="the tool's documented quick-start settings")
+    p = sub.add_parser("defaults", help="tiny-data behaviour: quick-start settings at n = 3 and n = 10")
+    p.add_argument("--tools", default="trl,llamafactory,swift")
+    p.add_argument("--model-dir", default="/tmp/smollm2", help="SmolLM2 folder (tokenizer and dimensions)")
+    p.add_argument("--cache")
+    p.add_argument("--json")
+    p = sub.add_parser("tables", help="markdown tables from result files")
+    p.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
+    if args.command == "tables":
+        return tables(args.paths)
     if args.command == "install":
         return install(args.tools.split(","), cache_root(args.cache))
-    commands = {"run": worker, "compare": compare, "ocr": ocr, "ocr-run": ocr_worker}
+    commands = {"run": worker, "compare": compare, "ocr": ocr, "ocr-run": ocr_worker, "defaults": defaults}
     return commands[args.command](args)
 
 
