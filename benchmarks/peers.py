@@ -724,6 +724,8 @@ def defaults(args) -> int:
         updates = plan.estimates["effective_updates"]
         table[f"deepsynth n={n}"] = {
             "preset": plan.preset_name, "optimizer_updates": updates, "warmup_updates": plan.estimates["warmup_steps"],
+            # Linear warmup starts at rate 0 (the text comparison measures DeepSynth's first update at 0.0).
+            "updates_at_rate_0": 1 if plan.estimates["warmup_steps"] else 0,
             "learning_rate": config.optimizer.learning_rate, "epochs": config.num_epochs,
             "lora_modules": config.lora_target_modules, "lora_rank": config.lora_rank,
             "trainable_smollm2": plan.estimates["trainable_params"], "source": "recommend(n) plan"}
@@ -737,6 +739,13 @@ def defaults(args) -> int:
     return 0
 
 
+def warmup_updates(rates: list[float]) -> int:
+    """Updates made before the peak rate was reached (all of them when the run never left rate 0)."""
+    if not rates or max(rates) == 0.0:
+        return len(rates)
+    return rates.index(max(rates))
+
+
 def quick_start_row(record: dict[str, Any], dims_from: str) -> dict[str, Any]:
     """Updates made, warmup (updates before the peak rate), updates at rate 0, LoRA modules and size."""
     if "error" in record:
@@ -745,7 +754,7 @@ def quick_start_row(record: dict[str, Any], dims_from: str) -> dict[str, Any]:
     peak = max(rates) if rates else 0.0
     rank = record.get("quick_start", {}).get("lora_rank", 8)
     return {"optimizer_updates": record["optimizer_updates"], "learning_rates": rates,
-            "warmup_updates": next((i for i, rate in enumerate(rates) if rate == peak), None),
+            "warmup_updates": warmup_updates(rates),
             "updates_at_rate_0": sum(1 for rate in rates if rate == 0.0),
             "lora_modules": sorted({name.rsplit(".", 1)[-1] for name in record["lora_modules"]}),
             "trainable_smollm2": smollm2_trainable(record["lora_modules"], rank, dims_from)}
@@ -873,7 +882,8 @@ def defaults_table(result: dict[str, Any]) -> str:
         rates = row.get("learning_rates")
         shown = ", ".join(f"{rate:.2g}" for rate in rates[:6]) + (" …" if len(rates) > 6 else "") if rates else (
             f"peak {row['learning_rate']:.2g}, {row.get('preset')}, {row.get('epochs')} epochs")
-        lines.append(f"| {name} | {row['optimizer_updates']} | {row['warmup_updates']} "
+        warmup = warmup_updates(rates) if rates else row["warmup_updates"]
+        lines.append(f"| {name} | {row['optimizer_updates']} | {warmup} "
                      f"| {row.get('updates_at_rate_0', 0)} | {shown} | {', '.join(row['lora_modules'])} "
                      f"| {row['trainable_smollm2']:,} |")
     return "\n".join(lines)

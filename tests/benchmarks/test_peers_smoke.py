@@ -46,6 +46,8 @@ def test_peers_harness_smoke(tmp_path, capsys):
     assert {"q_proj", "down_proj"} <= {name.rsplit(".", 1)[-1] for name in run["lora_modules"]}
     assert result["summary"]["deepsynth"]["tokens_per_s"]["n"] == 1
     assert "| deepsynth |" in capsys.readouterr().out
+    assert peers.main(["tables", str(out)]) == 0  # the docs' tables come from the same file
+    assert "| deepsynth |" in capsys.readouterr().out
 
 
 def test_peer_inputs_are_what_their_users_write(tmp_path):
