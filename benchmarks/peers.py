@@ -108,8 +108,18 @@ def install(tools: list[str], cache: Path) -> int:
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
         subprocess.run([*pip, TORCH_PIN], check=True)
         subprocess.run([*pip, "-c", str(pin), *PEER_PACKAGES[tool]], check=True)
+        drop_unloadable_torchvision(venv / "bin" / "python")
         print(f"{tool}: {versions(venv / 'bin' / 'python')}")
     return 0
+
+
+def drop_unloadable_torchvision(python: Path) -> None:
+    """The registry's torchvision for torch 2.13 is a CUDA build whose operators do not load on the CPU
+    build (``operator torchvision::nms does not exist``), and transformers then fails to import its
+    Trainer. LLaMA-Factory pulls it in; a text run does not need it, so it is removed where it cannot load."""
+    probe = subprocess.run([str(python), "-c", "import torchvision"], capture_output=True, text=True)
+    if probe.returncode != 0 and "No module named" not in probe.stderr:
+        subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=True)
 
 
 def versions(python: Path) -> dict[str, str]:
