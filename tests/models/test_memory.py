@@ -53,6 +53,22 @@ def _page_inputs(loaded):
                                    dtype=loaded.model.dtype)
 
 
+def test_embeddings_kept_as_stored_give_the_same_logits(replicas):
+    from deepsynth.models.memory import keep_embeddings_stored
+
+    loaded = load_model_and_processor(replicas["deepseek-ocr"], dtype="float32")
+    inputs = _page_inputs(loaded)
+    with torch.no_grad():
+        before = loaded.model(**inputs).logits
+    table = loaded.model.get_input_embeddings().weight
+    saved = keep_embeddings_stored(loaded.model, loaded.stored_dtype, torch.float32)
+    assert loaded.stored_dtype == torch.bfloat16 and saved == table.numel() * 2
+    assert loaded.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert upcast(loaded.model, torch.float32) == 0  # a staged upcast leaves the kept table as it is
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**inputs).logits, before)
+
+
 def test_a_released_vision_path_refuses_pixels_and_takes_cached_features(replicas):
     from deepsynth.models.feature_cache import CachedImageFeatures
 

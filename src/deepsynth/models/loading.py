@@ -114,6 +114,8 @@ class LoadedModel:
     # The dtype the run computes in; the weights may still be narrower (``load_model_and_processor``'s
     # ``staged_upcast``) until :meth:`finish_upcast`.
     dtype: torch.dtype | None = None
+    # The dtype the checkpoint's weights are stored in (its config.json), None when unknown.
+    stored_dtype: torch.dtype | None = None
 
     def finish_upcast(self) -> int:
         """Cast the weights still narrower than the run's dtype to it (after a staged load); returns how many."""
@@ -544,5 +546,5 @@ def load_model_and_processor(
         _enable_checkpointing(model)
     return LoadedModel(
         model=model, processor=processor, family=resolved.family, name=resolved.name, loading_info=loading_info,
-        image_mode=mode, dtype=target_dtype,
+        image_mode=mode, dtype=target_dtype, stored_dtype=storage_dtype(resolved.local_dir),
     )

@@ -29,7 +29,7 @@ from torch import nn
 
 from deepsynth.models.families import family_names
 
-__all__ = ["VisionReleasedError", "log_memory", "release_vision", "return_freed_memory", "shards_read_without_mmap", "storage_dtype", "upcast", "vision_released"]
+__all__ = ["VisionReleasedError", "keep_embeddings_stored", "log_memory", "release_vision", "return_freed_memory", "shards_read_without_mmap", "storage_dtype", "upcast", "vision_released"]
 
 LOGGER = logging.getLogger(__name__)
 _STORED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -131,8 +131,11 @@ def upcast(model: nn.Module, dtype: torch.dtype, family: str | None = None) -> i
     """
     prefixes = family_names(family).frozen_prefixes if family else None
     width = torch.finfo(dtype).bits
+    kept = {id(module.weight) for module in _base(model).modules() if getattr(module, "_deepsynth_kept_dtype", None)}
     cast = 0
     for _, _, tensor in _tensors(model, prefixes):
+        if id(tensor) in kept:
+            continue  # frozen embeddings held as stored (keep_embeddings_stored)
         if tensor.is_floating_point() and torch.finfo(tensor.dtype).bits < width and not _is_stand_in(tensor):
             tensor.data = tensor.data.to(dtype)
             cast += 1
@@ -171,3 +174,34 @@ def log_memory(step: str) -> None:
             if torch.cuda.is_available() and torch.cuda.is_initialized() else "")
     LOGGER.info("memory after %s: %.0f MiB resident, peak so far %.0f MiB%s", step,
                 int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024, cuda)
+
+
+def _to_dtype_hook(dtype: torch.dtype):
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output.to(dtype)
+
+    return hook
+
+
+def keep_embeddings_stored(model: nn.Module, stored: torch.dtype | None, run_dtype: torch.dtype) -> int:
+    """Hold the frozen input embeddings in the checkpoint's ``stored`` dtype; their output in ``run_dtype``.
+
+    A lookup copies rows, so casting the rows a step needs is exact: the model computes what it would
+    with a ``run_dtype`` table (bf16 → fp32 is exact), and the table — 129,280 × 1,280 at DeepSeek-OCR's
+    size, 631 MiB in fp32 — costs half. Only for a frozen table narrower as stored than the run; returns
+    the bytes saved (0 when nothing was done). Call before LoRA is applied and only when nothing trains
+    the embeddings (no ``modules_to_save``, not a full fine-tune).
+    """
+    base = _base(model)
+    embeddings, output = base.get_input_embeddings(), base.get_output_embeddings()
+    weight = getattr(embeddings, "weight", None)
+    if (stored is None or weight is None or not weight.is_floating_point()
+            or torch.finfo(stored).bits >= torch.finfo(run_dtype).bits
+            or getattr(output, "weight", None) is weight):  # tied to lm_head: that matmul needs run_dtype
+        return 0
+    weight.requires_grad_(False)  # the caller made sure nothing trains it
+    if weight.dtype != stored:
+        weight.data = weight.data.to(stored)
+    embeddings.register_forward_hook(_to_dtype_hook(run_dtype))
+    embeddings._deepsynth_kept_dtype = stored
+    return weight.numel() * (torch.finfo(run_dtype).bits - torch.finfo(stored).bits) // 8

@@ -32,7 +32,9 @@ from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.families import CAUSAL_LM, family_names
 from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
-from deepsynth.models.memory import log_memory, release_vision, return_freed_memory, upcast
+from deepsynth.models.memory import (
+    keep_embeddings_stored, log_memory, release_vision, return_freed_memory, upcast,
+)
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.checkpoints import (
@@ -218,6 +220,10 @@ class UnifiedProductionTrainer:
             report.update(stats.to_dict())
             if stats.skipped is None:
                 report["vision_released_bytes"] = release_vision(loaded.model, loaded.family)
+        if self.config.use_lora and not any("embed" in name for name in (
+                *(self.config.lora_modules_to_save or ()), *(self.config.lora_target_modules or ()))):
+            report["embeddings_kept_stored_bytes"] = keep_embeddings_stored(loaded.model, loaded.stored_dtype,
+                                                                            loaded.dtype)
         return_freed_memory()  # the released vision path, before the upcast asks for more
         loaded.finish_upcast()
         return_freed_memory()  # the bf16 copies of a staged upcast
