@@ -308,6 +308,24 @@ def smoke(work: Path, everything: bool = False) -> int:
     return 1 if failed else 0
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The docs' table: every case with its peak RSS, ratio to the plain script, wall and CPU seconds."""
+    lines = ["| family | preset | command | completed | peak RSS MiB | × plain script | wall s | CPU s | s / update |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    order = {name: index for index, name in enumerate(COMMANDS)}
+    for case in sorted(result["cases"], key=lambda c: (c["family"], c["preset"], order.get(c["command"], 99))):
+        ratio = f"{case['peak_rss_ratio']:.3f}" if case.get("peak_rss_ratio") else "–"
+        update = case.get("seconds_per_update") or "–"
+        lines.append(f"| {case['family']} | {case['preset']} | {case['command']} | {'yes' if case['completed'] else 'NO'} "
+                     f"| {case['peak_rss_mib']:,.0f} | {ratio} | {case['wall_seconds']:,.0f} | {case['cpu_seconds']:,.0f} "
+                     f"| {update} |")
+    for family, plain in result.get("plain_script", {}).items():
+        lines.append(f"| {family} | plain Trainer + PEFT script | train (in memory, fp32) | "
+                     f"{'yes' if plain['completed'] else 'NO'} | {plain['peak_rss_mib']:,.0f} | 1 | "
+                     f"{plain['wall_seconds']:,.0f} | {plain['cpu_seconds']:,.0f} | – |")
+    return "\n".join(lines)
+
+
 # --- entry point ----------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -329,7 +347,12 @@ def main(argv=None) -> int:
     run.add_argument("--json", default=str(BENCH_DIR / "results" / "user_path_cpu.json"))
     run.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain script's run")
     run.add_argument("--tiny", action="store_true", dest="tiny_step")
+    table = sub.add_parser("table", help="print the docs' markdown table of a results file")
+    table.add_argument("--json", default=str(BENCH_DIR / "results" / "user_path_cpu.json"))
     args = parser.parse_args(argv)
+    if args.step == "table":
+        print(markdown_table(json.loads(Path(args.json).read_text(encoding="utf-8"))))
+        return 0
     sys.path.insert(0, str(BENCH_DIR))
     if args.step == "replica":
         print(json.dumps(write_replica(args.family, Path(args.out), args.tiny or args.tiny_step), indent=2))

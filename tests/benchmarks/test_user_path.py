@@ -62,6 +62,7 @@ def test_user_path_tiny_runs_the_users_commands_from_replica_folders(tmp_path):
     train = next(c for c in result["cases"] if c["command"] == "train" and c["family"] == "deepseek-ocr")
     assert train["optimizer_updates"] == 2 and train["peak_rss_mib"] > 0 and train["cpu_seconds"] > 0
     assert train["vision_released_mib"] > 0 and train["quantized_fraction"] > 0
+    assert "| deepseek-ocr | qlora_4bit | train | yes |" in user_path.markdown_table(result)
     # The merged v1 QLoRA model generates from `deepsynth generate --model`.
     log = next(c["log"] for c in result["cases"] if c["command"] == "generate_model")
     assert "max_new_tokens" in Path(log).read_text(encoding="utf-8") or "EOS" in Path(log).read_text(encoding="utf-8")
