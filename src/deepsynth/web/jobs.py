@@ -72,6 +72,14 @@ class JobError(Exception):
         self.status_code = status_code
 
 
+class StateFolderInUse(ConfigError):
+    """Another deepsynth server holds the state folder's lock (bad input: exit 2, one error line)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__("--state-dir", str(state_dir), "a state folder no other server uses: another deepsynth "
+                         "server is using it (stop that server, or pass another --state-dir)")
+
+
 def train_command(config_path: Path, data_path: Path, eval_data_path: Path | None, output_dir: Path) -> list[str]:
     """The command line of one training process (the ``deepsynth train`` CLI)."""
     command = [sys.executable, "-m", "deepsynth.cli", "train", "--config", str(config_path), "--data", str(data_path)]
@@ -211,17 +219,23 @@ class JobManager:
 
     def start(self) -> None:
         """Take the state folder's lock, recover jobs left running, start the supervisor."""
+        self.lock()
+        self.recover()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="deepsynth-jobs", daemon=True)
+        self._thread.start()
+
+    def lock(self) -> None:
+        """Take the state folder's lock (once): StateFolderInUse when another server holds it."""
+        if self._lock_file is not None:
+            return
         handle = open(self.state_dir / "server.lock", "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
-            raise RuntimeError(f"another deepsynth server is using the state folder {self.state_dir}") from None
+            raise StateFolderInUse(self.state_dir) from None
         self._lock_file = handle
-        self.recover()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="deepsynth-jobs", daemon=True)
-        self._thread.start()
 
     def close(self, *, stop_running: bool = False) -> None:
         """Stop supervising. Running processes go on (the next server adopts them) unless ``stop_running``."""
