@@ -182,7 +182,7 @@ def test_a_real_server_refuses_other_local_users_and_scripts_without_the_token(s
     with serve_process(str(state_dir), command=stub_serve_command()) as server:
         token, port = server.token, server.port
         # Its output is a pipe, not a terminal: the address without the token, the token in a private file.
-        assert server.login_url == f"http://127.0.0.1:{port}/" and len(token) >= 40
+        assert server.printed_url == f"http://127.0.0.1:{port}/" and len(token) >= 40
         assert server.token_file == state_dir / "access-token"
         assert stat.S_IMODE(server.token_file.stat().st_mode) == 0o600
         # Without the token a local process can neither start a pushing job nor push a finished one.
@@ -194,7 +194,7 @@ def test_a_real_server_refuses_other_local_users_and_scripts_without_the_token(s
         assert _status(port, "GET", "/api/health") == 401
         assert _status(port, "GET", "/api/jobs", token=token) == 200
         # The browser's way in: the printed URL.
-        signed_in = httpx.get(f"{server.login_url}?token={token}", follow_redirects=False)
+        signed_in = httpx.get(server.login_url, follow_redirects=False)
         assert signed_in.status_code == 303 and "httponly" in signed_in.headers["set-cookie"].lower()
 
         if os.geteuid() == 0:  # CI runs as root: become `nobody` and try again, from another user

@@ -170,7 +170,8 @@ class ServeProcess(_Server):
                 self.stop()
                 raise RuntimeError("deepsynth serve did not print its address:\n" + self.output)
             time.sleep(0.05)
-        self.login_url, self.port = match.group(1), int(match.group(2))
+        self.printed_url = self.login_url = match.group(1)
+        self.port = int(match.group(2))
         self.url = f"http://127.0.0.1:{self.port}"
         self.token_file = None
         if match.group(4):
@@ -178,8 +179,11 @@ class ServeProcess(_Server):
 
             self.token = unquote(match.group(4))
         elif found := self.TOKEN_FILE_LINE.search(self.output):
+            from urllib.parse import quote
+
             self.token_file = Path(found.group(1))
             self.token = self.token_file.read_text().strip()
+            self.login_url = f"{self.url}/?token={quote(self.token, safe='')}"  # what the user opens
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.http = httpx.Client(base_url=self.url, timeout=60, headers=headers)
         return self

@@ -60,6 +60,7 @@ SERVER_FIELDS = {
     "hub_token": "never accepted from a client: the server passes HF_TOKEN (or your `hf auth login`) to the trainer",
 }
 RESUME_CHOICES = (None, "auto", "never")
+CHECKPOINT_MARKER = "deepsynth-complete.json"  # deepsynth.training.checkpoints.MARKER (that module imports torch)
 
 CommandBuilder = Callable[[Path, Path, "Path | None", Path], Sequence[str]]
 
@@ -370,6 +371,42 @@ class JobManager:
         self._wake.set()
         return self.get(job_id)
 
+    def resume(self, job_id: str) -> dict[str, Any]:
+        """Queue a failed or cancelled job again, to continue from its newest complete checkpoint.
+
+        The same job (id, folder, log): its process runs with ``resume_from_checkpoint: auto``, which
+        takes the newest checkpoint with a valid completion marker. 409 when the job is not failed or
+        cancelled, has no complete checkpoint, or its dataset is gone.
+        """
+        with self._lock:
+            row = self._row(job_id)
+            if row["status"] not in (FAILED, CANCELLED):
+                raise JobError(f"job {job_id} is {row['status']}: only a failed or cancelled job can be resumed", 409)
+            checkpoint = self.newest_checkpoint(job_id)
+            if checkpoint is None:
+                raise JobError(f"job {job_id} has no complete checkpoint to resume from (it stopped before its first "
+                               "checkpoint was written): start a new job instead", 409)
+            for field_name in ("dataset_id", "eval_dataset_id"):
+                if row[field_name] and self.datasets.name_of(row[field_name]) is None:
+                    raise JobError(f"job {job_id} cannot be resumed: its {field_name} {row[field_name]!r} was deleted",
+                                   409)
+            config_path = self.jobs_dir / job_id / "config.yaml"
+            config = TrainerConfig.from_file(config_path)
+            if config.resume_from_checkpoint != "auto":
+                config.resume_from_checkpoint = "auto"
+                config.save(config_path)
+            self._update(job_id, status=QUEUED, started_at=None, finished_at=None, pid=None, proc_start=None,
+                         exit_code=None, error=None, cancel_requested_at=None, killed=0)
+            logger.info("job %s: queued to resume from %s", job_id, checkpoint.name)
+        self._wake.set()
+        return {**self.get(job_id), "resume_from": checkpoint.name}
+
+    def newest_checkpoint(self, job_id: str) -> Path | None:
+        """The job's newest checkpoint with a valid completion marker (None: none)."""
+        from deepsynth.training.checkpoints import find_resumable  # torch: imported only when asked
+
+        return find_resumable(self.output_dir(job_id))[0]
+
     def get(self, job_id: str) -> dict[str, Any]:
         with self._lock:
             return self._public(self._row(job_id))
@@ -541,6 +578,9 @@ class JobManager:
         data = {key: row[key] for key in row.keys() if key not in ("proc_start", "killed")}
         data["cancel_requested"] = bool(data.pop("cancel_requested_at"))
         data["has_adapter"] = self._has_adapter(row["id"])
+        # What the UI's Resume button needs (POST /resume checks the checkpoint's files in full).
+        data["has_checkpoint"] = row["status"] in (FAILED, CANCELLED) and any(
+            (self.jobs_dir / row["id"] / "output").glob(f"checkpoint-*/{CHECKPOINT_MARKER}"))
         data["dataset_name"] = self.datasets.name_of(row["dataset_id"])
         return data
 

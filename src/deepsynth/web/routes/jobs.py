@@ -67,6 +67,7 @@ def list_jobs(jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
 @router.post("/api/jobs", status_code=201, responses={**errors(400, 422), 201: {
                  "description": "the queued job", "links": links("job", "job_id", {
                      "GetJob": ("get", "/api/jobs/{job_id}"), "CancelJob": ("post", "/api/jobs/{job_id}/cancel"),
+                     "ResumeJob": ("post", "/api/jobs/{job_id}/resume"),
                      "JobEvents": ("get", "/api/jobs/{job_id}/events"),
                      "JobArtifacts": ("get", "/api/jobs/{job_id}/artifacts"),
                      "PushJob": ("post", "/api/jobs/{job_id}/push")})}},
@@ -88,6 +89,13 @@ def get_job(job_id: str, jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
 @router.post("/api/jobs/{job_id}/cancel", responses=errors(404, 409))
 def cancel_job(job_id: str, jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
     return jobs.cancel(job_id)
+
+
+@router.post("/api/jobs/{job_id}/resume", responses=errors(404, 409),
+             summary="Queue a failed or cancelled job again: it continues from its newest complete checkpoint")
+def resume_job(job_id: str, jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
+    import_libraries()  # the checkpoint checks import torch and transformers: once, by one thread
+    return jobs.resume(job_id)
 
 
 async def _new_events(jobs: JobManager, job_id: str, offset: int, count: int, skip: int):
