@@ -283,7 +283,7 @@ def test_delete_dataset(idle, state_dir):
     assert not (state_dir / "datasets" / info["id"]).exists()
     assert_error(idle.get(f"/api/datasets/{info['id']}"), 404, info["id"])
     assert_error(idle.delete(f"/api/datasets/{info['id']}"), 404, info["id"])
-    assert_error(idle.delete("/api/datasets/sample"), 400, "bundled")
+    assert_error(idle.delete("/api/datasets/sample"), 409, "bundled")
     assert_error(idle.get("/api/datasets/UPPER.case"), 400, "dataset_id")
     response = idle.get("/api/datasets/..%2F..%2Fjobs")
     assert response.status_code in (400, 404) and "error" in response.json()

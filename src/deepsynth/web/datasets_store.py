@@ -231,7 +231,8 @@ class DatasetStore:
     def delete(self, dataset_id: str) -> DatasetInfo:
         info = self.get(dataset_id)
         if info.builtin:
-            raise DatasetRequestError(f"dataset_id: {dataset_id!r} is the bundled sample set and cannot be deleted")
+            raise DatasetRequestError(f"dataset_id: {dataset_id!r} is the bundled sample set and cannot be deleted",
+                                      status_code=409)
         with self._lock:
             folder = self.root / info.id
             trash = self.root / f".deleted-{uuid.uuid4().hex}"

@@ -487,8 +487,10 @@ class JobManager:
 
         try:
             return self.datasets.data_path(dataset_id)
-        except (DatasetNotFound, DatasetRequestError):
+        except DatasetRequestError:
             raise ConfigError(field, dataset_id, "the id of an uploaded dataset (GET /api/datasets) or 'sample'") from None
+        except DatasetNotFound:  # a well-formed id that names no dataset: 404
+            raise DatasetNotFound(f"{field}: no dataset {dataset_id!r} (GET /api/datasets lists them)") from None
 
     def _launch(self, job_id: str) -> None:
         cursor = self._db.execute("UPDATE jobs SET status = ?, started_at = ? WHERE id = ? AND status = ?",

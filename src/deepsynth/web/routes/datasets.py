@@ -65,7 +65,7 @@ async def _save(store: DatasetStore, upload: UploadFile, name: str | None):
 @router.post(
     "/api/datasets", status_code=201,
     summary="Upload a JSONL/JSON/CSV/TSV/Parquet file, or a zip of one data file plus its images",
-    responses={**errors(400, 422), 201: {"description": "the dataset, validated", "links": links(
+    responses={**errors(400, 422, 507), 201: {"description": "the dataset, validated", "links": links(
         "dataset", "dataset_id", {"GetDataset": ("get", "/api/datasets/{dataset_id}"),
                                   "DeleteDataset": ("delete", "/api/datasets/{dataset_id}")})}},
     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
