@@ -294,7 +294,8 @@ class DatasetStore:
         total = already + sum(member.file_size for member, _ in members)
         if total > self.max_extracted_bytes:
             raise DatasetRequestError(
-                f"file: the files the data names expand to more than {human_size(self.max_extracted_bytes)}",
+                f"file: the zip expands to more than {human_size(self.max_extracted_bytes)} (the data file and the files "
+                "its rows name)",
                 status_code=413)
         root = dest.resolve()
         for member, path in members:

@@ -34,7 +34,10 @@ class PushRequest(BaseModel):
     """Body of ``POST /api/jobs/{id}/push``. The token is the server's (HF_TOKEN or `hf auth login`)."""
 
     model_config = ConfigDict(extra="forbid")
-    repo_id: StrictStr = Field(..., max_length=200, pattern=HUB_ID_PATTERN, examples=["my-org/deepsynth-adapter"])
+    # The pattern is the schema's promise (ids it generates are accepted); validate_hub_repo_id, a little
+    # wider (e.g. 'org/my.model'), is what the server enforces.
+    repo_id: StrictStr = Field(..., max_length=200, examples=["my-org/deepsynth-adapter"],
+                               json_schema_extra={"pattern": HUB_ID_PATTERN})
     private: StrictBool = False
 
 

@@ -13,6 +13,9 @@ from deepsynth.web.http import HUB_ID_PATTERN, errors, import_libraries, model_c
 from deepsynth.web.model_policy import ModelPolicy
 
 router = APIRouter(tags=["lora"])
+# The schema promises Hub ids (what every server accepts); the pattern is the schema's only: a server also
+# takes its own --model names and state-folder paths, which ModelPolicy checks (400 when refused).
+MODEL_SCHEMA = {"pattern": HUB_ID_PATTERN}
 MODEL_HELP = ("a Hub model id (org/name); the server also accepts its `--model` names and model folders in its "
               "state folder; null: the embedded model")
 
@@ -26,7 +29,7 @@ class RecommendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     num_samples: StrictInt = Field(..., ge=1, description="number of training samples", examples=[12])
-    model: StrictStr | None = Field(None, pattern=HUB_ID_PATTERN, description=MODEL_HELP)
+    model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
     has_eval_data: StrictBool = Field(True, description="false: the samples are all the data (no eval dataset or "
                                       "'eval' split); some are held out for evaluation (see `evaluation`)")
     num_train_tokens: StrictInt | None = Field(None, ge=1, description="supervised target tokens of the samples; "
@@ -44,7 +47,7 @@ class EstimateRequest(BaseModel):
     """Body of ``POST /api/lora/estimate``: LoRA settings (unset ones come from ``preset`` or AdapterSettings)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: StrictStr | None = Field(None, pattern=HUB_ID_PATTERN, description=MODEL_HELP)
+    model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
     preset: Literal[tuple(LORA_PRESETS)] | None = Field(None, description="start from this preset's settings")  # type: ignore[valid-type]
     rank: StrictInt | None = Field(None, ge=1)
     alpha: Annotated[StrictInt | StrictFloat | None, WithJsonSchema(_nullable_number(exclusiveMinimum=0))] = Field(

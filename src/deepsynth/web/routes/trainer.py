@@ -13,8 +13,8 @@ from deepsynth.training.config import (
 )
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import BIAS_CHOICES, LORA_PRESETS, QUANTIZATION_CHOICES
-from deepsynth.web.http import DATASET_ID_PATTERN, HUB_ID_PATTERN, errors, import_libraries, model_call
-from deepsynth.web.routes.lora import MODEL_HELP
+from deepsynth.web.http import DATASET_ID_PATTERN, errors, import_libraries, model_call
+from deepsynth.web.routes.lora import MODEL_HELP, MODEL_SCHEMA
 from deepsynth.web.jobs import RESUME_CHOICES, SERVER_FIELDS
 
 router = APIRouter(tags=["jobs"])
@@ -72,7 +72,7 @@ class PlanRequest(BaseModel):
                                   examples=["sample"], pattern=DATASET_ID_PATTERN)
     eval_dataset_id: StrictStr | None = Field(None, description="held-out dataset id (optional)",
                                               pattern=DATASET_ID_PATTERN)
-    model: StrictStr | None = Field(None, pattern=HUB_ID_PATTERN, description=MODEL_HELP)
+    model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
     preset: Literal[tuple(LORA_PRESETS)] | None = Field(  # type: ignore[valid-type]
         None, description="start from this preset's LoRA settings")
     overrides: dict[str, Any] = Field(default_factory=dict, description="TrainerConfig fields the user set "
