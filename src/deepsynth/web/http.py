@@ -7,12 +7,12 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, Strict, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
@@ -40,6 +40,40 @@ _imported = False
 _HUB_NAME = r"[A-Za-z0-9_]{1,23}(?:-[A-Za-z0-9_]{1,23}|\.[0-9][A-Za-z0-9_]{0,22}){0,3}"
 HUB_ID_PATTERN = rf"^{_HUB_NAME}/{_HUB_NAME}$"
 DATASET_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,79}$"  # deepsynth.web.datasets_store's id form
+
+
+# LoRA target names every supported model has (attention and dense MLP projections): what the schema
+# promises; a server also takes the names a given model adds (its router, its experts).
+COMMON_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _whole(value: Any) -> Any:
+    """2.0 → 2: JSON Schema counts a number with no fraction as an integer, so the API does too."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def whole_int(minimum: int) -> Any:
+    """An integer field of at least ``minimum``: 2.0 taken as 2, True and "2" refused; its schema says so."""
+    return Annotated[int, BeforeValidator(_whole), Strict(), Field(ge=minimum),
+                     WithJsonSchema({"type": "integer", "minimum": minimum})]
+
+
+def _integer_fields() -> set[str]:
+    import typing
+
+    from deepsynth.training.config import OptimizerConfig, TrainerConfig
+
+    hints = {**typing.get_type_hints(OptimizerConfig), **typing.get_type_hints(TrainerConfig)}
+    return {name for name, hint in hints.items() if int in (set(typing.get_args(hint)) or {hint})}
+
+
+def whole_numbers_as_ints(data: dict[str, Any]) -> dict[str, Any]:
+    """A job request or plan overrides with 2.0 given as 2 in the integer fields (and in ``optimizer``)."""
+    names = _integer_fields()
+    fixed = {key: _whole(value) if key in names else value for key, value in data.items()}
+    if isinstance(fixed.get("optimizer"), dict):
+        fixed["optimizer"] = whole_numbers_as_ints(fixed["optimizer"])
+    return fixed
 
 
 class ModelNotFound(Exception):

@@ -19,7 +19,8 @@ from starlette.background import BackgroundTask
 
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.web.http import (
-    DATASET_ID_PATTERN, HUB_ID_PATTERN, SSE_EVENT, error, errors, import_libraries, links, sse,
+    COMMON_TARGETS, DATASET_ID_PATTERN, HUB_ID_PATTERN, SSE_EVENT, error, errors, import_libraries, links, sse,
+    whole_numbers_as_ints,
 )
 from deepsynth.web.routes.trainer import CHOICES
 from deepsynth.web.jobs import TERMINAL, JobError, JobManager, trainer_fields
@@ -46,7 +47,7 @@ class PushRequest(BaseModel):
 # tests/web/test_web_openapi.py checks each bound against TrainerConfig itself).
 _POSITIVE = {"minimum": 1}
 _UNIT = {"minimum": 0, "exclusiveMaximum": 1}
-_NAMES = {"minItems": 1, "items": {"type": "string", "pattern": r"\S"}}
+_NAMES = {"minItems": 1, "items": {"type": "string", "enum": COMMON_TARGETS}}  # the server takes more
 FIELD_RULES: dict[str, dict[str, Any]] = {
     **dict.fromkeys(("batch_size", "num_epochs", "gradient_accumulation_steps", "save_total_limit", "max_new_tokens",
                      "expert_dropout_min_keep", "lora_rank", "max_train_samples", "max_eval_samples",
@@ -140,7 +141,7 @@ def list_jobs(jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
              summary="Queue a training run: any TrainerConfig field plus dataset_id [, eval_dataset_id]")
 def create_job(body: JobRequest, jobs: JobManager = Depends(jobs_of),  # type: ignore[valid-type]
                models: ModelPolicy = Depends(models_of)) -> JSONResponse:
-    request = body.model_dump(exclude_unset=True)
+    request = whole_numbers_as_ints(body.model_dump(exclude_unset=True))
     if "model_name" in request:
         import_libraries()  # the model rule names the embedded model (deepsynth.models.tiny)
         request["model_name"] = models.check(request["model_name"], "model_name")

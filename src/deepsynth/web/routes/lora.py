@@ -9,13 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from deepsynth.training.lora_config import BIAS_CHOICES, LORA_PRESETS, QUANTIZATION_CHOICES
 
-from deepsynth.web.http import HUB_ID_PATTERN, errors, import_libraries, model_call
+from deepsynth.web.http import COMMON_TARGETS, HUB_ID_PATTERN, errors, import_libraries, model_call, whole_int
 from deepsynth.web.model_policy import ModelPolicy
 
 router = APIRouter(tags=["lora"])
 # The schema promises Hub ids (what every server accepts); the pattern is the schema's only: a server also
 # takes its own --model names and state-folder paths, which ModelPolicy checks (400 when refused).
 MODEL_SCHEMA = {"pattern": HUB_ID_PATTERN}
+# The schema's names are those every model has; the server also takes a model's own (its router...).
+TARGET_NAME = WithJsonSchema({"type": "string", "enum": COMMON_TARGETS})
 MODEL_HELP = ("a Hub model id (org/name); the server also accepts its `--model` names and model folders in its "
               "state folder; null: the embedded model")
 
@@ -28,11 +30,13 @@ class RecommendRequest(BaseModel):
     """Body of ``POST /api/lora/presets/recommended``."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    num_samples: StrictInt = Field(..., ge=1, description="number of training samples", examples=[12])
+    num_samples: whole_int(1) = Field(..., description="number of training samples",  # type: ignore[valid-type]
+                                      examples=[12])
     model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
     has_eval_data: StrictBool = Field(True, description="false: the samples are all the data (no eval dataset or "
                                       "'eval' split); some are held out for evaluation (see `evaluation`)")
-    num_train_tokens: StrictInt | None = Field(None, ge=1, description="supervised target tokens of the samples; "
+    num_train_tokens: whole_int(1) | None = Field(  # type: ignore[valid-type]
+        None, description="supervised target tokens of the samples; "
                                                "null: assume 90 per sample (said in the warnings)")
     learning_rates: Literal["evidence", "guide"] = Field(
         "evidence", description="'evidence': the learning rates our full-length runs support; 'guide': the design "
@@ -49,13 +53,14 @@ class EstimateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
     preset: Literal[tuple(LORA_PRESETS)] | None = Field(None, description="start from this preset's settings")  # type: ignore[valid-type]
-    rank: StrictInt | None = Field(None, ge=1)
+    rank: whole_int(1) | None = None  # type: ignore[valid-type]
     alpha: Annotated[StrictInt | StrictFloat | None, WithJsonSchema(_nullable_number(exclusiveMinimum=0))] = Field(
         None, gt=0)
     dropout: Annotated[StrictInt | StrictFloat | None, WithJsonSchema(_nullable_number(minimum=0, exclusiveMaximum=1))] = (
         Field(None, ge=0, lt=1))
-    target_modules: list[Annotated[StrictStr, StringConstraints(pattern=r"\S")]] | None = Field(None, min_length=1)
-    modules_to_save: list[Annotated[StrictStr, StringConstraints(pattern=r"\S")]] | None = None
+    target_modules: list[Annotated[StrictStr, StringConstraints(pattern=r"\S"), TARGET_NAME]] | None = Field(
+        None, min_length=1)
+    modules_to_save: list[Annotated[StrictStr, StringConstraints(pattern=r"\S"), TARGET_NAME]] | None = None
     include_routed_experts: StrictBool | None = None
     bias: Literal[BIAS_CHOICES] | None = None  # type: ignore[valid-type]
     enabled: StrictBool | None = None
