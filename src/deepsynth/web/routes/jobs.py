@@ -64,6 +64,10 @@ FIELD_RULES: dict[str, dict[str, Any]] = {
 }
 
 
+# Nullable by type, refused as null: no LoRA target at all (LoRA on, nothing to save) is an error.
+NOT_NULL = {"lora_target_modules"}
+
+
 def _present(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": [name], "properties": {name: schema}}
 
@@ -83,6 +87,8 @@ def _field_schema(name: str, hint: Any) -> dict[str, Any]:
     kind = TypeAdapter(hint).json_schema()
     if name in CHOICES:
         kind = {"enum": list(CHOICES[name])}
+    if name in NOT_NULL and "anyOf" in kind:  # null is its type's, but validation refuses it (see NOT_NULL)
+        kind = next(option for option in kind["anyOf"] if option.get("type") != "null")
     rules = FIELD_RULES.get(name)
     if rules is None:
         return kind
