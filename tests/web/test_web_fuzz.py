@@ -1,6 +1,8 @@
 """API conformance: schemathesis fuzzes the real server (uvicorn in its own process, authenticated with
 the bearer token it printed) for 30 s (about a minute with start-up), with its conformance checks on. It must find no
 server error and no status code, content type, header or body the OpenAPI document does not declare.
+A second pass (half as long) runs schemathesis' ST202 check, positive_data_acceptance: every request the
+schema calls valid is accepted (no 400, 413 or 422), on every operation but the upload.
 
 Random ids only reach the 404 of the routes that take a job or dataset id, so the test first makes a
 finished job and uploads datasets, and lets the fuzzer use their ids half the time (schemathesis

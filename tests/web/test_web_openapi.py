@@ -76,6 +76,14 @@ def test_requests_the_server_refuses_are_invalid_by_the_schema(client):
                                         "early_stopping_patience": 2, "model_name": "deepsynth/tiny-ocr2"})
 
 
+def test_the_recommendation_bound_is_recommends_own():
+    from deepsynth.training import recommend
+    from deepsynth.web.routes.lora import MAX_SAMPLES, RecommendRequest
+
+    assert MAX_SAMPLES == recommend.MAX_SAMPLES
+    assert RecommendRequest.model_json_schema()["properties"]["num_samples"]["maximum"] == MAX_SAMPLES
+
+
 def test_a_dataset_or_model_that_does_not_exist_is_404_not_422(client):
     assert_error(client.post("/api/jobs", json={"dataset_id": "no-such-set"}), 404, "no-such-set")
     assert_error(client.post("/api/trainer/plan", json={"dataset_id": "no-such-set"}), 404, "no-such-set")

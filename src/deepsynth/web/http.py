@@ -52,10 +52,11 @@ def _whole(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def whole_int(minimum: int) -> Any:
-    """An integer field of at least ``minimum``: 2.0 taken as 2, True and "2" refused; its schema says so."""
-    return Annotated[int, BeforeValidator(_whole), Strict(), Field(ge=minimum),
-                     WithJsonSchema({"type": "integer", "minimum": minimum})]
+def whole_int(minimum: int, maximum: int | None = None) -> Any:
+    """An integer field in [minimum, maximum]: 2.0 taken as 2, True and "2" refused; its schema says so."""
+    bounds = {"minimum": minimum, **({"maximum": maximum} if maximum is not None else {})}
+    return Annotated[int, BeforeValidator(_whole), Strict(), Field(ge=minimum, le=maximum),
+                     WithJsonSchema({"type": "integer", **bounds})]
 
 
 def _integer_fields() -> set[str]:

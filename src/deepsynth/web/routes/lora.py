@@ -16,6 +16,7 @@ router = APIRouter(tags=["lora"])
 # The schema promises Hub ids (what every server accepts); the pattern is the schema's only: a server also
 # takes its own --model names and state-folder paths, which ModelPolicy checks (400 when refused).
 MODEL_SCHEMA = {"pattern": HUB_ID_PATTERN}
+MAX_SAMPLES = 10_000_000  # deepsynth.training.recommend.MAX_SAMPLES (that module imports torch; a test compares)
 # The schema's names are those every model has; the server also takes a model's own (its router...).
 TARGET_NAME = WithJsonSchema({"type": "string", "enum": COMMON_TARGETS})
 MODEL_HELP = ("a Hub model id (org/name); the server also accepts its `--model` names and model folders in its "
@@ -30,7 +31,7 @@ class RecommendRequest(BaseModel):
     """Body of ``POST /api/lora/presets/recommended``."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    num_samples: whole_int(1) = Field(..., description="number of training samples",  # type: ignore[valid-type]
+    num_samples: whole_int(1, MAX_SAMPLES) = Field(..., description="number of training samples",  # type: ignore[valid-type]
                                       examples=[12])
     model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
     has_eval_data: StrictBool = Field(True, description="false: the samples are all the data (no eval dataset or "
