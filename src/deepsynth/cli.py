@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -269,16 +270,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     plan = None
     try:
         plan = plan_train(args)
+        _check_output_dir(args, plan.config.output_dir)
         return _train(args, plan)
     except BaseException as error:
         # Watchers (the web job runner) read why the run failed from progress.jsonl, never from our
         # printed lines: record it there when the run folder exists (none is created for bad input).
         folder = getattr(args, "output_dir", None) or (plan.config.output_dir if plan is not None else None)
-        if folder and Path(folder).is_dir() and _processes()[1]:
+        if folder and os.path.isdir(folder) and _processes()[1]:  # (isdir: False for a name too long)
             from deepsynth.training.progress import record_error_in
 
             record_error_in(folder, error)
         raise
+
+
+def _check_output_dir(args: argparse.Namespace, output_dir: str) -> None:
+    """The run folder can be made (not a file, not under one): checked before the model loads."""
+    from deepsynth.paths import check_output_dir
+
+    check_output_dir(output_dir, "--output-dir" if getattr(args, "output_dir", None) else "output_dir")
 
 
 def _train(args: argparse.Namespace, plan) -> int:
@@ -579,6 +588,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DiskFullError as error:  # not bad input: the run failed; earlier checkpoints are kept
         print(f"\nerror: {error}", file=sys.stderr)  # on its own line, after an unfinished progress bar
         return 1
+    except OSError as error:
+        return _report_disk_full(error, getattr(args, "output_dir", None))
+
+
+def _report_disk_full(error: OSError, output_dir: str | None) -> int:
+    """A full disk outside a save (the run folder's first files): one line, exit 1; any other OSError is raised."""
+    import errno
+
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise error
+    where = f" writing {error.filename}" if error.filename else (f" in {output_dir}" if output_dir else "")
+    print(f"\nerror: disk full{where}: {error.strerror}; nothing was trained: free some space and rerun the same "
+          "command", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

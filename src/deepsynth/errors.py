@@ -1,4 +1,4 @@
-"""The error type for invalid settings, at the bottom of the package so every layer can raise it."""
+"""The error types for invalid settings and unknown models, at the bottom of the package so every layer can raise them."""
 
 from __future__ import annotations
 
@@ -13,3 +13,7 @@ class ConfigError(ValueError):
         self.value = value
         self.expected = expected
         super().__init__(f"{field}: got {value!r}, expected {expected}")
+
+
+class ModelNotFoundError(ValueError):
+    """A model name that names no model to be had (not on the Hub, or offline): the web API answers 404."""

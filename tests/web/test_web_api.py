@@ -111,7 +111,7 @@ def test_recommended_without_eval_data_equals_the_cli_json(idle, capsys):
     ({"num_samples": None}, 422, "num_samples"),
     ({}, 422, "num_samples"),
     ({"num_samples": 5, "extra": 1}, 422, "extra"),
-    ({"num_samples": 5, "model": "no-such-org/no-such-model"}, 422, "model"),
+    ({"num_samples": 5, "model": "no-such-org/no-such-model"}, 404, "model"),  # well-formed, names no model
     ({"num_samples": 5, "model": "x" * 600}, 422, "model"),
     ({"num_samples": 5, "model": "x" * 300}, 400, "model"),  # not a Hub id, not a folder of the server
     ({"num_samples": 5, "model": 7}, 422, "model"),
@@ -268,7 +268,8 @@ def test_oversized_uploads_are_413(state_dir):
                         headers={"content-type": "multipart/form-data; boundary=zzz"})
     assert_error(response, 413, "limit")
     assert upload(app, "small.jsonl", JSONL_ROWS).status_code == 201
-    bomb = zip_bytes({"d.jsonl": JSONL_ROWS, "zeros.bin": b"\0" * 50_000})
+    # (a zip extracts only the files its rows name: here the bomb is named)
+    bomb = zip_bytes({"d.jsonl": b'{"summary": "s", "image": "zeros.bin"}\n', "zeros.bin": b"\0" * 50_000})
     assert_error(upload(app, "bomb.zip", bomb), 413, "expands")
     assert_error(app.post("/api/jobs", content=b"{" + b" " * (2 * 2**20) + b"}",
                           headers={"content-type": "application/json"}), 413, "body")
@@ -283,7 +284,7 @@ def test_delete_dataset(idle, state_dir):
     assert not (state_dir / "datasets" / info["id"]).exists()
     assert_error(idle.get(f"/api/datasets/{info['id']}"), 404, info["id"])
     assert_error(idle.delete(f"/api/datasets/{info['id']}"), 404, info["id"])
-    assert_error(idle.delete("/api/datasets/sample"), 400, "bundled")
+    assert_error(idle.delete("/api/datasets/sample"), 409, "bundled")
     assert_error(idle.get("/api/datasets/UPPER.case"), 400, "dataset_id")
     response = idle.get("/api/datasets/..%2F..%2Fjobs")
     assert response.status_code in (400, 404) and "error" in response.json()
@@ -360,41 +361,41 @@ def test_every_field_sent_reaches_the_trainers_config_file(idle, state_dir):
     assert detail["config"] == saved and detail["loss_history"] == [] and detail["metrics"] is None
 
 
-@pytest.mark.parametrize(("extra", "field"), [
-    ({"lora_rank": 0}, "lora_rank"),
-    ({"batch_size": "2"}, "batch_size"),
-    ({"num_epochs": 2.5}, "num_epochs"),
-    ({"learning_rate": -1}, "learning_rate"),
-    ({"scheduler_type": "bogus"}, "scheduler_type"),
-    ({"preset": "nope"}, "preset"),
-    ({"lora_target_modules": [""]}, "lora_target_modules"),
-    ({"surprise_field": 1}, "surprise_field"),
-    ({"output_dir": "/tmp/elsewhere"}, "output_dir"),
-    ({"data_path": "/etc/passwd"}, "data_path"),
-    ({"eval_data_path": "/etc/passwd"}, "eval_data_path"),
-    ({"resume_from_checkpoint": "/some/other/run"}, "resume_from_checkpoint"),
-    ({"push_to_hub": True}, "hub_model_id"),
-    ({"early_stopping_patience": 2}, "eval_every_updates"),
-    ({"warmup_steps": 2, "warmup_ratio": 0.1}, "warmup_steps"),
-    ({"lora_target_modules": "q_proj"}, "lora_target_modules"),
-    ({"lora_target_modules": 5}, "lora_target_modules"),
-    ({"gate_dropout_keywords": 5}, "gate_dropout_keywords"),
-    ({"column_mapping": ["summary"]}, "column_mapping"),
-    ({"push_to_hub": "false"}, "push_to_hub"),
-    ({"use_lora": 1}, "use_lora"),
-    ({"model_name": 5}, "model_name"),
-    ({"lora_bias": None}, "lora_bias"),
-    ({"optimizer": 5}, "optimizer"),
-    ({"optimizer": {"bogus": 1}}, "bogus"),
-    ({"optimizer": {"learning_rate": "fast"}}, "learning_rate"),
-    ({"dataset_id": "no-such-set"}, "dataset_id"),
-    ({"dataset_id": 5}, "dataset_id"),
-    ({"dataset_id": "../../etc"}, "dataset_id"),
-    ({"eval_dataset_id": "no-such-set"}, "eval_dataset_id"),
+@pytest.mark.parametrize(("extra", "field", "status"), [
+    ({"lora_rank": 0}, "lora_rank", 422),
+    ({"batch_size": "2"}, "batch_size", 422),
+    ({"num_epochs": 2.5}, "num_epochs", 422),
+    ({"learning_rate": -1}, "learning_rate", 422),
+    ({"scheduler_type": "bogus"}, "scheduler_type", 422),
+    ({"preset": "nope"}, "preset", 422),
+    ({"lora_target_modules": [""]}, "lora_target_modules", 422),
+    ({"surprise_field": 1}, "surprise_field", 422),
+    ({"output_dir": "/tmp/elsewhere"}, "output_dir", 422),
+    ({"data_path": "/etc/passwd"}, "data_path", 422),
+    ({"eval_data_path": "/etc/passwd"}, "eval_data_path", 422),
+    ({"resume_from_checkpoint": "/some/other/run"}, "resume_from_checkpoint", 422),
+    ({"push_to_hub": True}, "hub_model_id", 422),
+    ({"early_stopping_patience": 2}, "eval_every_updates", 422),
+    ({"warmup_steps": 2, "warmup_ratio": 0.1}, "warmup_steps", 422),
+    ({"lora_target_modules": "q_proj"}, "lora_target_modules", 422),
+    ({"lora_target_modules": 5}, "lora_target_modules", 422),
+    ({"gate_dropout_keywords": 5}, "gate_dropout_keywords", 422),
+    ({"column_mapping": ["summary"]}, "column_mapping", 422),
+    ({"push_to_hub": "false"}, "push_to_hub", 422),
+    ({"use_lora": 1}, "use_lora", 422),
+    ({"model_name": 5}, "model_name", 422),
+    ({"lora_bias": None}, "lora_bias", 422),
+    ({"optimizer": 5}, "optimizer", 422),
+    ({"optimizer": {"bogus": 1}}, "bogus", 422),
+    ({"optimizer": {"learning_rate": "fast"}}, "learning_rate", 422),
+    ({"dataset_id": "no-such-set"}, "dataset_id", 404),  # a well-formed id naming no dataset
+    ({"dataset_id": 5}, "dataset_id", 422),
+    ({"dataset_id": "../../etc"}, "dataset_id", 422),
+    ({"eval_dataset_id": "no-such-set"}, "eval_dataset_id", 404),
 ])
-def test_job_requests_are_validated_naming_the_field(idle, state_dir, extra, field):
+def test_job_requests_are_validated_naming_the_field(idle, state_dir, extra, field, status):
     response = idle.post("/api/jobs", json={"dataset_id": "sample", **extra})
-    assert_error(response, 422, field)
+    assert_error(response, status, field)
     assert idle.get("/api/jobs").json()["jobs"] == []
     assert not list((state_dir / "jobs").iterdir())
 
@@ -577,10 +578,10 @@ def test_openapi_declares_the_errors_each_route_gives(idle):
     declared = {(method.upper(), path): set(op["responses"])
                 for path, ops in schema["paths"].items() for method, op in ops.items()}
     every = {"401", "403", "413"}  # no token; a foreign Host or Origin; a body over the limit
-    assert declared[("POST", "/api/jobs")] == every | {"201", "400", "422"}
-    assert declared[("POST", "/api/datasets")] == every | {"201", "400", "422"}
+    assert declared[("POST", "/api/jobs")] == every | {"201", "400", "404", "422", "507"}  # 404: no such dataset
+    assert declared[("POST", "/api/datasets")] == every | {"201", "400", "422", "507"}  # 507: a full disk
     assert declared[("DELETE", "/api/datasets/{dataset_id}")] == every | {"200", "400", "404", "409"}
-    assert declared[("GET", "/api/jobs/{job_id}/artifacts")] == every | {"200", "404", "409"}
+    assert declared[("GET", "/api/jobs/{job_id}/artifacts")] == every | {"200", "404", "409", "507"}
     assert declared[("POST", "/api/jobs/{job_id}/push")] == every | {"200", "400", "404", "409", "422", "502"}
     assert declared[("GET", "/api/jobs")] == every | {"200"}
     # Errors have our shape ({"error": ...}), not FastAPI's stock {"detail": ...}.

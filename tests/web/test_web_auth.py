@@ -181,7 +181,10 @@ def _other_users_attack(port: int, job_id: str, server_pid: int, token: str) -> 
 def test_a_real_server_refuses_other_local_users_and_scripts_without_the_token(serve_process, state_dir):
     with serve_process(str(state_dir), command=stub_serve_command()) as server:
         token, port = server.token, server.port
-        assert server.login_url == f"http://127.0.0.1:{port}/?token={token}" and len(token) >= 40
+        # Its output is a pipe, not a terminal: the address without the token, the token in a private file.
+        assert server.printed_url == f"http://127.0.0.1:{port}/" and len(token) >= 40
+        assert server.token_file == state_dir / "access-token"
+        assert stat.S_IMODE(server.token_file.stat().st_mode) == 0o600
         # Without the token a local process can neither start a pushing job nor push a finished one.
         assert _status(port, "POST", "/api/jobs", ATTACK_JOB) == 401
         job = server.http.post("/api/jobs", json={"dataset_id": "sample"}).json()
@@ -200,13 +203,13 @@ def test_a_real_server_refuses_other_local_users_and_scripts_without_the_token(s
                               "token_in_cmdline": False, "environ_readable": False}, attack
         jobs = server.http.get("/api/jobs").json()["jobs"]
         assert [j["id"] for j in jobs] == [job["id"]] and jobs[0]["status"] == "succeeded"
-        # The token is printed once, in the address line, and is in no file or answer.
+        # The token is in no answer, and (once the server stopped) in no file.
         answers = [server.http.get(path).text for path in ("/api/health", "/api/jobs", f"/api/jobs/{job['id']}",
                                                            "/api/hub", "/openapi.json", "/")]
     assert server.returncode == 0, server.output
-    assert server.output.count(token) == 1, server.output
+    assert token not in server.output, server.output
     assert not [text for text in answers if token in text]
-    assert files_containing(state_dir, token) == []
+    assert files_containing(state_dir, token) == []  # the token file went with the server
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700  # other users cannot read its data either
 
     # A new launch, a new token: the old one opens nothing.

@@ -1,6 +1,8 @@
 """API conformance: schemathesis fuzzes the real server (uvicorn in its own process, authenticated with
 the bearer token it printed) for 30 s (about a minute with start-up), with its conformance checks on. It must find no
 server error and no status code, content type, header or body the OpenAPI document does not declare.
+A second pass (half as long) runs schemathesis' ST202 check, positive_data_acceptance: every request the
+schema calls valid is accepted (no 400, 413 or 422), on every operation but the upload.
 
 Random ids only reach the 404 of the routes that take a job or dataset id, so the test first makes a
 finished job and uploads datasets, and lets the fuzzer use their ids half the time (schemathesis
@@ -25,6 +27,8 @@ from web_support import JSONL_ROWS, stub_serve_command
 
 FUZZ_SECONDS = int(os.environ.get("DEEPSYNTH_FUZZ_SECONDS", "30"))
 SEED = os.environ.get("DEEPSYNTH_FUZZ_SEED", "20261202")
+ST202_SECONDS = max(10, FUZZ_SECONDS // 2)
+UPLOAD_OPERATION = "upload_dataset_api_datasets_post"
 CHECKS = ",".join([
     "not_a_server_error",            # no 5xx (but the declared 502 of a push the Hub fails)
     "status_code_conformance",       # every status is declared for its route
@@ -106,8 +110,18 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(serve_p
                    "--seed", SEED, "--workers", "1", "--request-timeout", "30", "--continue-on-failure",
                    "--report", "json", "--report-dir", str(tmp_path / "report")]
         # (run in tmp_path: schemathesis keeps a cache folder in its working directory)
+        environment = {**os.environ, "NO_COLOR": "1", "DEEPSYNTH_FUZZ_TOKEN": server.token}
         run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120, cwd=tmp_path,
-                             env={**os.environ, "NO_COLOR": "1", "DEEPSYNTH_FUZZ_TOKEN": server.token})
+                             env=environment)
+        # ST202 (positive_data_acceptance): every request the schema calls valid is accepted (no 400, 413
+        # or 422), on every operation but the upload, whose file is schema-valid whatever its bytes (its
+        # type and rows are checked by the server, which no schema can state).
+        acceptance = [*command[:command.index("--checks")], "--checks", "positive_data_acceptance",
+                      "--exclude-operation-id", UPLOAD_OPERATION, "--max-time", str(ST202_SECONDS), "--seed", SEED,
+                      "--workers", "1", "--request-timeout", "30", "--continue-on-failure",
+                      "--report", "json", "--report-dir", str(tmp_path / "report-st202")]
+        st202 = subprocess.run(acceptance, capture_output=True, text=True, timeout=ST202_SECONDS + 120, cwd=tmp_path,
+                               env=environment)
         jobs = _settled_jobs(server)
     report = json.loads(next((tmp_path / "report").glob("*.json")).read_text())
     lines = ACCESS_LINE.findall(server.output)
@@ -119,6 +133,11 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(serve_p
     if os.environ.get("DEEPSYNTH_FUZZ_VERBOSE"):
         print(run.stdout)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    acceptance_report = json.loads(next((tmp_path / "report-st202").glob("*.json")).read_text())
+    print(f"ST202 pass: {acceptance_report['test_cases']}")
+    assert st202.returncode == 0, st202.stdout[-6000:] + st202.stderr[-2000:]
+    assert acceptance_report["failures"] == [] and acceptance_report["errors"] == [], st202.stdout[-6000:]
+    assert acceptance_report["operations"]["tested"] == acceptance_report["operations"]["total"] - 1 >= 18
     assert report["failures"] == [] and report["errors"] == [], run.stdout[-6000:]
     assert report["operations"]["tested"] == report["operations"]["total"] >= 18, report["operations"]
     assert report["test_cases"]["generated"] >= 50, summary  # it really ran

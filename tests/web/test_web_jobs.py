@@ -17,7 +17,7 @@ import pytest
 from web_support import FAST_JOB, HUB_TOKEN, SLOW_JOB, files_containing
 
 from deepsynth.web.datasets_store import DatasetStore
-from deepsynth.web.jobs import JobManager, process_alive
+from deepsynth.web.jobs import JobManager, StateFolderInUse, process_alive
 
 
 def _proc_environ(pid: int) -> bytes:
@@ -177,7 +177,7 @@ def test_jobs_survive_a_server_restart_and_never_run_twice(live_server, state_di
 def test_a_second_server_on_the_same_state_folder_is_refused(live_server, state_dir):
     with live_server():
         second = JobManager(state_dir, DatasetStore(state_dir))
-        with pytest.raises(RuntimeError, match="another deepsynth server"):
+        with pytest.raises(StateFolderInUse, match="another deepsynth server"):
             second.start()
 
 

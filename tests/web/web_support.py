@@ -141,11 +141,13 @@ class ServeProcess(_Server):
 
     ``args`` are more ``serve`` flags (or, with ``command``, the arguments of that command line instead);
     ``env`` is added to this process's environment (a None value removes the variable). The token is
-    the one in the printed ``?token=`` URL (``login_url``), else ``token``; ``http`` sends it as a
+    the one in the printed ``?token=`` URL (``login_url``), else the one in the token file the server
+    named (``token_file``: its output is a pipe, not a terminal), else ``token``; ``http`` sends it as a
     bearer header.
     """
 
     URL_LINE = re.compile(r"DeepSynth web UI: (http://127\.0\.0\.1:(\d+)/(\?token=(\S+))?)")
+    TOKEN_FILE_LINE = re.compile(r"  access token: in (\S+) \(readable by you only")
 
     def __init__(self, state_dir: Path, *args: str, env: dict[str, str | None] | None = None, token: str | None = None,
                  command: Sequence[str] | None = None) -> None:
@@ -161,17 +163,27 @@ class ServeProcess(_Server):
                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + 60
-        while not (match := next(filter(None, map(self.URL_LINE.search, list(self.lines))), None)):
+        # The address, then (output not a terminal, per-launch token) where the token is, then the state folder.
+        while not ((match := next(filter(None, map(self.URL_LINE.search, list(self.lines))), None))
+                   and "  state folder: " in self.output):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("deepsynth serve did not print its address:\n" + self.output)
             time.sleep(0.05)
-        self.login_url, self.port = match.group(1), int(match.group(2))
+        self.printed_url = self.login_url = match.group(1)
+        self.port = int(match.group(2))
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token_file = None
         if match.group(4):
             from urllib.parse import unquote
 
             self.token = unquote(match.group(4))
+        elif found := self.TOKEN_FILE_LINE.search(self.output):
+            from urllib.parse import quote
+
+            self.token_file = Path(found.group(1))
+            self.token = self.token_file.read_text().strip()
+            self.login_url = f"{self.url}/?token={quote(self.token, safe='')}"  # what the user opens
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.http = httpx.Client(base_url=self.url, timeout=60, headers=headers)
         return self

@@ -26,6 +26,7 @@ in a moment with the limit named. JSON lines are read one line at a time, so a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from typing import Any
 
 import datasets
 
-from . import folders
+from . import folders, pdf
 from .images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, ImageProblem, megabytes, png_bytes
 from .pdf import DEFAULT_PAGE_SIZE, PageSize
 from .render import render_document
@@ -81,6 +82,9 @@ MAX_LINE_BYTES = 1 << 20
 MAX_TEXT_BYTES = 1 << 20
 #: Rows read from one source (a file is always read whole).
 MAX_ROWS = 10_000
+#: Columns of one table: a targets file needs a handful (text, summary, image or file, page, split); pandas
+#: took 379 s and 3.5 GB on a CSV of 10^6 columns.
+MAX_COLUMNS = 256
 # The limits on images (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS) are in images.py.
 
 _CSV_QUOTING_HINT = "put cells that contain the separator, quotes or line breaks in double quotes"
@@ -449,9 +453,11 @@ def _parquet_table(path: Path, label: str, base_dir: Path) -> _Table:
     import pyarrow.parquet as pq  # datasets' own Parquet engine
 
     try:
-        num_rows = pq.ParquetFile(path).metadata.num_rows  # the footer only: refuse a huge file unread
-        if num_rows > MAX_ROWS:
-            raise _too_many_rows(label, num_rows)
+        metadata = pq.ParquetFile(path).metadata  # the footer only: refuse a huge file unread
+        if metadata.num_rows > MAX_ROWS:
+            raise _too_many_rows(label, metadata.num_rows)
+        if metadata.num_columns > MAX_COLUMNS:
+            raise _too_many_columns(label, metadata.num_columns)
         table = pq.read_table(path)
     except DataError:
         raise
@@ -468,7 +474,29 @@ def _parquet_table(path: Path, label: str, base_dir: Path) -> _Table:
     return result
 
 
+def _check_csv_width(path: Path, label: str, sep: str) -> None:
+    """Refuse a header row of more than MAX_COLUMNS cells (or longer than MAX_LINE_BYTES) before pandas reads it."""
+    with open(path, "rb") as stream:
+        head = stream.read(MAX_LINE_BYTES + 1)
+    line, newline, _ = head.partition(b"\n")
+    if not newline and len(head) > MAX_LINE_BYTES:
+        raise DataError(f"its header row is longer than {megabytes(MAX_LINE_BYTES)}; expected at most "
+                        f"{MAX_COLUMNS} columns", source=label, location="row 1", row=1)
+    try:
+        width = len(next(csv.reader([line.decode("utf-8-sig", "replace")], delimiter=sep), []))
+    except csv.Error:
+        return  # a header csv cannot split alone (a quoted line break): pandas reports it
+    if width > MAX_COLUMNS:
+        raise _too_many_columns(label, width, "row 1")
+
+
+def _too_many_columns(label: str, count: int, location: str | None = None) -> DataError:
+    return DataError(f"has {count:,} columns; at most {MAX_COLUMNS} (a targets file needs a few: text, summary, "
+                     "image or file, page, split)", source=label, location=location, row=1 if location else None)
+
+
 def _csv_table(path: Path, label: str, base_dir: Path, *, sep: str) -> _Table:
+    _check_csv_width(path, label, sep)
     frame = _read_csv(path, label, sep)
     if len(frame) > MAX_ROWS:
         raise _too_many_rows(label)
@@ -842,3 +870,35 @@ def _not_utf8_problem(value: str) -> str:
     assert match is not None
     byte = ord(match.group()) - 0xDC00
     return f"is not valid UTF-8 (byte 0x{byte:02X}); re-save the file with UTF-8 encoding"
+
+
+@dataclass(frozen=True)
+class FileReferences:
+    """The files a data file's rows name (``image`` or ``file``), read without opening them."""
+
+    paths: frozenset[str]  # as written, relative to the data file; a PDF's '#page=N' removed
+    pdf_pages: int  # rows naming a page of a PDF: each is rendered when the rows are validated
+
+
+def referenced_files(source: str | os.PathLike[str], *, column_mapping: Mapping[str, str] | None = None) -> FileReferences:
+    """The files the rows of ``source`` name, and how many PDF pages they name, without validating the rows.
+
+    An upload keeps only these files and refuses more PDF pages than it renders; a malformed value is
+    skipped here (the validation that follows names it).
+    """
+    mapping = _resolve_mapping(column_mapping)
+    table = _open(source, split=None, base_dir=None)
+    paths: set[str] = set()
+    pdf_pages = 0
+    for _, row in table.rows:
+        try:
+            value, _ = folders._reference(row, mapping["image"])
+            reference = pdf.parse_reference(value) if isinstance(value, str) else None
+        except ImageProblem:
+            continue
+        if reference is not None:
+            paths.add(reference[0])
+            pdf_pages += 1
+        elif isinstance(value, str):
+            paths.add(value)
+    return FileReferences(frozenset(paths), pdf_pages)

@@ -22,6 +22,7 @@ from transformers import (
     UnlimitedOcrConfig,
 )
 
+from deepsynth.errors import ModelNotFoundError
 from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR, DEEPSEEK_OCR2, family_names
 from deepsynth.models.tiny import EMBEDDED_MODEL_NAME, embedded_config
 
@@ -158,7 +159,7 @@ def _resolve_from_hub(name: str) -> ResolvedConfig:
     try:
         config_file = hf_hub_download(name, "config.json")
     except Exception as error:  # any hub failure becomes one clear error for the user
-        raise ValueError(
+        raise ModelNotFoundError(
             f"model: {name!r} is not a local directory, not a shipped architecture ({known}), "
             f"and its config could not be fetched from the Hub ({type(error).__name__})"
         ) from error

@@ -258,6 +258,9 @@ def summarise(records: list[dict[str, Any]], summary: dict[str, Any] | None = No
     summary = dict(summary or {})
     for event in typed_events(records):
         if isinstance(event, Start):
+            # A new segment of the run (a resumed job): an earlier segment's error or end no longer holds.
+            summary.pop("error", None)
+            summary.pop("done", None)
             summary.update(total_updates=event.total_updates, total_steps=event.total_steps,
                            num_train_samples=event.num_train_samples)
         elif isinstance(event, Phase):

@@ -7,7 +7,11 @@ and restore the adapter on resume.
 
 from __future__ import annotations
 
+import errno
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +68,58 @@ class MoeTrainer(Trainer):
             (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
         return getattr(self, "current_gradient_accumulation_steps", 1) if scaled_for_accumulation else 1
 
+    def train(self, *args: Any, **kwargs: Any):  # noqa: D102
+        # TensorBoard writes its event file from a thread of its own: a full disk there printed a
+        # thread traceback ahead of the run's one error line. The writer is closed on failure so that
+        # its thread cannot fail later either.
+        with background_disk_full_logged():
+            try:
+                return super().train(*args, **kwargs)
+            except BaseException:
+                self.close_report_writers()
+                raise
+
+    def close_report_writers(self) -> None:
+        """Close TensorBoard's writer (transformers closes it only when training ends normally)."""
+        from transformers.integrations import TensorBoardCallback
+
+        for callback in self.callback_handler.callbacks:
+            writer = getattr(callback, "tb_writer", None) if isinstance(callback, TensorBoardCallback) else None
+            if writer is not None:
+                callback.tb_writer = None
+                try:
+                    writer.close()
+                except OSError as error:  # what its thread failed on (a full disk): reported by the run
+                    LOGGER.debug("TensorBoard writer: %s", error)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:  # noqa: D102
         if "loss" in logs and self._aux_since_log:
             logs["aux_loss"] = sum(self._aux_since_log) / len(self._aux_since_log)
             self._aux_since_log = []
         super().log(logs, start_time)
+
+
+@contextmanager
+def background_disk_full_logged() -> Iterator[None]:
+    """A full disk in a background thread (TensorBoard's writer) is one warning line, not a traceback.
+
+    The run reports the full disk itself, as one error: the writer raises the same error again on
+    the main thread's next write, and the checkpoint guard checks free space before every save.
+    """
+    previous = threading.excepthook
+
+    def hook(info: threading.ExceptHookArgs) -> None:
+        if isinstance(info.exc_value, OSError) and info.exc_value.errno in (errno.ENOSPC, errno.EDQUOT):
+            name = info.thread.name if info.thread is not None else "a background thread"
+            LOGGER.warning("%s could not write: %s", name, info.exc_value.strerror or info.exc_value)
+            return
+        previous(info)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 class ProgressLog(TrainerCallback):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import posixpath
 import re
 import shutil
 import stat
@@ -32,7 +33,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from deepsynth.data import SAMPLE_DATA_PATH, DataError, check_documents
-from deepsynth.web.settings import DEFAULT_MAX_UPLOAD_BYTES
+from deepsynth.data.loading import referenced_files
+from deepsynth.web.settings import DEFAULT_MAX_UPLOAD_BYTES, MAX_UPLOAD_PDF_PAGES
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 UPLOAD_SUFFIXES = (*DATA_SUFFIXES, ".zip")
@@ -116,11 +118,12 @@ class DatasetStore:
     """Datasets under ``<state_dir>/datasets``; safe to use from several threads."""
 
     def __init__(self, state_dir: Path, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-                 max_extracted_bytes: int | None = None) -> None:
+                 max_extracted_bytes: int | None = None, max_pdf_pages: int = MAX_UPLOAD_PDF_PAGES) -> None:
         self.root = Path(state_dir) / "datasets"
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_extracted_bytes = int(max_extracted_bytes or 4 * self.max_upload_bytes)
+        self.max_pdf_pages = int(max_pdf_pages)
         self._lock = threading.Lock()
 
     # --- reading -----------------------------------------------------------------------------
@@ -211,11 +214,7 @@ class DatasetStore:
             try:
                 rows, splits, train_rows = _count(data_file, image_root=content)
             except DataError as error:
-                raise DataError(
-                    error.problem.replace(f"{content.resolve()}/", "").replace(f"{content}/", ""),
-                    source=filename if suffix != ".zip" else f"{filename}: {data_rel}",
-                    location=error.location, row=error.row, column=error.column,
-                ) from None
+                raise _relabelled(error, content, filename if suffix != ".zip" else f"{filename}: {data_rel}") from None
             with self._lock:
                 dataset_id = f"{_slug(display)}-{uuid.uuid4().hex[:8]}"
                 final = self.root / dataset_id
@@ -232,7 +231,8 @@ class DatasetStore:
     def delete(self, dataset_id: str) -> DatasetInfo:
         info = self.get(dataset_id)
         if info.builtin:
-            raise DatasetRequestError(f"dataset_id: {dataset_id!r} is the bundled sample set and cannot be deleted")
+            raise DatasetRequestError(f"dataset_id: {dataset_id!r} is the bundled sample set and cannot be deleted",
+                                      status_code=409)
         with self._lock:
             folder = self.root / info.id
             trash = self.root / f".deleted-{uuid.uuid4().hex}"
@@ -241,7 +241,9 @@ class DatasetStore:
         return info
 
     def _extract_zip(self, archive: Path, dest: Path, filename: str) -> str:
-        """Extract a zip safely into ``dest``; return the data file's path relative to it."""
+        """Extract the data file and the files its rows name (nothing else) into ``dest``; return the data
+        file's path relative to it. The rows may name at most ``max_pdf_pages`` PDF pages (each is rendered
+        when they are validated), and what is extracted may add up to ``max_extracted_bytes``."""
         try:
             zf = zipfile.ZipFile(archive)
         except Exception as error:  # BadZipFile, and what a forged directory makes zipfile raise
@@ -259,19 +261,53 @@ class DatasetStore:
                     f"the zip holds several data files ({', '.join(sorted(data_files))}); keep exactly one",
                     source=filename,
                 )
-            root = dest.resolve()
-            for member, path in plan:
-                target = (dest / Path(*path.parts)).resolve()
-                if root not in target.parents:
-                    raise DatasetRequestError(f"file: zip member {member.filename!r} points outside the archive; refused")
-                _extract_member(zf, member, target)
-            return data_files[0]
+            data_rel = data_files[0]
+            members = {path.as_posix(): (member, path) for member, path in plan}
+            self._extract(zf, dest, [members[data_rel]])
+            named = self._named_members(dest, data_rel, filename)
+            self._extract(zf, dest, [members[name] for name in sorted(named & members.keys())],
+                          already=members[data_rel][0].file_size)
+            return data_rel
+
+    def _named_members(self, dest: Path, data_rel: str, filename: str) -> set[str]:
+        """Archive paths of the files the data file's rows name; refuses more PDF pages than the limit."""
+        try:
+            references = referenced_files(dest / data_rel)
+        except DataError as error:
+            raise _relabelled(error, dest, f"{filename}: {data_rel}") from None
+        if references.pdf_pages > self.max_pdf_pages:
+            raise DatasetRequestError(
+                f"file: the rows of {data_rel!r} name {references.pdf_pages:,} PDF pages; at most "
+                f"{self.max_pdf_pages:,} per upload (each page is rendered to check it): split the documents "
+                "into several uploads", status_code=413)
+        folder = PurePosixPath(data_rel).parent
+        named = set()
+        for text in references.paths:
+            path = posixpath.normpath((folder / text.replace("\\", "/")).as_posix())
+            if not path.startswith(("../", "/")) and path != "..":
+                named.add(path)  # a path outside the archive is refused by the validation, by name
+        return named
+
+    def _extract(self, zf: zipfile.ZipFile, dest: Path, members: list[tuple[zipfile.ZipInfo, PurePosixPath]],
+                 already: int = 0) -> None:
+        """Extract ``members`` (their declared sizes, plus ``already``, within the limit) under ``dest``."""
+        total = already + sum(member.file_size for member, _ in members)
+        if total > self.max_extracted_bytes:
+            raise DatasetRequestError(
+                f"file: the zip expands to more than {human_size(self.max_extracted_bytes)} (the data file and the files "
+                "its rows name)",
+                status_code=413)
+        root = dest.resolve()
+        for member, path in members:
+            target = (dest / Path(*path.parts)).resolve()
+            if root not in target.parents:
+                raise DatasetRequestError(f"file: zip member {member.filename!r} points outside the archive; refused")
+            _extract_member(zf, member, target)
 
     def _plan_zip(self, members: list[zipfile.ZipInfo]) -> tuple[list[tuple[zipfile.ZipInfo, PurePosixPath]], list[str]]:
         """Check every member's name, type and declared size; return (files to extract, data files)."""
         if len(members) > MAX_ZIP_MEMBERS:
             raise DatasetRequestError(f"file: the zip holds {len(members)} entries; at most {MAX_ZIP_MEMBERS}")
-        total = 0
         data_files: list[str] = []
         plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
         for member in members:
@@ -289,12 +325,7 @@ class DatasetStore:
                 raise DatasetRequestError(f"file: zip member {name!r} is encrypted")
             if member.is_dir() or path.parts[0] == "__MACOSX" or path.name.startswith("."):
                 continue  # folders are made as needed; Finder's resource forks and hidden files are skipped
-            total += member.file_size
-            if total > self.max_extracted_bytes:
-                raise DatasetRequestError(
-                    f"file: the zip expands to more than {human_size(self.max_extracted_bytes)}", status_code=413
-                )
-            plan.append((member, path))
+            plan.append((member, path))  # extracted only if it is the data file or a file the data names
             if path.suffix.lower() in DATA_SUFFIXES:
                 data_files.append(path.as_posix())
         return plan, data_files
@@ -324,6 +355,12 @@ def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path) 
     except Exception as error:  # zlib.error, EOFError, NotImplementedError (compression), lzma errors...
         raise DatasetRequestError(f"file: zip member {member.filename!r} is damaged or uses an unsupported "
                                   f"format ({_reason(error)})") from None
+
+
+def _relabelled(error: DataError, content: Path, source: str) -> DataError:
+    """``error`` naming the file as the user knows it, never the server's upload folder."""
+    return DataError(error.problem.replace(f"{content.resolve()}/", "").replace(f"{content}/", ""),
+                     source=source, location=error.location, row=error.row, column=error.column)
 
 
 def _reason(error: BaseException) -> str:

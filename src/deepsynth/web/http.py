@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, Strict, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from deepsynth.errors import ModelNotFoundError
 from deepsynth.training.errors import ConfigError
 from deepsynth.web.datasets_store import DatasetNotFound, DatasetRequestError
 from deepsynth.web.jobs import JobError
@@ -30,6 +32,53 @@ _MODEL_LOCK = threading.Lock()
 # no attribute 'PreTrainedTokenizerBase'". So it is imported once, by one thread (import_libraries).
 _IMPORT_LOCK = threading.Lock()
 _imported = False
+
+
+# A Hugging Face Hub id the schema promises the server accepts: two names of letters, digits and _,
+# joined by up to three single '-' (or '.' before a digit: 'Qwen2.5'), never '--', '..' or a '.git' end, at
+# most 95 characters each (huggingface_hub.utils.validate_repo_id accepts every one).
+_HUB_NAME = r"[A-Za-z0-9_]{1,23}(?:-[A-Za-z0-9_]{1,23}|\.[0-9][A-Za-z0-9_]{0,22}){0,3}"
+HUB_ID_PATTERN = rf"^{_HUB_NAME}/{_HUB_NAME}$"
+DATASET_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,79}$"  # deepsynth.web.datasets_store's id form
+
+
+# LoRA target names every supported model has (attention and dense MLP projections): what the schema
+# promises; a server also takes the names a given model adds (its router, its experts).
+COMMON_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _whole(value: Any) -> Any:
+    """2.0 → 2: JSON Schema counts a number with no fraction as an integer, so the API does too."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def whole_int(minimum: int, maximum: int | None = None) -> Any:
+    """An integer field in [minimum, maximum]: 2.0 taken as 2, True and "2" refused; its schema says so."""
+    bounds = {"minimum": minimum, **({"maximum": maximum} if maximum is not None else {})}
+    return Annotated[int, BeforeValidator(_whole), Strict(), Field(ge=minimum, le=maximum),
+                     WithJsonSchema({"type": "integer", **bounds})]
+
+
+def _integer_fields() -> set[str]:
+    import typing
+
+    from deepsynth.training.config import OptimizerConfig, TrainerConfig
+
+    hints = {**typing.get_type_hints(OptimizerConfig), **typing.get_type_hints(TrainerConfig)}
+    return {name for name, hint in hints.items() if int in (set(typing.get_args(hint)) or {hint})}
+
+
+def whole_numbers_as_ints(data: dict[str, Any]) -> dict[str, Any]:
+    """A job request or plan overrides with 2.0 given as 2 in the integer fields (and in ``optimizer``)."""
+    names = _integer_fields()
+    fixed = {key: _whole(value) if key in names else value for key, value in data.items()}
+    if isinstance(fixed.get("optimizer"), dict):
+        fixed["optimizer"] = whole_numbers_as_ints(fixed["optimizer"])
+    return fixed
+
+
+class ModelNotFound(Exception):
+    """A well-formed model name that names no model here (not on the Hub, offline, no such folder): 404."""
 
 
 class UploadTooLarge(Exception):
@@ -49,11 +98,12 @@ _ERROR_MEANINGS = {
          "server does not accept",
     401: "Access token missing or wrong (send 'Authorization: Bearer <token>')",
     403: "Refused: a Host that is not this server's (DNS rebinding) or a cross-site Origin",
-    404: "No such dataset or job",
+    404: "No such dataset, job or model",
     409: "Conflict with the job's or dataset's state",
     413: "Body or upload larger than the server's limit",
     422: "A field with a wrong type or value (the message names it)",
     502: "The Hugging Face Hub refused or failed the push (the report says what was uploaded)",
+    507: "The server's disk is full: nothing was kept (free space on the server and retry)",
 }
 
 
@@ -112,7 +162,25 @@ def model_call(model_name: str | None, function, /, *args, **kwargs):
         try:
             return function(*args, **kwargs)
         except OSError as exc:
-            raise ConfigError("model", model_name, f"a model name or local directory ({exc.strerror or exc})") from None
+            if is_disk_full(exc):
+                raise
+            raise ModelNotFound(f"model: {model_name!r} was not found: not a model on the Hub (or the server is "
+                                f"offline) nor a model folder ({exc.strerror or _first_line(exc)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+async def _on_os_error(request: Request, exc: OSError):
+    if is_disk_full(exc):  # writing a job's folder, an artifact zip, a dataset: nothing half-written is kept
+        logger.warning("disk full on %s %s: %s", request.method, request.url.path, exc)
+        return error(507, "disk: the server's disk is full; nothing was kept (free space on the server and retry)")
+    return await _on_unexpected(request, exc)
 
 
 def import_libraries() -> None:
@@ -190,9 +258,22 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DatasetNotFound, _reply(lambda e: (404, str(e))))
     app.add_exception_handler(JobError, _reply(lambda e: (e.status_code, str(e))))
     app.add_exception_handler(UploadTooLarge, _reply(lambda e: (413, str(e))))
+    app.add_exception_handler(ModelNotFound, _reply(lambda e: (404, str(e))))
+    app.add_exception_handler(ModelNotFoundError, _reply(lambda e: (404, str(e))))
+    app.add_exception_handler(OSError, _on_os_error)
     # ConfigError, DataError and the library's other ValueErrors.
     app.add_exception_handler(ValueError, _reply(lambda e: (422, str(e))))
     app.add_exception_handler(Exception, _on_unexpected)
+
+
+def _plan_overrides_schema(schemas: dict[str, Any]) -> None:
+    """PlanRequest.overrides takes the fields (and rules) of a job request, but its dataset ids."""
+    job, plan = schemas.get("JobRequest"), schemas.get("PlanRequest")
+    if job is None or plan is None:
+        return
+    fields = {k: v for k, v in job["properties"].items() if k not in ("dataset_id", "eval_dataset_id", "preset")}
+    plan["properties"]["overrides"] = {**plan["properties"]["overrides"], "properties": fields,
+                                       "additionalProperties": False, "allOf": job.get("allOf", [])}
 
 
 def openapi(app: FastAPI) -> dict[str, Any]:
@@ -220,6 +301,7 @@ def openapi(app: FastAPI) -> dict[str, Any]:
         for path, operations in schema["paths"].items():
             for operation in operations.values():
                 operation["security"] = [{"bearer": []}]
+        _plan_overrides_schema(schema["components"]["schemas"])
         for name in ("HTTPValidationError", "ValidationError"):
             if name not in json.dumps(schema["paths"]):
                 schema["components"]["schemas"].pop(name, None)

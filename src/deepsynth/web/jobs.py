@@ -60,6 +60,7 @@ SERVER_FIELDS = {
     "hub_token": "never accepted from a client: the server passes HF_TOKEN (or your `hf auth login`) to the trainer",
 }
 RESUME_CHOICES = (None, "auto", "never")
+CHECKPOINT_MARKER = "deepsynth-complete.json"  # deepsynth.training.checkpoints.MARKER (that module imports torch)
 
 CommandBuilder = Callable[[Path, Path, "Path | None", Path], Sequence[str]]
 
@@ -70,6 +71,14 @@ class JobError(Exception):
     def __init__(self, message: str, status_code: int = 409) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class StateFolderInUse(ConfigError):
+    """Another deepsynth server holds the state folder's lock (bad input: exit 2, one error line)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__("--state-dir", str(state_dir), "a state folder no other server uses: another deepsynth "
+                         "server is using it (stop that server, or pass another --state-dir)")
 
 
 def train_command(config_path: Path, data_path: Path, eval_data_path: Path | None, output_dir: Path) -> list[str]:
@@ -211,17 +220,23 @@ class JobManager:
 
     def start(self) -> None:
         """Take the state folder's lock, recover jobs left running, start the supervisor."""
+        self.lock()
+        self.recover()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="deepsynth-jobs", daemon=True)
+        self._thread.start()
+
+    def lock(self) -> None:
+        """Take the state folder's lock (once): StateFolderInUse when another server holds it."""
+        if self._lock_file is not None:
+            return
         handle = open(self.state_dir / "server.lock", "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
-            raise RuntimeError(f"another deepsynth server is using the state folder {self.state_dir}") from None
+            raise StateFolderInUse(self.state_dir) from None
         self._lock_file = handle
-        self.recover()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="deepsynth-jobs", daemon=True)
-        self._thread.start()
 
     def close(self, *, stop_running: bool = False) -> None:
         """Stop supervising. Running processes go on (the next server adopts them) unless ``stop_running``."""
@@ -356,6 +371,42 @@ class JobManager:
         self._wake.set()
         return self.get(job_id)
 
+    def resume(self, job_id: str) -> dict[str, Any]:
+        """Queue a failed or cancelled job again, to continue from its newest complete checkpoint.
+
+        The same job (id, folder, log): its process runs with ``resume_from_checkpoint: auto``, which
+        takes the newest checkpoint with a valid completion marker. 409 when the job is not failed or
+        cancelled, has no complete checkpoint, or its dataset is gone.
+        """
+        with self._lock:
+            row = self._row(job_id)
+            if row["status"] not in (FAILED, CANCELLED):
+                raise JobError(f"job {job_id} is {row['status']}: only a failed or cancelled job can be resumed", 409)
+            checkpoint = self.newest_checkpoint(job_id)
+            if checkpoint is None:
+                raise JobError(f"job {job_id} has no complete checkpoint to resume from (it stopped before its first "
+                               "checkpoint was written): start a new job instead", 409)
+            for field_name in ("dataset_id", "eval_dataset_id"):
+                if row[field_name] and self.datasets.name_of(row[field_name]) is None:
+                    raise JobError(f"job {job_id} cannot be resumed: its {field_name} {row[field_name]!r} was deleted",
+                                   409)
+            config_path = self.jobs_dir / job_id / "config.yaml"
+            config = TrainerConfig.from_file(config_path)
+            if config.resume_from_checkpoint != "auto":
+                config.resume_from_checkpoint = "auto"
+                config.save(config_path)
+            self._update(job_id, status=QUEUED, started_at=None, finished_at=None, pid=None, proc_start=None,
+                         exit_code=None, error=None, cancel_requested_at=None, killed=0)
+            logger.info("job %s: queued to resume from %s", job_id, checkpoint.name)
+        self._wake.set()
+        return {**self.get(job_id), "resume_from": checkpoint.name}
+
+    def newest_checkpoint(self, job_id: str) -> Path | None:
+        """The job's newest checkpoint with a valid completion marker (None: none)."""
+        from deepsynth.training.checkpoints import find_resumable  # torch: imported only when asked
+
+        return find_resumable(self.output_dir(job_id))[0]
+
     def get(self, job_id: str) -> dict[str, Any]:
         with self._lock:
             return self._public(self._row(job_id))
@@ -436,8 +487,10 @@ class JobManager:
 
         try:
             return self.datasets.data_path(dataset_id)
-        except (DatasetNotFound, DatasetRequestError):
+        except DatasetRequestError:
             raise ConfigError(field, dataset_id, "the id of an uploaded dataset (GET /api/datasets) or 'sample'") from None
+        except DatasetNotFound:  # a well-formed id that names no dataset: 404
+            raise DatasetNotFound(f"{field}: no dataset {dataset_id!r} (GET /api/datasets lists them)") from None
 
     def _launch(self, job_id: str) -> None:
         cursor = self._db.execute("UPDATE jobs SET status = ?, started_at = ? WHERE id = ? AND status = ?",
@@ -527,6 +580,9 @@ class JobManager:
         data = {key: row[key] for key in row.keys() if key not in ("proc_start", "killed")}
         data["cancel_requested"] = bool(data.pop("cancel_requested_at"))
         data["has_adapter"] = self._has_adapter(row["id"])
+        # What the UI's Resume button needs (POST /resume checks the checkpoint's files in full).
+        data["has_checkpoint"] = row["status"] in (FAILED, CANCELLED) and any(
+            (self.jobs_dir / row["id"] / "output").glob(f"checkpoint-*/{CHECKPOINT_MARKER}"))
         data["dataset_name"] = self.datasets.name_of(row["dataset_id"])
         return data
 

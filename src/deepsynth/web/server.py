@@ -3,8 +3,11 @@
 Every launch has an access token: ``$DEEPSYNTH_ACCESS_TOKEN`` or ``--token-file`` when the user
 configures one, else a random one made for this launch (``secrets.token_urlsafe``). Once the server
 listens, it prints the address to open, ``http://127.0.0.1:PORT/?token=…``, on standard output — the
-token appears there only for a per-launch token (a configured one is never echoed), and never in a log
-record, a file or an API response. Loopback (127.0.0.1) by default; any other address needs a
+token appears there only for a per-launch token (a configured one is never echoed) and only when standard
+output is a terminal; redirected, the token goes to ``<state>/access-token`` (mode 600, removed when the
+server stops) and the printed lines say so. Never in a log record or an API response; the access log
+hides the ``token`` parameter however its name is percent-encoded. One server per state folder: a
+second one is refused before it starts (one ``error:`` line). Loopback (127.0.0.1) by default; any other address needs a
 configured token (at least 16 characters): the server refuses to start without one.
 
 CLI wiring (in ``deepsynth.cli.build_parser``)::
@@ -20,14 +23,13 @@ import argparse
 import ipaddress
 import logging
 import os
-import re
 import secrets
 import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 from deepsynth.training.errors import ConfigError
 from deepsynth.web.settings import (
@@ -39,16 +41,32 @@ from deepsynth.web.settings import (
 )
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s]*", re.IGNORECASE)
+TOKEN_FILE_NAME = "access-token"  # in the state folder, mode 600, while a server whose output is not a terminal runs
+
+
+def redact_query(text: str) -> str:
+    """``text`` with the value of every query parameter whose name, percent-decoded, is ``token`` hidden.
+
+    The guard signs in on ``?token=``, which Starlette finds after percent-decoding the name (``?tok%65n=``
+    too); the access log prints the raw query, so the redaction decodes names the same way.
+    """
+    if "?" not in text:
+        return text
+    path, _, rest = text.partition("?")
+    query, space, tail = rest.partition(" ")
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        parts.append(f"{name}=[hidden]" if equals and unquote_plus(name).strip().lower() == "token" else part)
+    return f"{path}?{'&'.join(parts)}{space}{tail}"
 
 
 class RedactToken(logging.Filter):
-    """Hides ``token=…`` in uvicorn's access log lines (the browser opens ``/?token=…`` once)."""
+    """Hides the ``token`` query parameter, however spelled, in uvicorn's access log lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a.lower() for a in record.args):
-            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1[hidden]", a) if isinstance(a, str) else a
-                                for a in record.args)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_query(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 
@@ -137,7 +155,10 @@ def serve(
     app = create_app(state, access_token=token, allowed_models=allowed_models, max_upload_bytes=max_upload_bytes,
                      max_concurrent_jobs=max_concurrent_jobs, allowed_hosts=allowed,
                      stop_jobs_on_shutdown=stop_jobs_on_exit, **app_options)
+    # Another server on this folder: one error line now, not a traceback from uvicorn's start-up.
+    app.state.jobs.lock()
     logging.getLogger(__name__).info("DeepSynth serving state folder %s", state)
+    token_file: list[Path] = []
 
     class AnnouncingServer(uvicorn.Server):
         """uvicorn's server, printing the sign-in address once it listens (so with the real port)."""
@@ -146,7 +167,7 @@ def serve(
             await super().startup(sockets=sockets)
             if self.started and self.servers and self.servers[0].sockets:
                 bound = self.servers[0].sockets[0].getsockname()[1]
-                _announce(host, bound, token if generated else None, state)
+                token_file.extend(_announce(host, bound, token if generated else None, state))
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level)  # (re)configures uvicorn's loggers
     logging.getLogger("uvicorn.access").addFilter(RedactToken())
@@ -154,13 +175,61 @@ def serve(
         AnnouncingServer(config).run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; uvicorn.run() swallows it too
         pass
+    finally:
+        for path in token_file:  # as Jupyter removes its runtime files: the token dies with the server
+            _remove_token_file(path, token)
 
 
-def _announce(host: str, port: int, token: str | None, state: Path) -> None:
-    """Print the address to open, on standard output only (a log handler could write it to a file)."""
-    url = login_url(host, port, token)
-    how = "" if token else f"  (sign in with your {ACCESS_TOKEN_ENV} / --token-file token)"
-    print(f"DeepSynth web UI: {url}{how}\n  state folder: {state}", file=sys.stdout, flush=True)
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout is not None and sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _announce(host: str, port: int, token: str | None, state: Path) -> list[Path]:
+    """Print the address to open; returns the token file it wrote, if any.
+
+    A per-launch token is printed in the address only when standard output is a terminal: redirected
+    (``deepsynth serve > log``), the file would keep it with the umask's permissions (world-readable
+    under 022), so the token goes to ``<state>/access-token`` (mode 600) instead, as Jupyter's runtime
+    files, and the printed lines say where. Never a log record: a handler could write it anywhere.
+    """
+    base = login_url(host, port, None)
+    if token is None:
+        print(f"DeepSynth web UI: {base}  (sign in with your {ACCESS_TOKEN_ENV} / --token-file token)\n"
+              f"  state folder: {state}", file=sys.stdout, flush=True)
+        return []
+    if _stdout_is_terminal():
+        print(f"DeepSynth web UI: {login_url(host, port, token)}\n  state folder: {state}", file=sys.stdout, flush=True)
+        return []
+    path = write_token_file(state / TOKEN_FILE_NAME, token)
+    print(f"DeepSynth web UI: {base}\n"
+          f"  access token: in {path} (readable by you only; not printed, since standard output is not a "
+          f"terminal): open {base}?token=<that token>, or paste it in the sign-in form\n"
+          f"  state folder: {state}", file=sys.stdout, flush=True)
+    return [path]
+
+
+def write_token_file(path: Path, token: str) -> Path:
+    """Write ``token`` to ``path``, readable by its owner only (mode 600 whatever the umask), atomically."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)  # an existing temporary file keeps its mode otherwise
+        os.write(descriptor, (token + "\n").encode())
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+    return path
+
+
+def _remove_token_file(path: Path, token: str) -> None:
+    try:
+        if path.read_text(encoding="utf-8").strip() == token:  # not one a newer server wrote
+            path.unlink()
+    except OSError:
+        pass
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from deepsynth.web.datasets_store import DatasetStore, human_size
-from deepsynth.web.http import UploadTooLarge, error, errors, import_libraries, links
+from deepsynth.web.http import DATASET_ID_PATTERN, UploadTooLarge, error, errors, import_libraries, links
 from deepsynth.web.jobs import JobError, JobManager
 
 router = APIRouter(tags=["datasets"])
+# The id form, in the schema only: the store checks it itself (400 naming dataset_id).
+DatasetId = Annotated[str, Path(json_schema_extra={"pattern": DATASET_ID_PATTERN})]
 # Slack over the file size for the multipart framing.
 _FRAMING = 64 * 1024
 
@@ -65,7 +67,7 @@ async def _save(store: DatasetStore, upload: UploadFile, name: str | None):
 @router.post(
     "/api/datasets", status_code=201,
     summary="Upload a JSONL/JSON/CSV/TSV/Parquet file, or a zip of one data file plus its images",
-    responses={**errors(400, 422), 201: {"description": "the dataset, validated", "links": links(
+    responses={**errors(400, 422, 507), 201: {"description": "the dataset, validated", "links": links(
         "dataset", "dataset_id", {"GetDataset": ("get", "/api/datasets/{dataset_id}"),
                                   "DeleteDataset": ("delete", "/api/datasets/{dataset_id}")})}},
     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -97,12 +99,12 @@ async def upload_dataset(request: Request) -> JSONResponse:
 
 
 @router.get("/api/datasets/{dataset_id}", responses=errors(400, 404))
-def get_dataset(dataset_id: str, store: DatasetStore = Depends(store_of)) -> dict[str, Any]:
+def get_dataset(dataset_id: DatasetId, store: DatasetStore = Depends(store_of)) -> dict[str, Any]:
     return store.get(dataset_id).to_dict()
 
 
 @router.delete("/api/datasets/{dataset_id}", responses=errors(400, 404, 409))
-def delete_dataset(dataset_id: str, store: DatasetStore = Depends(store_of),
+def delete_dataset(dataset_id: DatasetId, store: DatasetStore = Depends(store_of),
                    jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
     store.get(dataset_id)
     users = jobs.uses_dataset(dataset_id)

@@ -8,6 +8,7 @@ import uuid
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from dataclasses import fields as dataclass_fields
 from typing import Any, get_type_hints
 
 import anyio
@@ -17,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, TypeAd
 from starlette.background import BackgroundTask
 
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
-from deepsynth.web.http import SSE_EVENT, error, errors, import_libraries, links, sse
+from deepsynth.web.http import (
+    COMMON_TARGETS, DATASET_ID_PATTERN, HUB_ID_PATTERN, SSE_EVENT, error, errors, import_libraries, links, sse,
+    whole_numbers_as_ints,
+)
+from deepsynth.web.routes.trainer import CHOICES
 from deepsynth.web.jobs import TERMINAL, JobError, JobManager, trainer_fields
 from deepsynth.web.model_policy import ModelPolicy
 from deepsynth.web.routes.datasets import jobs_of
@@ -30,29 +35,97 @@ class PushRequest(BaseModel):
     """Body of ``POST /api/jobs/{id}/push``. The token is the server's (HF_TOKEN or `hf auth login`)."""
 
     model_config = ConfigDict(extra="forbid")
-    repo_id: StrictStr = Field(..., max_length=200, examples=["my-org/deepsynth-adapter"])
+    # The pattern is the schema's promise (ids it generates are accepted); validate_hub_repo_id, a little
+    # wider (e.g. 'org/my.model'), is what the server enforces.
+    repo_id: StrictStr = Field(..., max_length=200, examples=["my-org/deepsynth-adapter"],
+                               json_schema_extra={"pattern": HUB_ID_PATTERN})
     private: StrictBool = False
+
+
+# What TrainerConfig.validate (and OptimizerConfig's, AdapterSettings') accept, as JSON Schema, so that
+# the schema says what the server accepts (schemathesis' positive_data_acceptance, ST202, checks it;
+# tests/web/test_web_openapi.py checks each bound against TrainerConfig itself).
+_POSITIVE = {"minimum": 1}
+_UNIT = {"minimum": 0, "exclusiveMaximum": 1}
+_NAMES = {"minItems": 1, "items": {"type": "string", "enum": COMMON_TARGETS}}  # the server takes more
+FIELD_RULES: dict[str, dict[str, Any]] = {
+    **dict.fromkeys(("batch_size", "num_epochs", "gradient_accumulation_steps", "save_total_limit", "max_new_tokens",
+                     "expert_dropout_min_keep", "lora_rank", "max_train_samples", "max_eval_samples",
+                     "holdout_samples", "max_length", "checkpoint_every_updates", "eval_every_updates",
+                     "early_stopping_patience"), _POSITIVE),
+    **dict.fromkeys(("gate_dropout_rate", "expert_dropout_rate", "lora_dropout", "warmup_ratio"), _UNIT),
+    **dict.fromkeys(("router_aux_loss_coef", "no_repeat_ngram_size", "weight_decay", "warmup_steps"), {"minimum": 0}),
+    "learning_rate": {"exclusiveMinimum": 0}, "lora_alpha": {"exclusiveMinimum": 0},
+    "lora_target_modules": _NAMES, "lora_modules_to_save": {"items": _NAMES["items"]},
+    # The schema names Hub ids (the embedded deepsynth/tiny-ocr2 is one); the server also takes its --model
+    # names and folders under its state folder.
+    "model_name": {"pattern": HUB_ID_PATTERN},
+    "hub_model_id": {"pattern": HUB_ID_PATTERN},
+}
+
+
+# Nullable by type, refused as null: no LoRA target at all (LoRA on, nothing to save) is an error.
+NOT_NULL = {"lora_target_modules"}
+
+
+def _present(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: schema}}
+
+
+# Rules between fields (TrainerConfig.validate, OptimizerConfig.validate): "if A is set, B must be".
+CROSS_FIELD_RULES = [
+    {"if": _present("early_stopping_patience", {"type": "integer"}),
+     "then": _present("eval_every_updates", {"type": "integer"})},
+    {"if": _present("push_to_hub", {"const": True}), "then": _present("hub_model_id", {"type": "string"})},
+    {"if": _present("lora_quantization", {"type": "string"}), "then": {"properties": {"use_lora": {"const": True}}}},
+    {"if": _present("warmup_steps", {"type": "integer"}), "then": {"properties": {"warmup_ratio": {"type": "null"}}}},
+]
+
+
+def _field_schema(name: str, hint: Any) -> dict[str, Any]:
+    """The JSON type of one field (from its annotation), its choices and its bounds."""
+    kind = TypeAdapter(hint).json_schema()
+    if name in CHOICES:
+        kind = {"enum": list(CHOICES[name])}
+    if name in NOT_NULL and "anyOf" in kind:  # null is its type's, but validation refuses it (see NOT_NULL)
+        kind = next(option for option in kind["anyOf"] if option.get("type") != "null")
+    rules = FIELD_RULES.get(name)
+    if rules is None:
+        return kind
+    if "anyOf" in kind:  # a nullable field: the bounds apply to its non-null kind
+        return {"anyOf": [{**option, **rules} if option.get("type") != "null" else option for option in kind["anyOf"]]}
+    return {**kind, **rules}
+
+
+def _optimizer_schema(hints: dict[str, Any]) -> dict[str, Any]:
+    names = [f.name for f in dataclass_fields(OptimizerConfig)]
+    return {"type": "object", "additionalProperties": False,
+            "properties": {name: _field_schema(name, hints[name]) for name in names},
+            "allOf": [rule for rule in CROSS_FIELD_RULES if "warmup_steps" in rule["if"]["required"]]}
 
 
 def _job_request_model() -> type[BaseModel]:
     """Documents every TrainerConfig field in OpenAPI; validation itself is TrainerConfig.from_dict's.
 
-    Each field's JSON type comes from TrainerConfig's (or OptimizerConfig's) annotation; an unknown
-    field is refused (422, naming it), which the schema says with ``additionalProperties: false``.
+    Each field's JSON type comes from TrainerConfig's (or OptimizerConfig's) annotation, its choices
+    and bounds from CHOICES and FIELD_RULES (what validation accepts); an unknown field is refused
+    (422, naming it), which the schema says with ``additionalProperties: false``.
     """
     defaults = TrainerConfig().to_dict()
     hints = {**get_type_hints(OptimizerConfig), **get_type_hints(TrainerConfig)}
     attrs: dict[str, Any] = {
         "dataset_id": (StrictStr, Field(..., description="id from GET /api/datasets ('sample': the bundled set)",
-                                        examples=["sample"])),
-        "eval_dataset_id": (StrictStr | None, Field(None, description="held-out dataset id (optional)")),
+                                        examples=["sample"], pattern=DATASET_ID_PATTERN)),
+        "eval_dataset_id": (StrictStr | None, Field(None, description="held-out dataset id (optional)",
+                                                    pattern=DATASET_ID_PATTERN)),
     }
     for name in trainer_fields():
         default = defaults.get(name, defaults["optimizer"].get(name) if name != "optimizer" else None)
-        kind = {"type": "object"} if name == "optimizer" else TypeAdapter(hints[name]).json_schema()
+        kind = _optimizer_schema(hints) if name == "optimizer" else _field_schema(name, hints[name])
         attrs[name] = (Any, Field(None, description=f"TrainerConfig.{name} (default {default!r})",
                                   json_schema_extra=kind))
-    config = ConfigDict(extra="allow", protected_namespaces=(), json_schema_extra={"additionalProperties": False})
+    config = ConfigDict(extra="allow", protected_namespaces=(),
+                        json_schema_extra={"additionalProperties": False, "allOf": CROSS_FIELD_RULES})
     return create_model("JobRequest", __config__=config, **attrs)
 
 
@@ -64,16 +137,17 @@ def list_jobs(jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
     return {"jobs": jobs.list()}
 
 
-@router.post("/api/jobs", status_code=201, responses={**errors(400, 422), 201: {
+@router.post("/api/jobs", status_code=201, responses={**errors(400, 404, 422, 507), 201: {
                  "description": "the queued job", "links": links("job", "job_id", {
                      "GetJob": ("get", "/api/jobs/{job_id}"), "CancelJob": ("post", "/api/jobs/{job_id}/cancel"),
+                     "ResumeJob": ("post", "/api/jobs/{job_id}/resume"),
                      "JobEvents": ("get", "/api/jobs/{job_id}/events"),
                      "JobArtifacts": ("get", "/api/jobs/{job_id}/artifacts"),
                      "PushJob": ("post", "/api/jobs/{job_id}/push")})}},
              summary="Queue a training run: any TrainerConfig field plus dataset_id [, eval_dataset_id]")
 def create_job(body: JobRequest, jobs: JobManager = Depends(jobs_of),  # type: ignore[valid-type]
                models: ModelPolicy = Depends(models_of)) -> JSONResponse:
-    request = body.model_dump(exclude_unset=True)
+    request = whole_numbers_as_ints(body.model_dump(exclude_unset=True))
     if "model_name" in request:
         import_libraries()  # the model rule names the embedded model (deepsynth.models.tiny)
         request["model_name"] = models.check(request["model_name"], "model_name")
@@ -88,6 +162,13 @@ def get_job(job_id: str, jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
 @router.post("/api/jobs/{job_id}/cancel", responses=errors(404, 409))
 def cancel_job(job_id: str, jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
     return jobs.cancel(job_id)
+
+
+@router.post("/api/jobs/{job_id}/resume", responses=errors(404, 409, 507),
+             summary="Queue a failed or cancelled job again: it continues from its newest complete checkpoint")
+def resume_job(job_id: str, jobs: JobManager = Depends(jobs_of)) -> dict[str, Any]:
+    import_libraries()  # the checkpoint checks import torch and transformers: once, by one thread
+    return jobs.resume(job_id)
 
 
 async def _new_events(jobs: JobManager, job_id: str, offset: int, count: int, skip: int):
@@ -148,7 +229,7 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
             response_class=FileResponse, responses={
                 200: {"description": "the adapter's publishable files",
                       "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
-                **errors(404, 409)})
+                **errors(404, 409, 507)})
 def job_artifacts(job_id: str, request: Request) -> FileResponse:
     from deepsynth.publishing.hub import list_publishable_files
 

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints, WithJsonSchema
 
-from deepsynth.web.http import errors, import_libraries, model_call
+from deepsynth.training.lora_config import BIAS_CHOICES, LORA_PRESETS, QUANTIZATION_CHOICES
+
+from deepsynth.web.http import COMMON_TARGETS, HUB_ID_PATTERN, errors, import_libraries, model_call, whole_int
 from deepsynth.web.model_policy import ModelPolicy
 
 router = APIRouter(tags=["lora"])
+# The schema promises Hub ids (what every server accepts); the pattern is the schema's only: a server also
+# takes its own --model names and state-folder paths, which ModelPolicy checks (400 when refused).
+MODEL_SCHEMA = {"pattern": HUB_ID_PATTERN}
+MAX_SAMPLES = 10_000_000  # deepsynth.training.recommend.MAX_SAMPLES (that module imports torch; a test compares)
+# The schema's names are those every model has; the server also takes a model's own (its router...).
+TARGET_NAME = WithJsonSchema({"type": "string", "enum": COMMON_TARGETS})
+MODEL_HELP = ("a Hub model id (org/name); the server also accepts its `--model` names and model folders in its "
+              "state folder; null: the embedded model")
 
 
 def models_of(request: Request) -> ModelPolicy:
@@ -21,32 +31,41 @@ class RecommendRequest(BaseModel):
     """Body of ``POST /api/lora/presets/recommended``."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    num_samples: StrictInt = Field(..., description="number of training samples", examples=[12])
-    model: StrictStr | None = Field(None, max_length=500, description="model name or directory; null: the embedded model")
+    num_samples: whole_int(1, MAX_SAMPLES) = Field(..., description="number of training samples",  # type: ignore[valid-type]
+                                      examples=[12])
+    model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
     has_eval_data: StrictBool = Field(True, description="false: the samples are all the data (no eval dataset or "
                                       "'eval' split); some are held out for evaluation (see `evaluation`)")
-    num_train_tokens: StrictInt | None = Field(None, description="supervised target tokens of the samples; "
+    num_train_tokens: whole_int(1) | None = Field(  # type: ignore[valid-type]
+        None, description="supervised target tokens of the samples; "
                                                "null: assume 90 per sample (said in the warnings)")
     learning_rates: Literal["evidence", "guide"] = Field(
         "evidence", description="'evidence': the learning rates our full-length runs support; 'guide': the design "
         "guide's (the recommendation's notes say which and why)")
 
 
+def _nullable_number(**bounds: float) -> dict[str, Any]:
+    return {"anyOf": [{"type": "number", **bounds}, {"type": "null"}], "default": None}
+
+
 class EstimateRequest(BaseModel):
     """Body of ``POST /api/lora/estimate``: LoRA settings (unset ones come from ``preset`` or AdapterSettings)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: StrictStr | None = Field(None, max_length=500, description="model name or directory; null: the embedded model")
-    preset: StrictStr | None = Field(None, description="start from this preset's settings")
-    rank: StrictInt | None = None
-    alpha: StrictInt | StrictFloat | None = None
-    dropout: StrictInt | StrictFloat | None = None
-    target_modules: list[StrictStr] | None = None
-    modules_to_save: list[StrictStr] | None = None
+    model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
+    preset: Literal[tuple(LORA_PRESETS)] | None = Field(None, description="start from this preset's settings")  # type: ignore[valid-type]
+    rank: whole_int(1) | None = None  # type: ignore[valid-type]
+    alpha: Annotated[StrictInt | StrictFloat | None, WithJsonSchema(_nullable_number(exclusiveMinimum=0))] = Field(
+        None, gt=0)
+    dropout: Annotated[StrictInt | StrictFloat | None, WithJsonSchema(_nullable_number(minimum=0, exclusiveMaximum=1))] = (
+        Field(None, ge=0, lt=1))
+    target_modules: list[Annotated[StrictStr, StringConstraints(pattern=r"\S"), TARGET_NAME]] | None = Field(
+        None, min_length=1)
+    modules_to_save: list[Annotated[StrictStr, StringConstraints(pattern=r"\S"), TARGET_NAME]] | None = None
     include_routed_experts: StrictBool | None = None
-    bias: StrictStr | None = None
+    bias: Literal[BIAS_CHOICES] | None = None  # type: ignore[valid-type]
     enabled: StrictBool | None = None
-    quantization: StrictStr | None = None
+    quantization: Literal[tuple(q for q in QUANTIZATION_CHOICES if q)] | None = None  # type: ignore[valid-type]
 
 
 @router.get("/api/lora/presets", responses=errors())
@@ -59,7 +78,7 @@ def presets() -> dict[str, Any]:
     ]}
 
 
-@router.post("/api/lora/presets/recommended", responses=errors(400, 422),
+@router.post("/api/lora/presets/recommended", responses=errors(400, 404, 422),
              summary="recommend(num_samples, model, ...).to_dict(), as `deepsynth recommend --json`")
 def recommended(body: RecommendRequest, models: ModelPolicy = Depends(models_of)) -> dict[str, Any]:
     import_libraries()
@@ -72,7 +91,7 @@ def recommended(body: RecommendRequest, models: ModelPolicy = Depends(models_of)
 
 
 @router.post("/api/lora/estimate", summary="Exact trainable parameters of LoRA settings",
-             responses=errors(400, 422))
+             responses=errors(400, 404, 422))
 def estimate(body: EstimateRequest, models: ModelPolicy = Depends(models_of)) -> dict[str, Any]:
     import_libraries()
     from deepsynth.training.lora_config import adapter_settings

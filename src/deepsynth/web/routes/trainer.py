@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
@@ -13,7 +13,8 @@ from deepsynth.training.config import (
 )
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import BIAS_CHOICES, LORA_PRESETS, QUANTIZATION_CHOICES
-from deepsynth.web.http import errors, import_libraries, model_call
+from deepsynth.web.http import DATASET_ID_PATTERN, whole_numbers_as_ints, errors, import_libraries, model_call
+from deepsynth.web.routes.lora import MODEL_HELP, MODEL_SCHEMA
 from deepsynth.web.jobs import RESUME_CHOICES, SERVER_FIELDS
 
 router = APIRouter(tags=["jobs"])
@@ -68,10 +69,12 @@ class PlanRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     dataset_id: StrictStr = Field(..., description="id from GET /api/datasets ('sample': the bundled set)",
-                                  examples=["sample"])
-    eval_dataset_id: StrictStr | None = Field(None, description="held-out dataset id (optional)")
-    model: StrictStr | None = Field(None, max_length=500, description="model name or directory; null: the embedded model")
-    preset: StrictStr | None = Field(None, description="start from this preset's LoRA settings")
+                                  examples=["sample"], pattern=DATASET_ID_PATTERN)
+    eval_dataset_id: StrictStr | None = Field(None, description="held-out dataset id (optional)",
+                                              pattern=DATASET_ID_PATTERN)
+    model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
+    preset: Literal[tuple(LORA_PRESETS)] | None = Field(  # type: ignore[valid-type]
+        None, description="start from this preset's LoRA settings")
     overrides: dict[str, Any] = Field(default_factory=dict, description="TrainerConfig fields the user set "
                                       "(kept over the recommendation; optimizer fields flat)")
     recommend: StrictBool = Field(True, description="apply the recommendation for the data's size (`train --auto`)")
@@ -87,12 +90,13 @@ def plan(body: PlanRequest, request: Request) -> dict[str, Any]:
     for name in sorted(set(body.overrides) & set(SERVER_FIELDS)):
         raise ConfigError(f"overrides.{name}", "<set>", SERVER_FIELDS[name])
     model = models.check(body.model, "model")
-    check_value_kinds(dict(body.overrides))
+    overrides = whole_numbers_as_ints(body.overrides)
+    check_value_kinds(dict(overrides))
     paths = {"data_path": str(store.data_path(body.dataset_id)),
              "eval_data_path": str(store.data_path(body.eval_dataset_id)) if body.eval_dataset_id else None}
-    config = build_config(None, body.preset, {**body.overrides, "model_name": model, **paths})
+    config = build_config(None, body.preset, {**overrides, "model_name": model, **paths})
     label = store.name_of(body.dataset_id) or body.dataset_id
-    result = model_call(model, plan_run, config, recommend_settings=body.recommend, keep=tuple(body.overrides),
+    result = model_call(model, plan_run, config, recommend_settings=body.recommend, keep=tuple(overrides),
                         origin="the web form", data_label=label).to_dict()
     for name in SERVER_FIELDS:  # the server's own paths are no business of the page
         result["config"].pop(name, None)

@@ -402,6 +402,11 @@ async function refreshJobs() {
       actions.append(el("button", { class: "small cancel-job", type: "button", dataset: { jobId: job.id },
         onclick: (e) => { e.stopPropagation(); cancelJob(job.id); } }, job.cancel_requested ? "Stopping…" : "Cancel"));
     }
+    if (job.has_checkpoint) {  // failed or cancelled, with a complete checkpoint: continue from it
+      actions.append(el("button", { class: "small resume-job", type: "button", dataset: { jobId: job.id },
+        title: "continue this job from its newest complete checkpoint",
+        onclick: (e) => { e.stopPropagation(); resumeJob(job.id); } }, "Resume"));
+    }
     if (job.has_adapter) {
       actions.append(" ", el("a", { class: "download-job", href: `/api/jobs/${job.id}/artifacts`, dataset: { jobId: job.id },
         onclick: (e) => e.stopPropagation() }, "Download"));
@@ -425,6 +430,18 @@ async function cancelJob(id) {
     $("job-error").textContent = error.message;
   }
   await refreshJobs();
+}
+
+async function resumeJob(id) {
+  $("job-error").textContent = "";
+  try {
+    await api(`/api/jobs/${id}/resume`, { method: "POST" });
+    await refreshJobs();
+    await selectJob(id);
+  } catch (error) {
+    $("job-error").textContent = error.message;
+    await refreshJobs();
+  }
 }
 
 function showJobStatus(job) {
