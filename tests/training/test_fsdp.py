@@ -1,0 +1,205 @@
+"""`deepsynth train` under `accelerate launch --config_file examples/accelerate/fsdp.yaml`: FSDP2 on 2 CPU
+processes (gloo), the embedded model, against the single-process run with the same global batch.
+
+The shipped fsdp.yaml runs unchanged (only ``--main_process_port`` is added). What is checked:
+
+* it is really sharded: each rank logs that it holds about half of the weight elements, and the
+  checkpoints are accelerate's FSDP ones (``pytorch_model_fsdp.bin``, ``optimizer.bin``);
+* the loss history equals the single-process run's within 1e-4 and the adapter within 1e-5
+  (2 distinct samples, global batch 2: 2 processes x batch 1 vs 1 process x batch 2, so every update
+  sees the same samples whatever the order; LoRA dropout 0, since dropout masks are per process);
+* updates == ``estimate_updates(..., world_size=2)``; before/after metrics computed on every rank
+  (the log shows both ranks' identical trained-weights digests; metrics.json has before and after);
+* the adapter is written once, by rank 0 (the audit hook of test_distributed), and `deepsynth
+  generate` loads it;
+* kill -9 of rank 1 once a checkpoint is complete: the launcher stops; the same command again
+  resumes from the newest complete checkpoint and ends with the uninterrupted run's adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_distributed import AUDIT_HOOK, _free_port
+
+from deepsynth.training.checkpoints import MARKER
+from deepsynth.training.recommend import estimate_updates
+
+REPO = Path(__file__).resolve().parents[2]
+FSDP_CONFIG = REPO / "examples" / "accelerate" / "fsdp.yaml"
+SAMPLES, EPOCHS, WORLD = 2, 4, 2
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+
+def _config(path: Path, out: Path, batch_size: int) -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        preset: tiny_data
+        output_dir: {out}
+        max_train_samples: {SAMPLES}
+        max_eval_samples: 1
+        batch_size: {batch_size}
+        gradient_accumulation_steps: 1
+        num_epochs: {EPOCHS}
+        lora_dropout: 0.0
+        max_new_tokens: 4
+        checkpoint_every_updates: 1
+        save_total_limit: 2
+        resume_from_checkpoint: auto
+        """), encoding="utf-8")
+    return path
+
+
+def _env(tmp_path: Path, watch: Path) -> dict[str, str]:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(AUDIT_HOOK, encoding="utf-8")
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "DEEPSYNTH_TEST_WATCH": str(watch),
+        "DEEPSYNTH_TEST_WRITES": str(tmp_path / "writes"),
+        "CUDA_VISIBLE_DEVICES": "",  # CPU processes, gloo, even on a GPU machine
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _launch(config: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+               "--main_process_port", str(_free_port()), "-m", "deepsynth.cli", "train", "--config", str(config)]
+    return subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError(f"timed out:\n{output[-6000:]}") from None
+    return process.returncode, output
+
+
+def _losses(out: Path) -> list[float]:
+    history = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def _max_adapter_difference(a: Path, b: Path) -> float:
+    left, right = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    assert left.keys() == right.keys() and left
+    return max(float((left[k] - right[k]).abs().max()) for k in left)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The single-process run (batch 2) and the FSDP2 run (2 processes x batch 1), same global batch."""
+    tmp_path = tmp_path_factory.mktemp("fsdp")
+    single_out, fsdp_out = tmp_path / "single", tmp_path / "fsdp"
+    env = _env(tmp_path, fsdp_out)
+    fsdp = _launch(_config(tmp_path / "fsdp.yaml", fsdp_out, batch_size=1), env, tmp_path)
+    single = subprocess.run([sys.executable, "-m", "deepsynth.cli", "train", "--config",
+                             str(_config(tmp_path / "single.yaml", single_out, batch_size=2))],
+                            env={**env, "DEEPSYNTH_TEST_WATCH": str(tmp_path / "unwatched")}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0, (single.stdout + single.stderr)[-6000:]
+    code, log = _finish(fsdp)
+    assert code == 0, log[-6000:]
+    return {"tmp": tmp_path, "single": single_out, "fsdp": fsdp_out, "log": log}
+
+
+def test_fsdp2_on_two_cpu_processes_equals_the_single_process_run(runs):
+    single, fsdp, log = runs["single"], runs["fsdp"], runs["log"]
+    expected = estimate_updates(SAMPLES, 1, 1, EPOCHS, world_size=WORLD).effective_updates
+    assert expected == estimate_updates(SAMPLES, 2, 1, EPOCHS).effective_updates == EPOCHS
+
+    # Really sharded: each rank holds about half of the weights; accelerate's FSDP checkpoints.
+    shares = re.findall(r"rank (\d)/2 holds (\d+) of (\d+) weight elements", log)
+    assert {rank for rank, _, _ in shares} == {"0", "1"}, log[-6000:]
+    for _, local, total in shares:
+        assert 0.45 < int(local) / int(total) < 0.55
+    checkpoint = max(fsdp.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert (checkpoint / "pytorch_model_fsdp.bin").is_file() and (checkpoint / "optimizer.bin").is_file()
+
+    # Same training as one process with the same global batch.
+    digests = dict(re.findall(r"rank (\d+)/2: \d+ optimizer updates, trained-weights sha256 ([0-9a-f]{64})", log))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    single_losses, fsdp_losses = _losses(single), _losses(fsdp)
+    assert len(fsdp_losses) == len(single_losses) == expected
+    assert max(abs(a - b) for a, b in zip(fsdp_losses, single_losses)) < 1e-4, (fsdp_losses, single_losses)
+    assert _max_adapter_difference(fsdp, single) < 1e-5
+
+    metrics = json.loads((fsdp / "metrics.json").read_text(encoding="utf-8"))
+    reference = json.loads((single / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["optimizer_updates"] == metrics["estimated_updates"] == expected
+    assert metrics["feature_cache"]["enabled"] is False  # sharded: the vision encoder runs in the sharded forward
+    for phase in ("before", "after"):  # the evaluations ran on the sharded model, every rank in step
+        assert abs(metrics["eval"][phase]["loss"] - reference["eval"][phase]["loss"]) < 1e-4
+    events = [json.loads(line) for line in (fsdp / "progress.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e["event"] for e in events].count("start") == 1 and events[-1]["event"] == "done"
+
+    # Written once, by rank 0: rank 1 only creates the checkpoint folders (for its rng_state_1.pth).
+    writes = runs["tmp"] / "writes"
+    assert "adapter_model.safetensors" in writes.with_name("writes.0").read_text()
+    rank1 = writes.with_name("writes.1")
+    rank1_writes = rank1.read_text().splitlines() if rank1.exists() else []
+    unexpected = [w for w in rank1_writes if not re.fullmatch(rf"os\.mkdir {re.escape(str(fsdp))}/checkpoint-\d+", w)]
+    assert not unexpected, "\n".join(unexpected)
+
+    generated = subprocess.run([sys.executable, "-m", "deepsynth.cli", "generate", "--adapter", str(fsdp),
+                                "--text", "Bonjour.", "--max-new-tokens", "3", "--json"],
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    assert "text" in json.loads(generated.stdout)
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
+    import psutil
+
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "deepsynth.cli" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_fsdp2_kill_9_of_one_rank_then_the_same_command_resumes(runs, tmp_path):
+    out = tmp_path / "out"
+    config = _config(tmp_path / "run.yaml", out, batch_size=1)
+    env = _env(tmp_path, out)
+    launcher = _launch(config, env, tmp_path)
+    deadline = time.monotonic() + 180
+    while not list(out.glob(f"checkpoint-*/{MARKER}")):
+        assert launcher.poll() is None, launcher.communicate()[0][-6000:]
+        assert time.monotonic() < deadline, "no complete checkpoint in time"
+        time.sleep(0.05)
+    victim = _rank_pid(launcher, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    code, log = _finish(launcher)
+    assert code != 0  # torchrun's agent stops the other rank: nothing hangs
+    assert not (out / "metrics.json").exists(), "the run finished before the kill: nothing to resume"
+
+    code, log = _finish(_launch(config, env, tmp_path))
+    assert code == 0, log[-6000:]
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["train"]["resumed_from"] is not None
+    assert metrics["optimizer_updates"] == EPOCHS
+    assert _max_adapter_difference(out, runs["fsdp"]) < 1e-5
