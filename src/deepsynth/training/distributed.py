@@ -54,8 +54,11 @@ def deepspeed_stage() -> int | None:
         import json
         from pathlib import Path
 
-        stage = json.loads(Path(os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"]).read_text()).get(
-            "zero_optimization", {}).get("stage")
+        try:
+            stage = json.loads(Path(os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"]).read_text()).get(
+                "zero_optimization", {}).get("stage")
+        except (OSError, ValueError, AttributeError):
+            stage = None  # accelerate reports the unreadable file itself
     return int(stage) if stage not in (None, "") else None
 
 
