@@ -35,6 +35,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULT_PREFIX = "FSDP_REAL_DIMS_RESULT "
+PHASE_PREFIX = "FSDP_REAL_DIMS_PHASE "  # peak RSS after each phase, printed as it goes (kept if a rank is killed)
 
 
 def _model_class(family: str):
@@ -125,6 +126,7 @@ def worker(args) -> dict[str, Any]:
     result: dict[str, Any] = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
                               "build_seconds": round(time.perf_counter() - started, 1),
                               "rss_after_build_gb": round(peak_rss_mib() / 1024, 2)}
+    _phase(accelerator.process_index, "built", peak_rss_mib())
     local, total = local_weight_share(model)
     result.update(weight_elements=total, weight_elements_held=local)
     processor = build_processor(family, tokenizer, args.tiny)
@@ -141,9 +143,15 @@ def worker(args) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         seconds.append(round(time.perf_counter() - began, 2))
         losses.append(round(float(loss), 4))
+        _phase(accelerator.process_index, f"update {len(seconds)}", peak_rss_mib(), seconds[-1])
     result.update(vision_tokens=vision, text_tokens=text, seconds_per_update=seconds, losses=losses,
                   peak_rss_gb=round(peak_rss_mib() / 1024, 2), threads=torch.get_num_threads())
     return result
+
+
+def _phase(rank: int, phase: str, peak_mib: float, seconds: float | None = None) -> None:
+    record = {"rank": rank, "phase": phase, "peak_rss_gb": round(peak_mib / 1024, 2), "seconds": seconds}
+    print("\n" + PHASE_PREFIX + json.dumps(record), flush=True)
 
 
 def _free_port() -> int:
@@ -160,7 +168,9 @@ def run(label: str, command: list[str], env: dict[str, str]) -> dict[str, Any]:
     started = time.perf_counter()
     process = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
     ranks = sorted(_results(process.stdout), key=lambda r: r["rank"])
-    entry: dict[str, Any] = {"run": label, "returncode": process.returncode, "ranks": ranks,
+    phases = [json.loads(line[len(PHASE_PREFIX):]) for line in process.stdout.splitlines()
+              if line.startswith(PHASE_PREFIX)]
+    entry: dict[str, Any] = {"run": label, "returncode": process.returncode, "ranks": ranks, "phases": phases,
                              "seconds": round(time.perf_counter() - started, 1)}
     if process.returncode != 0 or not ranks:
         entry["error"] = (process.stdout + process.stderr)[-3000:]
