@@ -149,8 +149,14 @@ def gathered_trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
+        if hasattr(parameter, "ds_id"):  # ZeRO-3 partition (not run here: see docs/performance.md)
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([parameter]):
+                state[name] = parameter.detach().cpu().clone()
+            continue
         tensor = parameter.detach()
-        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # FSDP2: a DTensor shard
         state[name] = full.cpu().contiguous()
     return state
 
