@@ -3,8 +3,10 @@ processes (gloo), the embedded model, against the single-process run with the sa
 
 The shipped fsdp.yaml runs unchanged (only ``--main_process_port`` is added). What is checked:
 
+* rank 0 alone reads the weights (``fsdp_cpu_ram_efficient_loading``), rank 1 starts on meta;
 * it is really sharded: each rank logs that it holds about half of the weight elements, and the
   checkpoints are accelerate's FSDP ones (``pytorch_model_fsdp.bin``, ``optimizer.bin``);
+* LoRA plus full router training (``lora_modules_to_save: [gate]``, PEFT copies of the routers);
 * the loss history equals the single-process run's within 1e-4 and the adapter within 1e-5
   (2 distinct samples, global batch 2: 2 processes x batch 1 vs 1 process x batch 2, so every update
   sees the same samples whatever the order; LoRA dropout 0, since dropout masks are per process);
@@ -54,6 +56,7 @@ def _config(path: Path, out: Path, batch_size: int) -> Path:
         gradient_accumulation_steps: 1
         num_epochs: {EPOCHS}
         lora_dropout: 0.0
+        lora_modules_to_save: [gate]
         max_new_tokens: 4
         checkpoint_every_updates: 1
         save_total_limit: 2
@@ -128,6 +131,8 @@ def test_fsdp2_on_two_cpu_processes_equals_the_single_process_run(runs):
     expected = estimate_updates(SAMPLES, 1, 1, EPOCHS, world_size=WORLD).effective_updates
     assert expected == estimate_updates(SAMPLES, 2, 1, EPOCHS).effective_updates == EPOCHS
 
+    # Rank 0 alone read the weights (rank 1 built the model on the meta device and received them).
+    assert "rank 1: weights not read" in log and "rank 0: weights not read" not in log
     # Really sharded: each rank holds about half of the weights; accelerate's FSDP checkpoints.
     shares = re.findall(r"rank (\d)/2 holds (\d+) of (\d+) weight elements", log)
     assert {rank for rank, _, _ in shares} == {"0", "1"}, log[-6000:]
@@ -143,6 +148,8 @@ def test_fsdp2_on_two_cpu_processes_equals_the_single_process_run(runs):
     assert len(fsdp_losses) == len(single_losses) == expected
     assert max(abs(a - b) for a, b in zip(fsdp_losses, single_losses)) < 1e-4, (fsdp_losses, single_losses)
     assert _max_adapter_difference(fsdp, single) < 1e-5
+    routers = [k for k in load_file(str(fsdp / "adapter_model.safetensors")) if k.endswith("mlp.gate.weight")]
+    assert routers  # the fully trained router copies, gathered whole
 
     metrics = json.loads((fsdp / "metrics.json").read_text(encoding="utf-8"))
     reference = json.loads((single / "metrics.json").read_text(encoding="utf-8"))
