@@ -90,15 +90,16 @@ def check_sharding_supported(config: Any) -> None:
 def enable_fsdp_on_cpu() -> None:
     """Start accelerate's state, with FSDP2 on CPU processes when the launcher asked for FSDP.
 
-    Called before the model is loaded: with ``fsdp_cpu_ram_efficient_loading`` transformers loads
-    the weights on rank 0 only (the others on the meta device), which needs the process group.
+    Called before the model is loaded: with ``fsdp_cpu_ram_efficient_loading`` the ranks other
+    than 0 skip reading the weights (``deepsynth.models.loading.weights_broadcast_from_rank0``), which
+    needs the process group. On GPUs accelerate sets FSDP itself; the state is the same.
     """
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 
-    cpu = not torch.cuda.is_available()
     if not fsdp_requested():
         return
+    cpu = not torch.cuda.is_available()
     plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* settings
     state = AcceleratorState(cpu=cpu, fsdp_plugin=plugin, dynamo_plugin=TorchDynamoPlugin(), _from_accelerator=True)
     if state.distributed_type == DistributedType.MULTI_CPU:
