@@ -79,7 +79,7 @@ def build_model(dry_run: bool, device: torch.device, dtype: torch.dtype):
 
 def make_batch(model, batch_size: int, text_tokens: int, device: torch.device, dtype: torch.dtype):
     """Cached vision features + input ids with the matching number of image tokens."""
-    from deepsynth.training.feature_cache import CachedImageFeatures
+    from deepsynth.models.feature_cache import CachedImageFeatures
 
     config = model.config
     size = config.vision_config.sam_config.image_size

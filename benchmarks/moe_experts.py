@@ -12,7 +12,7 @@ output. Then, for each implementation (``model.set_experts_implementation``):
   (evaluation), and of a one-token forward (the shape of a decoding step), alternating the
   implementations round by round, reported as min / median / max.
 
-Vision features are computed once (deepsynth.training.feature_cache) so the timings are the
+Vision features are computed once (deepsynth.models.feature_cache) so the timings are the
 language model's.
 
     python benchmarks/moe_experts.py --model embedded --rounds 15 --json benchmarks/results/moe_embedded.json
@@ -38,7 +38,7 @@ def build(model_name: str | None, batch_size: int):
     from deepsynth.data import load_sample_dataset
     from deepsynth.data.collate import DataCollator, build_example
     from deepsynth.models.loading import load_model_and_processor
-    from deepsynth.training.feature_cache import CachedFeatureCollator, precompute_image_features
+    from deepsynth.models.feature_cache import CachedFeatureCollator, precompute_image_features
     from deepsynth.training.lora_config import AdapterSettings
     from deepsynth.training.targets import apply_lora, resolve_targets
 

@@ -283,7 +283,7 @@ def run_case(case: str, args) -> dict[str, Any]:
     from deepsynth.models import tiny
     from deepsynth.models.quantization import quantization_report
     from deepsynth.models.resolver import resolve_config
-    from deepsynth.training.feature_cache import CachedFeatureCollator, precompute_image_features
+    from deepsynth.models.feature_cache import CachedFeatureCollator, precompute_image_features
     from deepsynth.training.lora_config import get_lora_preset
     from deepsynth.training.targets import apply_lora, resolve_targets
 

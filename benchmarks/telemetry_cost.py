@@ -21,7 +21,7 @@ def build():
     from deepsynth.data import load_sample_dataset
     from deepsynth.data.collate import DataCollator, build_example
     from deepsynth.models.loading import load_model_and_processor
-    from deepsynth.training.feature_cache import CachedFeatureCollator, precompute_image_features
+    from deepsynth.models.feature_cache import CachedFeatureCollator, precompute_image_features
     from deepsynth.training.lora_config import get_lora_preset
     from deepsynth.training.targets import apply_lora, resolve_targets
 

@@ -57,7 +57,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     rec = recommend(args.num_samples, model=args.model, calibrate=args.calibrate, num_train_tokens=args.train_tokens,
                     has_eval_data=not args.no_eval_data, world_size=args.world_size, image_mode=args.image_mode,
-                    learning_rates="guide" if args.guide_learning_rates else "evidence")
+                    learning_rates=_learning_rates(args))
     if args.json:
         _print_json(rec.to_dict())
         return 0
@@ -231,15 +231,18 @@ def plan_train(args: argparse.Namespace):
                           "--data FILE (or data_path in --config) with it: a column mapping applies to your own data")
     world_size, _ = _processes()
     names = {info.name: flag for flag, info in train_flags().items()}
+    names.update(learning_rates="--guide-learning-rates",
+                 recommend_settings="--auto (or --data without --config or --preset)")
     return plan_run(config, recommend_settings=recommended, keep=overrides, world_size=world_size, names=names,
-                    origin=origin)
+                    origin=origin, learning_rates=_learning_rates(args))
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
     before, after = metrics["eval"]["before"], metrics["eval"]["after"]
     rows = [(name, f"{before[name]:.4f}", f"{after[name]:.4f}", f"{after[name] - before[name]:+.4f}") for name in before]
     where = "training samples (no held-out data)" if metrics["eval_on_training_data"] else "held-out samples"
-    table = f"Before/after on {metrics['num_eval_samples']} {where}:\n" + _table(
+    scored = f"Scored: {metrics['scored_rows']}\n" if metrics.get("scored_rows") else ""
+    table = f"{scored}Before/after on {metrics['num_eval_samples']} {where}:\n" + _table(
         rows, ("metric", "base", "adapted", "change"))
     if metrics.get("text_normalisation"):  # transcription: say how CER and WER compared the texts
         table += f"\nCER and WER on normalised text: {metrics['text_normalisation']}"
@@ -308,6 +311,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(metrics)
     else:
+        if metrics.get("image_mode_read"):
+            print(f"Pages read in image mode {metrics['image_mode_read']}")
         print(_metrics_table(metrics))
         if metrics["samples"]:
             print("\n" + _samples_text(metrics["samples"]))
@@ -315,16 +320,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from deepsynth.evaluation.adapter_folder import generate_from_adapter
+    from deepsynth.evaluation.adapter_folder import generate_from_adapter, generate_from_model
 
-    generation = generate_from_adapter(args.adapter, image=args.image, text=args.text,
-                                       max_new_tokens=args.max_new_tokens, image_mode=args.image_mode)
+    generate = generate_from_adapter if args.adapter else generate_from_model
+    generation = generate(args.adapter or args.model, image=args.image, text=args.text,
+                          max_new_tokens=args.max_new_tokens, image_mode=args.image_mode)
     if args.json:
         _print_json(generation.to_dict())
         return 0
     if not generation.empty:
         print(generation)
     # On stderr, so stdout stays the text alone; an empty generation is never just a blank line.
+    if generation.image_mode:
+        print(f"[image mode {generation.image_mode}]", file=sys.stderr)
     print(f"[{generation.report()}]", file=sys.stderr)
     return 0
 
@@ -417,11 +425,22 @@ def _add_recommend(sub: Any) -> None:
                    help="supervised target tokens of the samples (default: assume 90 per sample)")
     p.add_argument("--world-size", type=int, default=1, metavar="N",
                    help="training processes (data-parallel): each sees 1/N of the samples per epoch")
-    p.add_argument("--guide-learning-rates", action="store_true",
-                   help="the design guide's learning rates instead of the ones our full-length runs support")
+    _add_learning_rates_flag(p)
     _add_image_mode(p, "show vision tokens per page for this resolution mode (default: the model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_recommend)
+
+
+def _add_learning_rates_flag(p: argparse.ArgumentParser) -> None:
+    """``--guide-learning-rates``, for recommend and train alike (read back by :func:`_learning_rates`)."""
+    p.add_argument("--guide-learning-rates", action="store_true",
+                   help="recommended settings with the design guide's learning rates instead of the ones our "
+                        "full-length runs support (docs/quality.md)")
+
+
+def _learning_rates(args: argparse.Namespace) -> str:
+    """The ``learning_rates`` choice of recommend() and plan_run() the flags make."""
+    return "guide" if args.guide_learning_rates else "evidence"
 
 
 def _add_inspect(sub: Any) -> None:
@@ -444,6 +463,7 @@ def _add_train(sub: Any) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--auto", action="store_true", help="apply `recommend` for the dataset's size")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop: nothing is trained or written")
+    _add_learning_rates_flag(p)
     _add_train_flags(p, group)
     p.set_defaults(func=cmd_train)
 
@@ -451,7 +471,9 @@ def _add_train(sub: Any) -> None:
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="before/after metrics of an adapter on a dataset")
     p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
-    p.add_argument("--data", default=None, help="data file or folder (default: bundled eval samples)")
+    p.add_argument("--data", default=None,
+                   help="data file or folder: its rows marked split 'eval', or all its rows without a 'split' column "
+                        "(default: the rows the adapter's run held out from training)")
     p.add_argument("--max-eval-samples", type=int, default=None)
     _add_image_mode(p, "read the pages in this resolution mode (default: the adapter's training mode)")
     p.add_argument("--ignore-case", action=argparse.BooleanOptionalAction, default=None,
@@ -469,8 +491,10 @@ def _add_image_mode(p: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def _add_generate(sub: Any) -> None:
-    p = sub.add_parser("generate", help="generate with an adapter")
-    p.add_argument("--adapter", required=True, help="adapter folder written by `deepsynth train`")
+    p = sub.add_parser("generate", help="generate with an adapter, or with a model (a merged export)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--adapter", help="adapter folder written by `deepsynth train`")
+    which.add_argument("--model", help="model folder or name, e.g. a merged export (`deepsynth export --merge`)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="page image file, or a PDF page: report.pdf#page=2")
     source.add_argument("--text", help="document text (rendered to a page for OCR models)")
@@ -493,7 +517,8 @@ def _add_label(sub: Any) -> None:
     model.add_argument("--adapter", default=None, help="adapter folder: its base, instruction and limits")
     model.add_argument("--model", default=None, help="base model name or folder (default: the embedded model)")
     p.add_argument("--instruction", default=None,
-                   help="prompt (default: the adapter's, else the summary instruction; 'Free OCR.' drafts "
+                   help="prompt (default: the adapter's, i.e. its instruction or its task's, 'Free OCR.' for "
+                        "--task transcribe; without an adapter the summary instruction; 'Free OCR.' drafts "
                         "transcriptions)")
     p.add_argument("--batch-size", type=int, default=4, metavar="N", help="pages generated at once (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",

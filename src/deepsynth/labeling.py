@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from deepsynth.data.collate import DEFAULT_SUMMARY_INSTRUCTION, build_generation_inputs, is_multimodal_processor
+from deepsynth.data.collate import build_generation_inputs, is_multimodal_processor
 from deepsynth.data.folders import FILE_COLUMN, PAGE_COLUMN, Page, list_pages, read_page
-from deepsynth.data.images import ImageProblem
+from deepsynth.data.images import TIFF_SUFFIXES, ImageProblem
 from deepsynth.data.loading import MAX_ROWS, DataError
 from deepsynth.data.pdf import page_size_for
 from deepsynth.evaluation.compare import MAX_NEW_TOKENS, REPETITION_GUARD, Generation, generations_of
@@ -157,6 +157,8 @@ def _read(page: Page, page_size: Any) -> Any:
 def _key(folder: Path, path_text: str | Path, page: int | None) -> tuple[str, int | None]:
     """One page however a line names it: its absolute path, and its page (1 for a PDF named without one)."""
     path = os.path.normpath(os.path.join(folder.absolute(), os.fspath(path_text)))
+    if path.lower().endswith(TIFF_SUFFIXES):
+        return path, page  # a multi-page TIFF's pages are named; a one-page TIFF's is not
     if not path.lower().endswith(".pdf"):
         return path, None  # an image is one page
     return path, page if page is not None else 1
@@ -229,7 +231,10 @@ def _load_drafter(adapter: Any, model: str | None, instruction: str | None, max_
         raise DataError(f"model {loaded.name!r} is a text model; label reads page images, so it needs an OCR-family "
                         "model (the default base, or an adapter trained on one)")
     network.eval()
-    return _Drafter(network, loaded.processor, instruction or settings.instruction or DEFAULT_SUMMARY_INSTRUCTION,
+    # An adapter's own prompt (its instruction, else its task's: a transcription adapter reads "Free OCR.").
+    from deepsynth.evaluation.adapter_folder import adapter_instruction
+
+    return _Drafter(network, loaded.processor, adapter_instruction(settings, instruction),
                     max_new_tokens or settings.max_new_tokens, settings.no_repeat_ngram_size)
 
 

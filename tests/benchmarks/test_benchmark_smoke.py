@@ -36,6 +36,7 @@ COVERED = {
     "quality/save_smollm2.py": "test_quality_save_smollm2_check",
     "labelled_loss.py": "test_labelled_loss_smoke.py", "padding_free.py": "test_padding_free_smoke.py",
     "fault_injection.py": "tests/training/test_fault_injection.py (12 kills)",
+    "user_path.py": "tests/benchmarks/test_user_path.py",
     "fsdp_real_dims.py": "test_gpu_check_sh_fsdp_tiny",
 }
 

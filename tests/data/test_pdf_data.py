@@ -193,7 +193,7 @@ def test_a_run_renders_pdf_pages_at_the_size_its_resolution_mode_reads():
 
 @pytest.mark.parametrize(("mode", "side"), [(None, 384), ("base", 512), ("dynamic", 3 * 384)])
 def test_training_planning_and_eval_read_pdf_pages_in_the_runs_mode(tmp_path, mode, side):
-    from deepsynth.evaluation.adapter_folder import _eval_rows
+    from deepsynth.evaluation.adapter_folder import adapter_eval_rows
     from deepsynth.training.config import TrainerConfig
     from deepsynth.training.plan import plan_run
     from deepsynth.training.production_trainer import UnifiedProductionTrainer
@@ -206,6 +206,7 @@ def test_training_planning_and_eval_read_pdf_pages_in_the_runs_mode(tmp_path, mo
     assert max(slide.size) == (side if mode != "dynamic" else 2 * 384)  # 16:9: a 2×1 grid of tiles
     assert plan_run(config).data["train_samples"] == 4
     # eval reads the pages in the training mode, or in the mode it is told to use instead.
-    assert max(_eval_rows(config, folder, None, None)["image"][0].size) == side
+    settings = TrainerConfig(image_mode=mode)  # an adapter trained in this mode, scored on the folder
+    assert max(adapter_eval_rows(tmp_path, settings, folder, None, None).rows["image"][0].size) == side
     other, other_side = ("base", 512) if mode is None else ("small", 384)
-    assert max(_eval_rows(config, folder, None, other)["image"][0].size) == other_side
+    assert max(adapter_eval_rows(tmp_path, settings, folder, None, other).rows["image"][0].size) == other_side

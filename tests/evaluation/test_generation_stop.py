@@ -123,4 +123,4 @@ def test_generate_says_why_it_printed_nothing(silent_adapter, capsys):
     assert main(["generate", "--adapter", str(silent_adapter), "--text", DOCUMENT, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report | {"report": None} == {"text": "", "stop_reason": "eos", "new_tokens": 1, "blocked_repeats": 0,
-                                         "empty": True, "report": None}
+                                         "empty": True, "report": None, "image_mode": None}  # a text model

@@ -103,4 +103,4 @@ def test_generate_reads_a_pdf_page_and_names_a_missing_one(lora_weights, tmp_pat
     err = capsys.readouterr().err
     assert f"error: generate: image: {pdf}, page 3: no such page (the PDF has 2 pages)" in err
     assert main(["generate", "--adapter", str(folder), "--image", str(pdf)]) == 2  # which of its 2 pages?
-    assert "has 2 pages and the row does not say which one" in capsys.readouterr().err
+    assert f"has 2 pages and names none; give one page: {pdf}#page=N (N from 1 to 2)" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from deepsynth.data import load_sample_dataset
 from deepsynth.data.collate import DataCollator, build_example
 from deepsynth.models.loading import choose_experts_implementation, freeze_vision_modules, load_model_and_processor
 from deepsynth.training.config import TrainerConfig
-from deepsynth.training.feature_cache import (
+from deepsynth.models.feature_cache import (
     FEATURES_KEY,
     CachedFeatureCollator,
     CachedImageFeatures,

@@ -198,7 +198,14 @@ def test_example_configs_load(example):
 def test_trainer_encodes_each_page_once_unless_told_not_to(tmp_path):
     cached, _ = UnifiedProductionTrainer(small(tmp_path, "cached", num_epochs=3)).train()
     assert cached["feature_cache"]["enabled"] is True
-    assert cached["feature_cache"]["encoder_calls"] == cached["num_train_samples"] == 3
+    # Every train and eval page once (3 + 1 distinct pages), then the vision path is let go.
+    assert cached["feature_cache"]["encoder_calls"] == cached["num_train_samples"] + cached["num_eval_samples"] == 4
+    assert cached["feature_cache"]["vision_released_bytes"] > 0
     plain, _ = UnifiedProductionTrainer(small(tmp_path, "plain", num_epochs=3, use_feature_cache=False)).train()
     assert plain["feature_cache"] == {"enabled": False, "reason": "disabled by the config (use_feature_cache: false)"}
     assert plain["train"]["train_loss"] == pytest.approx(cached["train"]["train_loss"], rel=1e-4)
+    # The before/after evaluation from cached features (labelled-position loss) is the pixel path's.
+    for when in ("before", "after"):
+        for metric, value in plain["eval"][when].items():
+            assert cached["eval"][when][metric] == pytest.approx(value, rel=1e-4, abs=1e-6), (when, metric)
+    assert [s["before"] for s in cached["samples"]] == [s["before"] for s in plain["samples"]]

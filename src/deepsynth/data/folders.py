@@ -26,7 +26,7 @@ from typing import Any
 from PIL import Image
 
 from . import pdf
-from .images import ImageProblem, image_bytes, read_file
+from .images import TIFF_SUFFIXES, ImageProblem, image_bytes, image_page_count, read_file, tiff_reference
 
 __all__ = ["FILE_COLUMN", "IMAGE_SUFFIXES", "PAGE_COLUMN", "Page", "PageProblem", "data_files", "is_saved_dataset",
            "list_pages", "missing_targets_problem", "page_files", "read_page", "row_page"]
@@ -114,12 +114,16 @@ def row_page(row: dict[str, Any], image_column: str, *, base_dir: Path, image_ro
         reference = pdf.parse_reference(os.fspath(value)) if isinstance(value, (str, os.PathLike)) else None
         if reference is not None:
             path_text, number = reference
-            if number is not None and page is not None and number != page:
-                raise PageProblem(f"{path_text!r} names page {number} but the '{PAGE_COLUMN}' column says {page}; "
-                                  "give the page once", column)
+            _check_same_page(path_text, number, page, column)
             data, described = read_file(path_text, base_dir, image_root, "PDF file")
             return pdf.render_page(data, number if number is not None else page, described=described,
                                    target_size=page_size)
+        tiff = tiff_reference(os.fspath(value)) if isinstance(value, (str, os.PathLike)) else None
+        if tiff is not None:  # a TIFF may hold several pages: named like a PDF's
+            path_text, number = tiff
+            _check_same_page(path_text, number, page, column)
+            return image_bytes(path_text, base_dir=base_dir, image_root=image_root,
+                               page=number if number is not None else page)
         if page not in (None, 1):
             raise PageProblem(f"page {page} is given but {_short(value)} is an image, not a PDF (an image is one "
                               f"page: leave '{PAGE_COLUMN}' empty)", PAGE_COLUMN)
@@ -128,6 +132,12 @@ def row_page(row: dict[str, Any], image_column: str, *, base_dir: Path, image_ro
         raise
     except ImageProblem as problem:
         raise PageProblem(str(problem), column) from None
+
+
+def _check_same_page(path_text: str, number: int | None, page: int | None, column: str) -> None:
+    if number is not None and page is not None and number != page:
+        raise PageProblem(f"{path_text!r} names page {number} but the '{PAGE_COLUMN}' column says {page}; "
+                          "give the page once", column)
 
 
 def _reference(row: dict[str, Any], image_column: str) -> tuple[Any, str]:
@@ -183,7 +193,7 @@ class Page:
     """One page to read: an image file, or one page of a PDF."""
 
     path: Path
-    page: int | None = None  # 1-based, PDFs only
+    page: int | None = None  # 1-based, PDFs and multi-page TIFFs only
 
     @property
     def name(self) -> str:
@@ -199,7 +209,8 @@ class Page:
 
 
 def list_pages(source: Path, limit: int) -> list[Page]:
-    """The pages of a folder (its images and every page of its PDFs), of one PDF, or one image file.
+    """The pages of a folder (its images and every page of its PDFs and multi-page TIFFs), of one such file, or
+    one image file.
 
     Raises :class:`ImageProblem` naming the file (not a page file, an unreadable PDF, over ``limit`` pages).
     """
@@ -213,6 +224,9 @@ def list_pages(source: Path, limit: int) -> list[Page]:
             raise ImageProblem(f"{str(source)!r} is not a page image or a PDF; expected a folder of them or one "
                                f"file ({', '.join(_PAGE_SUFFIXES)})")
         files = [source]
+    elif source.exists():  # /dev/zero, a FIFO: there, but nothing to read pages from
+        raise ImageProblem(f"{str(source)!r} is not a regular file or a folder (a device, pipe or socket); expected a "
+                           "folder of page images and PDFs, or one such file")
     else:
         raise ImageProblem(f"{str(source)!r} not found")
     pages: list[Page] = []
@@ -220,6 +234,9 @@ def list_pages(source: Path, limit: int) -> list[Page]:
         if path.suffix.lower() == ".pdf":
             data, described = read_file(path.name, path.parent, None, "PDF file")
             pages += [Page(path, number) for number in range(1, pdf.page_count(data, described) + 1)]
+        elif path.suffix.lower() in TIFF_SUFFIXES and (count := image_page_count(
+                *read_file(path.name, path.parent, None))) > 1:
+            pages += [Page(path, number) for number in range(1, count + 1)]
         else:
             pages.append(Page(path))
         if len(pages) > limit:

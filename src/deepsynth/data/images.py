@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import warnings
 from pathlib import Path, PurePath
@@ -25,10 +26,26 @@ MAX_IMAGE_PIXELS = 50_000_000
 _MAX_NAME_BYTES = 255
 _MAX_PATH_BYTES = 4096
 _READABLE = "expected PNG, JPEG, WebP, TIFF, BMP or GIF"
+#: Image files that may hold several pages (a fax, a multi-page scan): read like PDFs, page by page.
+TIFF_SUFFIXES = (".tif", ".tiff")
+_TIFF_REFERENCE = re.compile(r"^(?P<path>.*\.tiff?)#page=(?P<page>[0-9]{1,9})$", re.IGNORECASE | re.DOTALL)
 
 
 class ImageProblem(ValueError):
     """What is wrong with a row's image, as the message tells the user."""
+
+
+class UnnamedPage(ImageProblem):
+    """A file of several pages (a PDF, a multi-page TIFF) named without saying which page.
+
+    ``count``: its pages; ``path``: the file as the caller named it (None when unknown). The message
+    speaks of a data row's ``page`` column; a caller that took the file elsewhere rephrases it.
+    """
+
+    def __init__(self, message: str, count: int, path: str | None = None) -> None:
+        super().__init__(message)
+        self.count = count
+        self.path = path
 
 
 def megabytes(size: int) -> str:
@@ -39,12 +56,52 @@ def _quoted(text: str) -> str:
     return repr(text if len(text) <= 80 else f"{text[:79]}…")
 
 
-def image_bytes(value: Any, *, base_dir: Path, image_root: Path | None = None) -> bytes | None:
+def tiff_reference(text: str) -> tuple[str, int | None] | None:
+    """``("fax.tif", 2)`` for ``"fax.tif#page=2"``, ``("fax.tif", None)`` for ``"fax.tif"``; None when ``text``
+    names no TIFF (the ``#page=N`` fragment of PDFs, for the files that may hold several pages)."""
+    match = _TIFF_REFERENCE.match(text)
+    if match is not None:
+        return match.group("path"), int(match.group("page"))
+    return (text, None) if text.lower().endswith(TIFF_SUFFIXES) else None
+
+
+def image_page_count(data: bytes, described: str) -> int:
+    """Pages of the image in ``data``: a TIFF's frames, 1 for any other image (an animation is not pages)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return _pages_of(image)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        raise ImageProblem(f"{described} is not an image Pillow can read ({_READABLE})") from None
+
+
+def _pages_of(image: Image.Image) -> int:
+    return int(getattr(image, "n_frames", 1)) if image.format == "TIFF" else 1
+
+
+def _choose_page(image: Image.Image, page: int | None, described: str) -> None:
+    """Move ``image`` to page ``page`` (1-based) of a multi-page TIFF; refuse a page it lacks, or none named
+    when it has several (one row is one page with its own target, as for a PDF)."""
+    count = _pages_of(image)
+    if page is None:
+        if count > 1:
+            raise UnnamedPage(
+                f"{described} has {count} pages and the row does not say which one; one row is one page with its "
+                f"own target: give a 'page' column (1 to {count}) or write 'FILE.tif#page=N', one row per page "
+                "(DeepSynth trains on one page image per sample)", count)
+        return
+    if not 1 <= page <= count:
+        pages = "1 page" if count == 1 else f"{count} pages"
+        raise ImageProblem(f"{described}, page {page}: no such page (the TIFF has {pages})")
+    image.seek(page - 1)
+
+
+def image_bytes(value: Any, *, base_dir: Path, image_root: Path | None = None, page: int | None = None) -> bytes | None:
     """Turn any accepted image value into encoded RGB-decodable bytes; None when the row has none.
 
     ``value`` is a path (relative ones resolve against ``base_dir``), bytes, a
     ``{"bytes", "path"}`` dict as `datasets` stores images, or a PIL image. With
     ``image_root``, a path must name a file inside that folder (see :func:`confined_path`).
+    ``page``: the page of a multi-page TIFF (1-based); such a TIFF without it is refused.
     """
     if value is None:
         return None
@@ -65,7 +122,7 @@ def image_bytes(value: Any, *, base_dir: Path, image_root: Path | None = None) -
     else:
         raise ImageProblem(f"expected an image path, image bytes or a PIL image, got {type(value).__name__}")
     try:
-        return normalize_image(data, described)
+        return normalize_image(data, described, page)
     except ImageProblem:
         raise
     except UnidentifiedImageError:
@@ -172,8 +229,9 @@ def _check_pixels(image: Image.Image, described: str) -> None:
         )
 
 
-def normalize_image(data: bytes, described: str = "the image") -> bytes:
-    """Decode fully (to catch truncated files now) and return bytes that decode to the right RGB page."""
+def normalize_image(data: bytes, described: str = "the image", page: int | None = None) -> bytes:
+    """Decode fully (to catch truncated files now) and return bytes that decode to the right RGB page:
+    page ``page`` of a multi-page TIFF (:func:`_choose_page`)."""
     with warnings.catch_warnings():
         # Pillow warns from 89 megapixels and refuses from 179; the stricter limit is checked below.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -183,6 +241,7 @@ def normalize_image(data: bytes, described: str = "the image") -> bytes:
             raise ImageProblem(f"{described} has more than {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, the limit "
                                f"per image ({exc})") from None
     with image:
+        _choose_page(image, page, described)
         _check_pixels(image, described)  # from the header, before the pixels are decoded
         image.load()
         upright = ImageOps.exif_transpose(image)  # phone photos of documents are often stored sideways

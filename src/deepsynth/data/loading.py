@@ -337,6 +337,9 @@ def _open(source: Any, *, split: str | None, base_dir: Path | None) -> _Table:
         return _open_file(found[0], os.path.join(label, found[0].name), base_dir)
     if path.is_file():
         return _open_file(path, label, base_dir)
+    if path.exists():  # /dev/zero, a FIFO: "not found" would send the user looking for a file that is there
+        raise DataError("is not a regular file or a folder (a device, pipe or socket); expected a data file or a "
+                        "folder of pages", source=label)
     if isinstance(source, os.PathLike) or _looks_like_path(label):
         raise DataError("file not found", source=label)
     return _hub_table(label, split, base_dir or Path.cwd())

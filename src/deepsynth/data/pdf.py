@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .images import MAX_IMAGE_PIXELS, ImageProblem, png_bytes
+from .images import MAX_IMAGE_PIXELS, ImageProblem, UnnamedPage, png_bytes
 
 __all__ = ["DEFAULT_PAGE_SIZE", "PageSize", "page_count", "page_size_for", "page_size_for_settings", "parse_reference",
            "render_page"]
@@ -72,17 +72,19 @@ def page_count(data: bytes, described: str) -> int:
             document.close()
 
 
-def render_page(data: bytes, page: int | None, *, described: str, target_size: PageSize = DEFAULT_PAGE_SIZE) -> bytes:
+def render_page(data: bytes, page: int | None, *, described: str, target_size: PageSize = DEFAULT_PAGE_SIZE,
+                path: str | None = None) -> bytes:
     """PNG bytes of page ``page`` (1-based) of the PDF in ``data``, its longer side ``target_size`` px.
 
-    ``page`` None means "the PDF's only page": a PDF of several pages is refused, because one row is
-    one page (one image) with its own target; the message says how to name the page.
+    ``page`` None means "the PDF's only page": a PDF of several pages is refused (:class:`UnnamedPage`,
+    carrying ``path``), because one row is one page (one image) with its own target; the message says
+    how to name the page.
     """
     with _PDFIUM_LOCK:
         document = _open(data, described, page)
         try:
             count = len(document)
-            number = _check_page(page, count, described)
+            number = _check_page(page, count, described, path)
             document.init_forms()  # so that filled-in form fields are drawn
             pdf_page = document[number - 1]
             width, height = pdf_page.get_size()
@@ -122,16 +124,16 @@ def _open(data: bytes, described: str, page: int | None) -> Any:
         raise ImageProblem(f"{where} cannot be opened ({_cut(exc)})") from None
 
 
-def _check_page(page: int | None, count: int, described: str) -> int:
+def _check_page(page: int | None, count: int, described: str, path: str | None = None) -> int:
     if count < 1:
         raise ImageProblem(f"{described} has no pages")
     if page is None:
         if count == 1:
             return 1
-        raise ImageProblem(
+        raise UnnamedPage(
             f"{described} has {count} pages and the row does not say which one; one row is one page with its own "
             f"target: give a 'page' column (1 to {count}) or write 'FILE.pdf#page=N', one row per page (DeepSynth "
-            "trains on one page image per sample)")
+            "trains on one page image per sample)", count, path)
     if not 1 <= page <= count:
         pages = "1 page" if count == 1 else f"{count} pages"
         raise ImageProblem(f"{described}, page {page}: no such page (the PDF has {pages})")

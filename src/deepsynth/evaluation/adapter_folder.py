@@ -154,6 +154,20 @@ def load_adapted_model(
     return AdaptedModel(attach_adapter(loaded.model, adapter_dir), loaded, settings)
 
 
+def mode_read(adapted: AdaptedModel, image_mode: str | None) -> str | None:
+    """The resolution mode ``adapted`` reads pages in, in words, and whether it is the training mode:
+    ``"small (one 384-px view; the adapter's training mode)"``; None for a text model."""
+    mode = adapted.loaded.image_mode
+    if mode is None:
+        return None
+    if image_mode is None:
+        return f"{mode.name} ({mode.views()}; the adapter's training mode)"
+    trained = mode_of_resolved(mode_for_model(adapted.loaded.name, None)[0], adapted.settings.image_mode)
+    if trained is None or (trained.name, trained.global_size) == (mode.name, mode.global_size):
+        return f"{mode.name} ({mode.views()}, as asked; the adapter's training mode)"
+    return f"{mode.name} ({mode.views()}, as asked; the adapter was trained in {trained.name})"
+
+
 def _warn_if_other_mode(base: str | None, override: str, trained: str | None, adapter_dir: str | Path) -> None:
     """Warn when ``override`` is not the mode the adapter was trained in (both resolved for the base model)."""
     resolved, wanted = mode_for_model(base, override)  # raises ConfigError for a mode the family lacks
@@ -165,32 +179,48 @@ def _warn_if_other_mode(base: str | None, override: str, trained: str | None, ad
                    "training mode)", wanted.name, wanted.views(), adapter_dir, used.name, used.views())
 
 
-def _instruction(settings: TrainerConfig) -> str:
-    return task_instruction(settings.task, settings.instruction)  # None: the task's instruction, as in training
+def adapter_instruction(settings: TrainerConfig, instruction: str | None = None) -> str:
+    """The prompt for an adapter trained with ``settings``: ``instruction`` when given, else the run's own
+    (its ``instruction``, or its task's when that is null, as in training). label, eval and generate call it."""
+    return instruction or task_instruction(settings.task, settings.instruction)
 
 
 def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | None) -> Any:
-    """The page image ``image`` names: an image file, or a PDF page (``report.pdf#page=2``) rendered for the mode."""
+    """The page image ``image`` names: an image file, a PDF page (``report.pdf#page=2``) rendered for the mode,
+    or a page of a multi-page TIFF (``fax.tif#page=2``)."""
     import io
 
     from PIL import Image, UnidentifiedImageError
 
-    from deepsynth.data.images import ImageProblem
-    from deepsynth.data.pdf import parse_reference, render_page
-    from deepsynth.data.pdf import page_size_for_settings
+    from deepsynth.data.images import ImageProblem, UnnamedPage, normalize_image, read_file, tiff_reference
+    from deepsynth.data.pdf import page_size_for_settings, parse_reference, render_page
     from deepsynth.models.image_modes import processor_settings_for_run
 
     try:
-        reference = parse_reference(str(image))
+        reference, tiff = parse_reference(str(image)), tiff_reference(str(image))
         if reference is not None:  # rendered at the size the mode the adapter reads in needs
             path, number = reference
             size = page_size_for_settings(
                 processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
-            image = io.BytesIO(render_page(Path(path).read_bytes(), number, described=path, target_size=size))
+            image = io.BytesIO(render_page(Path(path).read_bytes(), number, described=path, target_size=size,
+                                           path=path))
+        elif tiff is not None:  # a TIFF may hold several pages: named like a PDF's
+            path, number = tiff
+            data, described = read_file(path, Path.cwd(), None)
+            try:
+                image = io.BytesIO(normalize_image(data, described, number))
+            except UnnamedPage as problem:
+                problem.path = path
+                raise
+    except UnnamedPage as problem:  # in the words of --image, not of a data file's row and 'page' column
+        raise ValueError(f"generate: image {problem.path} has {problem.count} pages and names none; give one page: "
+                         f"{problem.path}#page=N (N from 1 to {problem.count})") from None
     except ImageProblem as problem:
         raise ValueError(f"generate: image: {problem}") from None
     except OSError as error:
         raise ValueError(f"generate: image {image}: not a readable PDF file ({error})") from None
+    except Exception as error:  # Pillow raises several types for a damaged TIFF
+        raise ValueError(f"generate: image {image}: not a readable image file ({error})") from None
     try:
         with Image.open(image) as page:
             return page.convert("RGB")
@@ -198,48 +228,148 @@ def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | Non
         raise ValueError(f"generate: image {image}: not a readable image file ({error})") from None
 
 
-def _eval_rows(settings: TrainerConfig, data: str | Path | None, max_samples: int | None,
-               image_mode: str | None) -> Any:
-    from deepsynth.data import load_documents, load_sample_dataset
-    from deepsynth.data.transcription import load_transcription_samples
+@dataclass
+class EvalRows:
+    """The rows an evaluation scores, and which they are in the user's words (``scored``)."""
+
+    rows: Any
+    scored: str
+    eval_on_training_data: bool = False
+
+
+def adapter_eval_rows(adapter_dir: str | Path, settings: TrainerConfig, data: str | Path | None,
+                      max_samples: int | None, image_mode: str | None) -> EvalRows:
+    """The rows to score the adapter on: ``data``'s ``eval`` rows (all its rows when it has no ``split``
+    column), or without ``data`` the rows the adapter's own run held out (its eval data, its data's
+    ``eval`` split, its ``holdout_samples``, or the bundled eval split for a run on the bundled samples).
+
+    Raises:
+        ValueError: (DataError, AdapterFolderError) ``data`` marks no row ``eval``; without ``data``, the
+            run held out no rows or left no record of its data: the message says what to pass.
+    """
     from deepsynth.data.pdf import page_size_for_settings
     from deepsynth.models.image_modes import processor_settings_for_run
 
-    if data is None:  # the bundled eval samples of the adapter's task
-        bundled = load_transcription_samples if settings.task == "transcribe" else load_sample_dataset
-        return bundled("eval", max_samples=max_samples)
     # PDF pages at the size the mode the model will read them in needs (the training mode unless overridden).
     page_size = page_size_for_settings(
         processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
-    return load_documents(data, column_mapping=settings.column_mapping, max_samples=max_samples, page_size=page_size)
+    if data is not None and not _is_runs_data(data, settings):
+        return _eval_rows_of(data, settings, max_samples, page_size)
+    if not (Path(adapter_dir) / TRAINING_CONFIG_FILE).is_file():
+        raise AdapterFolderError(f"adapter: {adapter_dir} has no {TRAINING_CONFIG_FILE}, so the rows its run held "
+                                 "out are unknown; pass --data FILE with rows it was not trained on")
+    return _held_out_rows(adapter_dir, settings, max_samples, page_size)
+
+
+def _is_runs_data(data: str | Path, settings: TrainerConfig) -> bool:
+    """True when ``data`` is the file the adapter was trained on (its run's split decides the rows)."""
+    if settings.data_path is None or settings.eval_data_path is not None:
+        return False
+    try:
+        return Path(data).expanduser().resolve() == Path(settings.data_path).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def _eval_rows_of(data: str | Path, settings: TrainerConfig, max_samples: int | None, page_size: Any) -> EvalRows:
+    from deepsynth.data import load_documents
+    from deepsynth.data.loading import DataError
+
+    options = dict(column_mapping=settings.column_mapping, max_samples=max_samples, page_size=page_size)
+    try:
+        rows = load_documents(data, split="eval", **options)
+        return EvalRows(rows, f"the {_rows(len(rows))} of {data} marked split 'eval'")
+    except DataError as error:
+        if error.column != "split":
+            raise
+        if "no 'split' column" not in error.problem:  # a split column, but no row marked 'eval'
+            raise DataError(f"no rows marked 'eval' ({error.problem.partition('(')[2].rstrip(')') or 'none'}); eval "
+                            "scores the rows marked 'eval' (rows marked 'train' are training rows): mark the rows to "
+                            "score split=eval, or give a file of them", source=str(data), column="split") from None
+    rows = load_documents(data, **options)
+    return EvalRows(rows, f"all {_rows(len(rows))} of {data}" if len(rows) > 1 else f"the one row of {data}")
+
+
+def _held_out_rows(adapter_dir: str | Path, settings: TrainerConfig, max_samples: int | None,
+                   page_size: Any) -> EvalRows:
+    """The eval rows of the run that trained the adapter, drawn as the trainer drew them (load_splits)."""
+    from deepsynth.data.loading import DataError
+    from deepsynth.data.splits import EVAL_DATA, HOLDOUT, load_splits
+
+    limit = max_samples if max_samples is not None else settings.max_eval_samples
+    try:
+        split = load_splits(settings.data_path, settings.eval_data_path, column_mapping=settings.column_mapping,
+                            max_train_samples=settings.max_train_samples, max_eval_samples=limit,
+                            holdout_samples=settings.holdout_samples, seed=settings.seed, samples=settings.task,
+                            page_size=page_size)
+    except DataError as error:
+        raise AdapterFolderError(f"adapter: the data its run recorded in {TRAINING_CONFIG_FILE} cannot be read "
+                                 f"({error}); pass --data FILE with rows it was not trained on") from None
+    source = settings.data_path or "the bundled samples"
+    if split.eval_on_training_data:
+        raise AdapterFolderError(f"adapter: the run that trained {adapter_dir} held out no rows of {source} (its "
+                                 "scores were on its training rows); pass --data FILE with rows it was not trained on")
+    count = len(split.eval)
+    if split.eval_from == EVAL_DATA:
+        return EvalRows(split.eval, f"the {_rows(count)} of its eval data {settings.eval_data_path}")
+    if split.eval_from == HOLDOUT:
+        _check_recorded_holdout(adapter_dir, split.held_out_indices)
+        rows = ", ".join(str(index + 1) for index in split.held_out_indices[:count])
+        numbers = f"row{'s' if count > 1 else ''} {rows}"
+        return EvalRows(split.eval, f"the {_rows(count)} of {source} held out from training ({numbers}, drawn with "
+                                    f"seed {settings.seed})")
+    return EvalRows(split.eval, f"the {_rows(count)} of {source} marked split 'eval' (held out from training)")
+
+
+def _rows(count: int) -> str:
+    return "1 row" if count == 1 else f"{count} rows"
+
+
+def _check_recorded_holdout(adapter_dir: str | Path, indices: list[int]) -> None:
+    """Refuse when the run's metrics.json names other held-out rows: the data changed since training."""
+    path = Path(adapter_dir) / "metrics.json"
+    if not path.is_file():
+        return
+    recorded = (_read_json_object(path).get("holdout") or {}).get("indices")
+    if recorded is not None and list(recorded) != list(indices):
+        raise AdapterFolderError(f"adapter: {path} records held-out rows {recorded}, but its data now gives "
+                                 f"{indices}: the data changed since training; pass --data FILE with the rows to "
+                                 "score")
 
 
 def evaluate_adapter(
     adapter_dir: str | Path, data: str | Path | None = None, *, max_samples: int | None = None,
     image_mode: str | None = None, ignore_case: bool | None = None, ignore_punctuation: bool | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Before/after metrics of the adapter in ``adapter_dir`` on ``data`` (default: bundled eval samples).
+    """Before/after metrics of the adapter in ``adapter_dir`` on the rows :func:`adapter_eval_rows` picks
+    (``data``'s eval rows; without ``data``, the rows the adapter's run held out); ``scored_rows`` says which.
 
     The adapter's task decides the metrics and the default data; ``image_mode`` overrides the training
     mode (with a warning); ``ignore_case`` / ``ignore_punctuation`` (None: the run's settings) relax
-    transcription scores. ``samples`` holds the first few generations and how each ended.
+    transcription scores. ``samples`` holds the first few generations and how each ended; ``image_mode_read``
+    the mode the pages were read in, in words (:func:`mode_read`). ``progress``: a progress bar of samples
+    scored on stderr (None: shown; False: not).
     """
     settings = read_adapter_settings(adapter_dir)
     # The data is checked before the model loads: a bad file fails in a second, not after a minute.
-    rows = _eval_rows(settings, data, max_samples, image_mode)
+    chosen = adapter_eval_rows(adapter_dir, settings, data, max_samples, image_mode)
+    rows = chosen.rows
     adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
-    processor, instruction = adapted.loaded.processor, _instruction(settings)
+    processor, instruction = adapted.loaded.processor, adapter_instruction(settings)
     examples = encode_rows(rows, processor, instruction=instruction, max_length=settings.max_length)
     options = {"ignore_case": settings.metric_ignore_case if ignore_case is None else ignore_case,
                "ignore_punctuation": settings.metric_ignore_punctuation if ignore_punctuation is None
                else ignore_punctuation}
     kwargs = dict(sources=row_sources(rows, processor), references=list(rows["summary"]), instruction=instruction,
                   max_new_tokens=settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size,
-                  task=settings.task, **options)
+                  task=settings.task, progress=progress, **options)
     before, predictions_before = evaluate_model(adapted.model, processor, examples, adapter_disabled=True, **kwargs)
     after, predictions_after = evaluate_model(adapted.model, processor, examples, **kwargs)
     mode = adapted.loaded.image_mode
-    result = {"num_eval_samples": len(rows), "eval_on_training_data": False, "task": settings.task,
+    result = {"num_eval_samples": len(rows), "eval_on_training_data": chosen.eval_on_training_data,
+              "scored_rows": chosen.scored, "task": settings.task,
+              "image_mode_read": mode_read(adapted, image_mode),
               "image_mode": None if mode is None else mode.name, "eval": {"before": before, "after": after},
               "samples": [sample_record(*texts) for texts in
                           list(zip(rows["summary"], predictions_before, predictions_after))[:SHOWN_SAMPLES]]}
@@ -256,23 +386,57 @@ def generate_from_adapter(
 
     OCR-family models read pages: a text is rendered to a page first, as in training, and read in the
     training mode unless ``image_mode`` overrides it (with a warning when it differs). The result is
-    a :class:`~deepsynth.evaluation.compare.Generation`: the text, and how generation ended.
+    a :class:`~deepsynth.evaluation.compare.Generation`: the text, how generation ended, and the mode
+    the page was read in (``image_mode``, :func:`mode_read`).
     """
-    from deepsynth.data import render_document
-
     if (image is None) == (text is None):
         raise ValueError("generate: give exactly one of image or text")
     settings = read_adapter_settings(adapter_dir)
     page = _open_page(image, settings, image_mode) if image is not None else None  # fails before the model loads
     adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
-    settings = adapted.settings
-    if adapted.loaded.is_multimodal:
+    generation = _generate(adapted.model, adapted.loaded, adapted.settings, page, text, max_new_tokens)
+    generation.image_mode = mode_read(adapted, image_mode)
+    return generation
+
+
+def generate_from_model(
+    model_dir: str | Path, *, image: str | Path | None = None, text: str | None = None,
+    max_new_tokens: int | None = None, image_mode: str | None = None,
+) -> Generation:
+    """Generate with a model folder — a merged export (``deepsynth export --merge``) or any base model.
+
+    A merged export keeps its run's ``training_config.json``: the task, instruction, mode and generation
+    settings come from it, as from an adapter folder; any other model reads its own mode and the
+    summary task.
+    """
+    if (image is None) == (text is None):
+        raise ValueError("generate: give exactly one of image or text")
+    recorded = Path(model_dir) / TRAINING_CONFIG_FILE
+    data = _known_settings(_read_json_object(recorded), recorded) if recorded.is_file() else {}
+    try:
+        settings = TrainerConfig.from_dict({**data, "model_name": str(model_dir)})
+    except ValueError as error:
+        raise AdapterFolderError(f"model: {recorded}: {error}") from None
+    page = _open_page(image, settings, image_mode) if image is not None else None  # fails before the model loads
+    loaded = load_model_and_processor(str(model_dir), dtype=settings.dtype,
+                                      image_mode=image_mode if image_mode is not None else settings.image_mode)
+    generation = _generate(loaded.model, loaded, settings, page, text, max_new_tokens)
+    mode = loaded.image_mode
+    generation.image_mode = f"{mode.name} ({mode.views()})" if mode is not None else None
+    return generation
+
+
+def _generate(model: Any, loaded: Any, settings: TrainerConfig, page: Any, text: str | None,
+              max_new_tokens: int | None) -> Generation:
+    from deepsynth.data import render_document
+
+    if loaded.is_multimodal:
         source = page if page is not None else render_document(text)
     elif text is None:
-        raise ValueError(f"generate: {adapted.loaded.name} is a text model; give text, not an image")
+        raise ValueError(f"generate: {loaded.name} is a text model; give text, not an image")
     else:
         source = text
     return generate_text(
-        adapted.model, adapted.loaded.processor, source, instruction=_instruction(settings),
+        model, loaded.processor, source, instruction=adapter_instruction(settings),
         max_new_tokens=max_new_tokens or settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size,
     )

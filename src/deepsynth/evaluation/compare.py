@@ -20,6 +20,8 @@ from transformers import NoRepeatNGramLogitsProcessor
 
 from deepsynth.data.collate import DataCollator, build_generation_inputs
 from deepsynth.evaluation.metrics import TASK_METRICS, task_metrics
+from deepsynth.models.feature_cache import FEATURES_KEY, IMAGE_INPUT_KEYS, CachedFeatureCollator, CachedImageFeatures
+from deepsynth.models.logits import IGNORE_INDEX, labelled_logits_support, with_labelled_logits
 
 # The summaries' table (the README's main job); a transcription's is ("loss", *TASK_METRICS["transcribe"]).
 METRIC_NAMES = ("loss", *TASK_METRICS["summarise"])
@@ -41,6 +43,8 @@ class Generation(str):
     new_tokens: int
     blocked_repeats: int
     no_repeat_ngram_size: int
+    #: The resolution mode the page was read in, in words (set by generate; None for a text or unset).
+    image_mode: str | None = None
 
     def __new__(cls, text: str, *, stop_reason: str, new_tokens: int, blocked_repeats: int = 0,
                 no_repeat_ngram_size: int = 0) -> Generation:
@@ -73,7 +77,8 @@ class Generation(str):
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": str(self), "stop_reason": self.stop_reason, "new_tokens": self.new_tokens,
-                "blocked_repeats": self.blocked_repeats, "empty": self.empty, "report": self.report()}
+                "blocked_repeats": self.blocked_repeats, "empty": self.empty, "report": self.report(),
+                "image_mode": self.image_mode}
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -144,9 +149,37 @@ def generate_text(
 
     Returns a :class:`Generation`: the text (a ``str``) and how generation ended.
     """
+    inputs = build_generation_inputs(processor, source, instruction, dtype=model.dtype)
+    return generate_from_inputs(model, processor, inputs, max_new_tokens=max_new_tokens,
+                                no_repeat_ngram_size=no_repeat_ngram_size)
+
+
+def example_generation_inputs(example: dict[str, Any], dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """``model.generate`` inputs for an encoded example: its prompt (every token before the first labelled
+    one — the training prompt exactly, as :func:`build_generation_inputs` builds it) and its page, as the
+    cached features when it has them (the vision encoder is not run again), else as its pixels."""
+    labels = torch.as_tensor(example["labels"])
+    labelled = (labels != IGNORE_INDEX).nonzero()
+    end = int(labelled[0]) if len(labelled) else len(labels)
+    input_ids = torch.as_tensor(example["input_ids"][:end], dtype=torch.long)[None]
+    inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if FEATURES_KEY in example:
+        inputs["mm_encoder_outputs"] = {"image": CachedImageFeatures(pooler_output=[example[FEATURES_KEY]])}
+    for key in IMAGE_INPUT_KEYS:
+        value = example.get(key)
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and dtype is not None:
+            value = value.to(dtype)
+        if value is not None:
+            inputs[key] = value
+    return inputs
+
+
+def generate_from_inputs(model: torch.nn.Module, processor: Any, inputs: dict[str, Any], *, max_new_tokens: int,
+                         no_repeat_ngram_size: int) -> Generation:
+    """Greedy generation from prepared inputs (:func:`build_generation_inputs`, :func:`example_generation_inputs`)."""
     tokenizer = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
-    inputs = _to_device(build_generation_inputs(processor, source, instruction, dtype=model.dtype), device)
+    inputs = _to_device(inputs, device)
     output = model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,
@@ -165,7 +198,7 @@ def evaluate_model(
     model: torch.nn.Module,
     processor: Any,
     examples: Sequence[dict[str, Any]],
-    sources: Sequence[Any],
+    sources: Sequence[Any] | None,
     references: Sequence[str],
     *,
     instruction: str,
@@ -175,26 +208,41 @@ def evaluate_model(
     task: str = "summarise",
     ignore_case: bool = False,
     ignore_punctuation: bool = False,
+    progress: bool | None = None,
 ) -> tuple[dict[str, float], list[Generation]]:
-    """Mean loss over ``examples`` and ``task``'s text metrics of generations from ``sources`` vs ``references``.
+    """Mean loss over ``examples`` and ``task``'s text metrics of their greedy generations vs ``references``.
 
-    With ``adapter_disabled`` a PEFT model is scored as its base model. ``ignore_case`` /
-    ``ignore_punctuation``: transcription scores only (deepsynth.evaluation.metrics). Returns
+    The loss is computed on labelled positions only when the model supports it (as training does: no
+    full-vocabulary logits of image and prompt positions); generations start from each example's
+    prompt and page — cached features when the example has them (``sources`` is no longer read; kept
+    for callers). With ``adapter_disabled`` a PEFT model is scored as its base model. ``ignore_case`` /
+    ``ignore_punctuation``: transcription scores only (deepsynth.evaluation.metrics). ``progress``: a
+    progress bar of samples done / total on stderr (None: shown, as the Trainer shows its bars; False: not). Returns
     (metrics, predictions), each prediction a :class:`Generation`.
     """
+    from tqdm.auto import tqdm  # transformers' own progress bars
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    collate = DataCollator(processor, dtype=model.dtype)
+    collate = CachedFeatureCollator(DataCollator(processor, dtype=model.dtype))
+    labelled_only, _ = labelled_logits_support(model)
     context = model.disable_adapter() if adapter_disabled else nullcontext()
+    losses: list[float] = []
+    predictions: list[Generation] = []
+    # Scoring a real base takes minutes (SmolLM2: 11 on a CPU): samples done / total, on stderr.
+    bar = tqdm(total=len(examples), unit="sample", desc="scoring the base model" if adapter_disabled else "scoring",
+               disable=progress is False)  # shown by default, like the Trainer's own bars (logs too)
     try:
-        with context:
-            losses = [float(model(**_to_device(collate([example]), device)).loss) for example in examples]
-            predictions = [
-                generate_text(model, processor, source, instruction=instruction, max_new_tokens=max_new_tokens,
-                              no_repeat_ngram_size=no_repeat_ngram_size)
-                for source in sources
-            ]
+        with context, bar:
+            for example in examples:
+                batch = collate([example])
+                batch = with_labelled_logits(batch) if labelled_only else batch
+                losses.append(float(model(**_to_device(batch, device)).loss))
+                predictions.append(generate_from_inputs(
+                    model, processor, example_generation_inputs(example, model.dtype),
+                    max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size))
+                bar.update(1)
     finally:
         model.train(was_training)
     scores = task_metrics(task, predictions, references, ignore_case=ignore_case, ignore_punctuation=ignore_punctuation)

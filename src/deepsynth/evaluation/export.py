@@ -162,6 +162,9 @@ def export_merged(adapter_dir: str | Path, output_dir: str | Path, *, model_name
             report.tensors = sum(1 for _ in merged.state_dict())
             if loaded.family != "causal_lm":
                 report.notes.append("DeepSeek-OCR-2: transformers-native layout (DeepseekOcr2ForConditionalGeneration)")
+        recorded = Path(adapter_dir) / "training_config.json"
+        if recorded.is_file():  # the run's task, instruction and mode: `generate --model` reads them
+            shutil.copy2(recorded, staging / recorded.name)
         _publish(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

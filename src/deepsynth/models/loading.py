@@ -17,6 +17,7 @@ places the model and freezes the vision side.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from deepsynth.models.image_modes import (
     get_mode,
     mode_of_resolved,
 )
+from deepsynth.models.memory import shards_read_without_mmap, storage_dtype
 from deepsynth.models.resolver import ResolvedConfig, resolve_config
 from deepsynth.models.tiny import EMBEDDED_MODEL_NAME
 from deepsynth.paths import looks_like_local_path
@@ -111,6 +113,15 @@ class LoadedModel:
     loading_info: dict[str, list[str]] = field(default_factory=dict)
     # The resolution mode the processor reads pages in (None for text models).
     image_mode: ImageMode | None = None
+    # The dtype the run computes in; the weights may still be narrower (``load_model_and_processor``'s
+    # ``staged_upcast``) until :meth:`finish_upcast`.
+    dtype: torch.dtype | None = None
+
+    def finish_upcast(self) -> int:
+        """Cast the weights still narrower than the run's dtype to it (after a staged load); returns how many."""
+        from deepsynth.models.memory import upcast
+
+        return upcast(self.model, self.dtype) if self.dtype is not None else 0
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -352,7 +363,7 @@ def _on_meta(model: torch.nn.Module) -> bool:
 
 
 def _load_weights(
-    resolved: ResolvedConfig, dtype: torch.dtype, extra: dict[str, Any] | None = None
+    resolved: ResolvedConfig, dtype: torch.dtype, extra: dict[str, Any] | None = None, quantization: str | None = None
 ) -> tuple[PreTrainedModel, dict[str, list[str]]]:
     source = str(resolved.local_dir or resolved.name)
     is_local = resolved.local_dir is not None
@@ -361,8 +372,10 @@ def _load_weights(
         return _shapes_only(model_class, resolved.config, dtype), {}  # nothing read: nothing missing
 
     def loader(src: str, **kwargs):
-        return model_class.from_pretrained(src, config=resolved.config, dtype=dtype, output_loading_info=True,
-                                           **(extra or {}), **kwargs)
+        # Shard by shard within memory: no mmap'd shard stays resident, 4-bit experts quantized as read.
+        with shards_read_without_mmap(), _quantized_on_load(quantization, resolved.family):
+            return model_class.from_pretrained(src, config=resolved.config, dtype=dtype, output_loading_info=True,
+                                               **(extra or {}), **kwargs)
 
     model, info = _from_source(loader, source, is_local, "weights")
     keys = ("missing_keys", "unexpected_keys", "mismatched_keys")
@@ -377,6 +390,14 @@ def _load_weights(
             f"model: checkpoint {source} does not match its {resolved.family} architecture ({details})"
         )
     return model, info
+
+
+def _quantized_on_load(quantization: str | None, family: str):
+    if quantization is None:
+        return contextlib.nullcontext()
+    from deepsynth.models.quantization import fused_experts_quantized_on_load
+
+    return fused_experts_quantized_on_load(quantization, family)
 
 
 def _load_tokenizer(resolved: ResolvedConfig) -> PreTrainedTokenizerBase:
@@ -436,6 +457,18 @@ def _enable_checkpointing(model: PreTrainedModel) -> None:
             config.use_cache = False  # a KV cache is useless under checkpointing and warns every step
 
 
+def _quantized_experts_need_recompute(quantization: str | None, family: str) -> bool:
+    """Quantized fused experts are dequantized on access, and autograd keeps each MoE layer's dequantized
+    experts for the backward — at DeepSeek-OCR's size ~9.7 GB in fp32, the whole saving of 4 bits.
+    Recomputing each decoder layer in the backward (activation checkpointing, the QLoRA recipe's
+    default too) keeps one layer's at a time."""
+    if quantization is None or not family_names(family).routed_experts:
+        return False
+    logger.info("activation checkpointing on: quantized fused experts are dequantized again in the backward "
+                "instead of being kept for it")
+    return True
+
+
 def _resolve(name_or_path: str | None) -> ResolvedConfig:
     if name_or_path is not None:
         name = str(name_or_path)
@@ -472,6 +505,7 @@ def load_model_and_processor(
     experts_implementation: str | None = None,
     quantization: str | None = None,
     image_mode: str | None = None,
+    staged_upcast: bool = False,
 ) -> LoadedModel:
     """Load ``name_or_path`` (None = the embedded tiny DeepSeek-OCR-2) with its processor.
 
@@ -491,6 +525,10 @@ def load_model_and_processor(
             (needs bitsandbytes; the model is then placed by ``device_map``).
         image_mode: resolution mode of the OCR families (:mod:`deepsynth.models.image_modes`); None:
             the model's default. The processor reads pages in it; ``LoadedModel.image_mode`` says which.
+        staged_upcast: a checkpoint stored narrower than ``dtype`` (bf16 weights, a fp32 run) is loaded
+            as stored; the caller encodes its pages (vision path upcast first), releases the vision path
+            and calls ``LoadedModel.finish_upcast`` — so the whole model never exists in ``dtype``
+            (:mod:`deepsynth.models.memory`). Ignored with ``quantization``.
 
     Raises:
         ModelLoadError: (a ValueError) naming the ``model`` argument and what was tried.
@@ -512,17 +550,20 @@ def load_model_and_processor(
         processor = apply_image_mode(processor, mode)
         model = model.to(dtype=target_dtype)
         if extra:
-            model = quantize.quantize_in_memory(model, extra)
+            with _quantized_on_load(quantization, resolved.family):
+                model = quantize.quantize_in_memory(model, extra)
     elif resolved.family == CAUSAL_LM:
         processor = _load_tokenizer(resolved)
         if processor.pad_token is None:
             # Batches need a pad id; labels mask padding with -100, so reusing EOS is harmless.
             processor.pad_token = processor.eos_token
-        model, loading_info = _load_weights(resolved, target_dtype, extra)
+        model, loading_info = _load_weights(resolved, target_dtype, extra, quantization)
     else:
         processor = _ocr_processor(resolved, mode)
         _align_image_token(resolved, processor)
-        model, loading_info = _load_weights(resolved, target_dtype, extra)
+        stored = storage_dtype(resolved.local_dir) if staged_upcast and quantization is None else None
+        narrower = stored is not None and torch.finfo(stored).bits < torch.finfo(target_dtype).bits
+        model, loading_info = _load_weights(resolved, stored if narrower else target_dtype, extra, quantization)
 
     if extra:
         model = quantize.prepare_quantized(model, quantization, resolved.family)
@@ -531,9 +572,9 @@ def load_model_and_processor(
     _set_experts_implementation(model, experts_implementation, target_device)
     if freeze_vision:
         freeze_vision_modules(model, resolved.family)
-    if gradient_checkpointing:
+    if gradient_checkpointing or _quantized_experts_need_recompute(quantization, resolved.family):
         _enable_checkpointing(model)
     return LoadedModel(
         model=model, processor=processor, family=resolved.family, name=resolved.name, loading_info=loading_info,
-        image_mode=mode,
+        image_mode=mode, dtype=target_dtype,
     )

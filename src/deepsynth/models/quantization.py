@@ -52,6 +52,7 @@ __all__ = [
     "dequantize_model",
     "estimate_quantization",
     "from_pretrained_kwargs",
+    "fused_experts_quantized_on_load",
     "prepare_quantized",
     "quantization_report",
     "quantize_fused_experts",
@@ -146,17 +147,91 @@ def quantize_in_memory(model: nn.Module, extra: dict[str, Any]) -> nn.Module:
 
 
 def prepare_quantized(model: nn.Module, quantization: str, family: str) -> nn.Module:
-    """After a quantized load: fused experts into 4/8 bits, then PEFT's k-bit training preparation."""
-    from peft import prepare_model_for_kbit_training
+    """After a quantized load: 8-bit fused experts, frozen weights, and the library fixes LoRA needs.
 
-    # prepare_model_for_kbit_training casts unquantized weights to fp32: the experts must
-    # dequantize to the same dtype as the activations around them.
-    quantize_fused_experts(model, quantization, family, dtype=torch.float32)
-    # Checkpointing is the loader's job (gradient_checkpointing argument), not a side effect here.
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    4-bit fused experts were quantized while their shard was read (:func:`fused_experts_quantized_on_load`).
+    Unlike ``peft.prepare_model_for_kbit_training``, nothing is cast to fp32: that cast doubles every
+    16-bit weight LoRA never touches (the vision path, embeddings, ``lm_head``) — at DeepSeek-OCR-2's
+    real size it made the 4-bit preset peak above the bf16 one. The weights stay in the run's dtype
+    (PEFT creates the adapter's own weights in fp32); checkpointing is the loader's job.
+    """
+    if quantization == "8bit":
+        quantize_fused_experts(model, quantization, family, dtype=model.dtype)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
     _keep_cpu_4bit_weights_trainable(model)
     _fix_peft_stacked_parametrizations()
     return model
+
+
+@contextlib.contextmanager
+def fused_experts_quantized_on_load(quantization: str | None, family: str) -> Iterator[None]:
+    """While inside, a 4-bit ``from_pretrained`` also quantizes the fused routed experts as they are read.
+
+    transformers' bitsandbytes quantizer converts ``nn.Linear`` weights as each shard is read but
+    leaves 3-D expert tensors — most of DeepSeek-OCR's weights — in full precision, and transformers
+    has no hook for other parameters: the quantizer it picks for ``load_in_4bit`` is swapped for a
+    subclass (:class:`_FusedExperts4bitQuantizer`) for the duration of the load. Without a 4-bit
+    quantization, nothing changes.
+    """
+    if quantization != "4bit" or not family_names(family).routed_experts:
+        yield
+        return
+    from transformers.quantizers import auto
+
+    original = auto.AUTO_QUANTIZER_MAPPING["bitsandbytes_4bit"]
+    auto.AUTO_QUANTIZER_MAPPING["bitsandbytes_4bit"] = _fused_experts_quantizer(original, family)
+    try:
+        yield
+    finally:
+        auto.AUTO_QUANTIZER_MAPPING["bitsandbytes_4bit"] = original
+
+
+def _fused_experts_quantizer(base: type, family: str) -> type:
+    """``base`` (transformers' 4-bit bitsandbytes quantizer) that also takes the fused expert tensors of ``family``.
+
+    Each fused tensor reaches :meth:`convert` once transformers has assembled it from the shard (v1's
+    per-expert tensors merged); it is stored as NF4 (double quantization, the dtype of the load) and its
+    quantization state kept until the load ends, when the dequantizing parametrization is registered.
+    """
+    from bitsandbytes import functional as bnb_functional
+    from bitsandbytes.nn.parametrize import replace_parameter_4bit_prequantized
+    from transformers.core_model_loading import ConversionOps
+
+    class QuantizeFusedOrLinear(ConversionOps):
+        def __init__(self, quantizer) -> None:
+            self.quantizer, self.linear = quantizer, base.get_quantize_ops(quantizer)
+
+        def convert(self, input_dict, full_layer_name=None, model=None, **kwargs):
+            if full_layer_name not in self.quantizer.fused_names(model):
+                return self.linear.convert(input_dict, full_layer_name=full_layer_name, model=model, **kwargs)
+            value = input_dict[full_layer_name]
+            value = value[0] if isinstance(value, list) else value
+            packed, state = bnb_functional.quantize_4bit(value, compress_statistics=True, quant_type="nf4")
+            self.quantizer.fused_states[full_layer_name] = state
+            return {full_layer_name: packed}
+
+    class FusedExperts4bitQuantizer(base):
+        def fused_names(self, model) -> set[str]:
+            if not hasattr(self, "_fused_names"):
+                self._fused_names = {f"{module_name}.{name}" for module_name, _, name in _fused_expert_tensors(model, family)}
+                self.fused_states = {}
+            return self._fused_names
+
+        def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+            return param_name in self.fused_names(model) or super().param_needs_quantization(model, param_name, **kwargs)
+
+        def get_quantize_ops(self):
+            return QuantizeFusedOrLinear(self)
+
+        def _process_model_after_weight_loading(self, model, **kwargs):
+            for name, state in getattr(self, "fused_states", {}).items():
+                module_name, _, parameter = name.rpartition(".")
+                replace_parameter_4bit_prequantized(model.get_submodule(module_name), parameter,
+                                                    state.as_dict(), state.absmax.device)
+            return super()._process_model_after_weight_loading(model, **kwargs)
+
+    return FusedExperts4bitQuantizer
 
 
 def _keep_cpu_4bit_weights_trainable(model: nn.Module) -> None:

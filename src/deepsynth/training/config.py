@@ -237,7 +237,7 @@ class TrainerConfig:
     dtype: str | None = setting(None, metavar="NAME",
                                 help="float32, bfloat16 or float16 (default: bf16 on GPUs that have it, else fp32)")
     gradient_checkpointing: bool = setting(False, help="recompute activations in backward (less memory)")
-    # Encode each unique page once when the vision path is frozen (deepsynth.training.feature_cache);
+    # Encode each unique page once when the vision path is frozen (deepsynth.models.feature_cache);
     # false forces per-step encoding. Exact: tests compare losses with and without.
     use_feature_cache: bool = setting(True, flag="--feature-cache",
                                       help="encode each page once when the vision path is frozen")

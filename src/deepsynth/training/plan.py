@@ -24,7 +24,9 @@ from deepsynth.models.image_modes import VisionTokens, mode_for_model, processor
 from deepsynth.training.config import TrainerConfig, build_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import FLAT_FIELDS
-from deepsynth.training.recommend import Recommendation, count_target_tokens, estimate_updates, preset_reason, recommend
+from deepsynth.training.recommend import (
+    Recommendation, count_target_tokens, estimate_updates, eval_every, preset_reason, recommend,
+)
 
 #: The README's demonstration (examples/quickstart.yaml, which a test keeps equal to this): what plain
 #: ``deepsynth train`` runs. The small tiny_data adapter trained hard (lr 2e-3, 175 updates) on the 54
@@ -98,6 +100,7 @@ def plan_run(
     names: Mapping[str, str] | None = None,
     origin: str | None = None,
     data_label: str | None = None,
+    learning_rates: str = "evidence",
 ) -> RunPlan:
     """Plan a run of ``config`` on its data: the one planner (``deepsynth train``; the web API next).
 
@@ -117,29 +120,39 @@ def plan_run(
             the CLI); field names by default.
         origin: where the settings come from, in the interface's words (first line).
         data_label: how the interface names the data (default: ``data_path`` or the bundled samples).
+        learning_rates: the recommendation's learning rates, ``"evidence"`` or ``"guide"`` (the design
+            guide's); only with ``recommend_settings`` (a ConfigError otherwise: it would be ignored).
 
     Returns:
         a :class:`RunPlan`. Raises DataError (bad data) or ConfigError (bad settings, e.g. a hold-out
         that leaves nothing to train on) before anything is written.
     """
     names = dict(names or {})
+    if learning_rates != "evidence" and not recommend_settings:
+        # Ignored otherwise: the guide's rates are the recommendation's.
+        raise ConfigError(names.get("learning_rates", "learning_rates"), learning_rates,
+                          f"it with {names.get('recommend_settings', 'recommend_settings')} only (the guide's rates "
+                          f"are the recommendation's); set {names.get('learning_rate', 'learning_rate')} for a rate "
+                          "of your own")
     label = data_label or config.data_path or (TRANSCRIPTION_SAMPLES if config.task == "transcribe" else BUNDLED_DATA)
     notes: list[str] = []
-    pages = _vision_tokens(config, notes)  # a mode the model lacks fails here, before the data loads
+    pages, reads_pages = _vision_tokens(config, notes)  # a mode the model lacks fails here, before the data loads
     data = _load(config, rows, eval_rows, holdout=None if recommend_settings else config.holdout_samples)
     rec = tokens = None
     if recommend_settings:
         tokens = _count_tokens(config.model_name, data.train["summary"], notes)
         rec = recommend(len(data.train), config.model_name, world_size=world_size, num_train_tokens=tokens,
-                        has_eval_data=not data.eval_on_training_data)
+                        has_eval_data=not data.eval_on_training_data, learning_rates=learning_rates)
         config = _apply(rec, config, keep)
         if config.holdout_samples and data.eval_on_training_data:
             data = hold_out(data, config.holdout_samples, config.seed, config.max_eval_samples)
+    updates = _updates(config, len(data.train), world_size)
+    if rec is not None:
+        config = _size_evaluation(rec, config, keep, updates["effective_updates"])
     kept = {name: _value(config, name) for name in keep if name in _recommended_fields(rec)} if rec else {}
-    warnings = [w for w in rec.warnings if w not in rec.decisions.values()] if rec else []
-    plan = RunPlan(config, _data_summary(data, label), _updates(config, len(data.train), world_size), rec, tokens,
-                   kept, warnings, vision_tokens=pages)
-    plan.lines = _lines(plan, data, names, origin, notes)
+    plan = RunPlan(config, _data_summary(data, label), updates, rec, tokens, kept, _warnings(rec, keep),
+                   vision_tokens=pages)
+    plan.lines = _lines(plan, data, names, origin, notes, reads_pages)
     return plan
 
 
@@ -155,21 +168,23 @@ def _load(config: TrainerConfig, rows: Any, eval_rows: Any, holdout: int | None)
     )
 
 
-def _vision_tokens(config: TrainerConfig, notes: list[str]) -> VisionTokens | None:
-    """Vision tokens per page of the run's model in its mode (ConfigError for a mode or task the model lacks)."""
+def _vision_tokens(config: TrainerConfig, notes: list[str]) -> tuple[VisionTokens | None, bool | None]:
+    """(vision tokens per page of the run's model in its mode, whether the model reads pages: None when unknown).
+
+    ConfigError for a mode or task the model lacks."""
     try:
         resolved, mode = mode_for_model(config.model_name, config.image_mode)
     except ConfigError:
         raise
     except (ValueError, OSError) as error:  # a hub name not cached while offline: the loader will say more
         notes.append(f"vision tokens per page not computed ({error})")
-        return None
+        return None, None
     if mode is None:
         if config.task == "transcribe":
             raise ConfigError("task", config.task, "summarise for a text causal LM (transcription reads page "
                                                    "images: use a DeepSeek-OCR-family model)")
-        return None
-    return vision_tokens_per_page(resolved.family, mode, resolved.config)
+        return None, False
+    return vision_tokens_per_page(resolved.family, mode, resolved.config), True
 
 
 def _count_tokens(model: str | None, summaries: list[str], notes: list[str]) -> int | None:
@@ -186,6 +201,27 @@ def _apply(rec: Recommendation, config: TrainerConfig, keep: Collection[str]) ->
     """``config`` with the recommendation applied, except the fields in ``keep``."""
     mine = {name: _value(config, name) for name in keep}
     return build_config(config.to_dict(), rec.preset_name, {**rec.overrides(), **mine}, hub_token=config.hub_token)
+
+
+def _size_evaluation(rec: Recommendation, config: TrainerConfig, keep: Collection[str],
+                     effective_updates: int) -> TrainerConfig:
+    """``config`` evaluating (for early stopping) about as often over the run actually planned as the
+    recommendation did over its own: kept epochs or accumulation change the number of updates."""
+    if "eval_every_updates" not in rec.training_config or "eval_every_updates" in keep:
+        return config
+    every = eval_every(effective_updates)
+    if every == config.eval_every_updates:
+        return config
+    return build_config(config.to_dict(), None, {"eval_every_updates": every}, hub_token=config.hub_token)
+
+
+def _warnings(rec: Recommendation | None, keep: Collection[str]) -> list[str]:
+    """The recommendation's warnings the plan prints: not the choices its lines state, not those about a
+    value the caller replaced with its own (kept)."""
+    if rec is None:
+        return []
+    dropped = set(rec.decisions.values()) | {text for name, text in rec.field_warnings.items() if name in keep}
+    return [warning for warning in rec.warnings if warning not in dropped]
 
 
 def _recommended_fields(rec: Recommendation) -> set[str]:
@@ -218,7 +254,7 @@ def _updates(config: TrainerConfig, train_samples: int, world_size: int) -> dict
 # --- the lines ------------------------------------------------------------------------------------
 
 def _lines(plan: RunPlan, data: PreparedData, names: dict[str, str], origin: str | None,
-           notes: list[str]) -> list[str]:
+           notes: list[str], reads_pages: bool | None) -> list[str]:
     config, rec = plan.config, plan.recommendation
     lines = [f"Plan: {origin}" if origin else "Plan:", f"  data: {_data_line(plan.data, names, rec is not None)}"]
     settings = f"preset {rec.preset_name}, recommended for {preset_reason(plan.data['train_samples'])} " \
@@ -227,16 +263,16 @@ def _lines(plan: RunPlan, data: PreparedData, names: dict[str, str], origin: str
     lines.append(f"  schedule: {_schedule_words(config, plan.updates)}")
     if rec is not None and "learning_rate" not in plan.kept:
         lines.append(f"  {rec.decisions['learning_rate']}")
-    lines.append(f"  task: {_task_words(config, names)}")
+    lines.append(f"  task: {_task_words(config, names, reads_pages)}")
     if plan.vision_tokens is not None:
         default = "" if config.image_mode else " (the model's default)"
         lines.append(f"  pages: image mode {plan.vision_tokens.mode.name}{default}; vision tokens "
                      f"{plan.vision_tokens.text()}")
-    lines.append(f"  sequence length: {_length_words(config, names)}")
+    lines.append(f"  sequence length: {_length_words(config, names, reads_pages)}")
     if config.early_stopping_patience:
         lines.append(f"  early stopping: held-out loss every {config.eval_every_updates} update(s); stops after "
                      f"{config.early_stopping_patience} evaluations without improvement and keeps the best adapter, "
-                     f"so the {config.num_epochs} epochs are an upper bound")
+                     f"so the {config.num_epochs} epoch{'s' if config.num_epochs != 1 else ''} are an upper bound")
     if plan.train_tokens is not None:
         lines.append(f"  target tokens: {plan.train_tokens:,} in the training samples (counted with the tokenizer)")
     for name, value in plan.kept.items():
@@ -246,7 +282,9 @@ def _lines(plan: RunPlan, data: PreparedData, names: dict[str, str], origin: str
 
 
 def _data_line(data: dict[str, Any], names: dict[str, str], recommended: bool) -> str:
-    head = f"{data['num_samples']} training samples from {data['source']}"
+    held_out = data["eval_from"] == HOLDOUT
+    # With a hold-out, part of the samples is never trained on: "training samples" would count those too.
+    head = f"{data['num_samples']} {'samples' if held_out else 'training samples'} from {data['source']}"
     if data["eval_from"] == EVAL_DATA:
         return f"{head}; scored on {data['eval_samples']} samples of the eval data"
     if data["eval_from"] == EVAL_SPLIT:
@@ -257,7 +295,8 @@ def _data_line(data: dict[str, Any], names: dict[str, str], recommended: bool) -
         rows = ", ".join(str(index + 1) for index in data["holdout_indices"])
         return (f"{head}; {why}: {len(data['holdout_indices'])} held out for evaluation and early stopping "
                 f"(row{'s' if len(data['holdout_indices']) > 1 else ''} {rows}, drawn with the seed) and never "
-                f"trained on, as scores on trained samples overstate the gain; {data['train_samples']} trained on")
+                f"trained on, as scores on trained samples overstate the gain; the other {data['train_samples']} are "
+                "trained on")
     reason = f"{why}, and too few samples to hold one out" if recommended else why
     return (f"{head}; {reason}: the before/after scores are on the training samples and measure memorisation, "
             f"not quality (give eval data, even 1-2 documents, or set {names.get('holdout_samples', 'holdout_samples')})")
@@ -280,17 +319,22 @@ def _schedule_words(config: TrainerConfig, updates: dict[str, int]) -> str:
             f"{optimizer.scheduler_type} schedule, {updates['warmup_steps']} warmup update(s)")
 
 
-def _task_words(config: TrainerConfig, names: dict[str, str]) -> str:
+def _task_words(config: TrainerConfig, names: dict[str, str], reads_pages: bool | None) -> str:
     instruction = task_instruction(config.task, config.instruction)
     if config.task == "transcribe":
         normalised = normalisation_words(ignore_case=config.metric_ignore_case,
                                          ignore_punctuation=config.metric_ignore_punctuation)
         return f"transcribe (prompt {instruction!r}; targets are the pages' text; CER and WER on {normalised})"
+    if reads_pages is False:  # a text model: nothing to transcribe
+        return f"summarise (prompt {instruction!r})"
     return f"summarise (prompt {instruction!r}; {names.get('task', 'task')} transcribe for OCR)"
 
 
-def _length_words(config: TrainerConfig, names: dict[str, str]) -> str:
+def _length_words(config: TrainerConfig, names: dict[str, str], reads_pages: bool | None) -> str:
     if config.max_length is None:
+        if reads_pages is False:
+            return ("max_length sized from the data when the examples are encoded (the longest example's prompt + "
+                    "document + target + EOS): no target is cut")
         return ("max_length sized from the data when the pages are encoded (the longest example's vision tokens + "
                 "prompt + target + EOS): no target is cut")
     return (f"{names.get('max_length', 'max_length')} {config.max_length} (yours): a longer example has its target "

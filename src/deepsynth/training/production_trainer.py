@@ -32,6 +32,7 @@ from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.families import CAUSAL_LM, family_names
 from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
+from deepsynth.models.memory import log_memory, release_vision, return_freed_memory, upcast
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.checkpoints import (
@@ -44,7 +45,7 @@ from deepsynth.training.distributed import (
     local_weight_share, sharding_training_arguments, trainable_named_tensors, weights_sharded,
 )
 from deepsynth.training.errors import ConfigError
-from deepsynth.training.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
+from deepsynth.models.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
 from deepsynth.training.moe import MoeRegularisation, install_moe, plot_expert_utilization
 from deepsynth.training.plan import run_page_size
 from deepsynth.training.progress import Done, Phase, ProgressWriter, Start, record_error
@@ -135,15 +136,20 @@ class UnifiedProductionTrainer:
         enable_fsdp_on_cpu()  # before loading: rank 0 alone may read the weights (cpu_ram_efficient_loading)
         data = self.setup_data(dataset, eval_dataset)  # validated before anything is written
         loaded = self.setup_model()
-        model, targets = self.setup_adapter(loaded)
+        log_memory("setup_model")  # where a run's memory goes, step by step (docs/performance.md)
         examples = self.setup_examples(loaded, data)
+        pages = self.setup_pages(loaded, examples)
+        log_memory("setup_pages")
+        model, targets = self.setup_adapter(loaded)
         run = self.start_run(examples, targets, data)
         sharded = weights_sharded()
         before = self.evaluate(model, loaded, data, examples, run, baseline=True) if run.is_main and not sharded \
             else None
-        training = self.setup_trainer(model, loaded, targets, examples, run)
+        log_memory("the baseline evaluation")
+        training = self.setup_trainer(model, loaded, targets, examples, run, pages)
         baseline = self._baseline_on_all_ranks(training, loaded, data, examples, run) if sharded else None
         self.fit(training, run)
+        log_memory("fit")
         adapter_state = None
         if sharded:  # every rank takes part in each forward and in gathering the adapter
             model = training.trainer.model
@@ -154,6 +160,7 @@ class UnifiedProductionTrainer:
             return {}, {}
         if not sharded:
             after = self.evaluate(model, loaded, data, examples, run, baseline=False)
+        log_memory("the final evaluation")
         training.moe.remove()
         report = self.report(model, loaded, data, examples, targets, run, training, before, after)
         paths = self.save(model, loaded, report, run, adapter_state=adapter_state)
@@ -184,12 +191,18 @@ class UnifiedProductionTrainer:
     prepare_data = setup_data
 
     def setup_model(self) -> LoadedModel:
-        """Seed everything, then load the base model and its processor (frozen vision path)."""
+        """Seed everything, then load the base model and its processor (frozen vision path).
+
+        With the feature cache on, a checkpoint stored narrower than the run's dtype is loaded as
+        stored and upcast in ``setup_pages`` (deepsynth.models.memory): the whole model never exists
+        in the run's dtype.
+        """
         config = self.config
         set_seed(config.seed)  # LoRA init, dropout and data order all follow the run's seed
         loaded = load_model_and_processor(
             config.model_name, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing,
             quantization=config.lora_quantization, image_mode=config.image_mode,
+            staged_upcast=config.use_feature_cache is not False,
         )
         _check_task(config, loaded)
         return loaded
@@ -204,6 +217,31 @@ class UnifiedProductionTrainer:
         for name, parameter in loaded.model.named_parameters():
             parameter.requires_grad_(not name.startswith(frozen))
         return loaded.model, targets
+
+    def setup_pages(self, loaded: LoadedModel, examples: Examples) -> dict[str, Any]:
+        """Encode every train and eval page once, then let the frozen vision path go; returns the cache's
+        report (metrics.json "feature_cache").
+
+        With a frozen vision path and no augmentation a page's features are a constant of the run
+        (deepsynth.models.feature_cache): they are computed here, in the run's dtype, and nothing needs
+        the encoder again — training, the before/after loss and the generations read the cached
+        features — so its weights are released (deepsynth.models.memory). A staged load is upcast last.
+        """
+        cache_on, reason = cache_applicable(loaded.model, loaded.family, self.config)
+        if cache_on and weights_sharded():  # the vision encoder runs in the sharded forward (ranks > 0: on meta here)
+            cache_on, reason = False, FEATURE_CACHE_OFF
+        report: dict[str, Any] = {"enabled": cache_on, "reason": reason}
+        if cache_on:
+            upcast(loaded.model, loaded.dtype, loaded.family)
+            stats = precompute_image_features(loaded.model, [*examples.train, *examples.eval])
+            report.update(stats.to_dict())
+            if stats.skipped is None:
+                report["vision_released_bytes"] = release_vision(loaded.model, loaded.family)
+        return_freed_memory()  # the released vision path, before the upcast asks for more
+        loaded.finish_upcast()
+        return_freed_memory()  # the bf16 copies of a staged upcast
+        LOGGER.info("vision feature cache: %s (%s)", "on" if cache_on else "off", reason)
+        return report
 
     def setup_examples(self, loaded: LoadedModel, data: PreparedData) -> Examples:
         """Rows → model inputs (prompt, pages, masked labels) with the task's instruction."""
@@ -242,7 +280,7 @@ class UnifiedProductionTrainer:
         config = self.config
         run.progress.emit(Phase(name="baseline_eval" if baseline else "final_eval"))
         return evaluate_model(
-            model, loaded.processor, examples.eval, sources=self._sources(loaded, data.eval),
+            model, loaded.processor, examples.eval, sources=None,
             references=list(data.eval["summary"]), instruction=examples.instruction,
             max_new_tokens=config.max_new_tokens, no_repeat_ngram_size=config.no_repeat_ngram_size,
             task=config.task, ignore_case=config.metric_ignore_case,
@@ -250,7 +288,7 @@ class UnifiedProductionTrainer:
         )
 
     def setup_trainer(self, model: torch.nn.Module, loaded: LoadedModel, targets: ResolvedTargets,
-                      examples: Examples, run: RunState) -> Training:
+                      examples: Examples, run: RunState, pages: dict[str, Any]) -> Training:
         """MoE knobs, the vision feature cache, checkpoint guard and callbacks, and the Trainer."""
         config = self.config
         # MoE knobs and expert-utilization telemetry (docs/moe.md); installed after the baseline so
@@ -261,7 +299,9 @@ class UnifiedProductionTrainer:
                           expert_dropout_min_keep=config.expert_dropout_min_keep,
                           router_aux_loss_coef=config.router_aux_loss_coef, seed=config.seed,
                           router_mode=targets.router_mode)
-        collator, feature_cache = self._collator(model, loaded, examples)
+        collator: Any = DataCollator(loaded.processor, dtype=loaded.model.dtype)
+        if pages.get("cached_examples"):
+            collator = CachedFeatureCollator(collator)
         # Marks complete checkpoints, rotates them, checks free space (transformers' rotation is off).
         guard = CheckpointGuard(run.output_dir, config.save_total_limit, checkpoint_bytes_estimate(model))
         callbacks: list[TrainerCallback] = [ProgressLog(run.progress), guard, *self.callbacks]
@@ -276,7 +316,7 @@ class UnifiedProductionTrainer:
         )
         if trainer.pop_callback(ProgressCallback) is not None:  # None when tqdm is disabled
             trainer.add_callback(SparseProgressCallback())
-        return Training(trainer, moe, guard, feature_cache)
+        return Training(trainer, moe, guard, pages)
 
     def fit(self, training: Training, run: RunState) -> None:
         """``Trainer.train`` (resuming when a checkpoint was chosen); a failed save is reported as what
@@ -382,23 +422,6 @@ class UnifiedProductionTrainer:
         baseline = BaselineOnAllRanks(evaluate)
         training.trainer.add_callback(baseline)
         return baseline
-
-    def _collator(self, model: torch.nn.Module, loaded: LoadedModel,
-                  examples: Examples) -> tuple[Any, dict[str, Any]]:
-        """The batch collator, and the feature cache's report: with a frozen vision path and no
-        augmentation each unique page is encoded once, not once per step."""
-        collator: Any = DataCollator(loaded.processor, dtype=loaded.model.dtype)
-        cache_on, cache_reason = cache_applicable(model, loaded.family, self.config)
-        if cache_on and weights_sharded():
-            cache_on, cache_reason = False, FEATURE_CACHE_OFF
-        cache_stats = precompute_image_features(model, examples.train) if cache_on else None
-        if cache_stats is not None and cache_stats.skipped is None:
-            collator = CachedFeatureCollator(collator)
-        LOGGER.info("vision feature cache: %s (%s)", "on" if cache_on else "off", cache_reason)
-        return collator, {"enabled": cache_on, "reason": cache_reason, **(cache_stats.to_dict() if cache_stats else {})}
-
-    def _sources(self, loaded: LoadedModel, rows: datasets.Dataset) -> list[Any]:
-        return list(rows["image"] if loaded.is_multimodal else rows["text"])
 
     def _encode(self, loaded: LoadedModel, rows: datasets.Dataset, instruction: str) -> list[dict[str, Any]]:
         try:

@@ -59,6 +59,9 @@ class Recipe:
     learning_rate: float
     guide_learning_rate: float
     evidence: str = ""
+    # Where ``evidence`` was measured: the sample counts and the models (as :func:`evidence_model` names them).
+    evidence_samples: tuple[int, ...] = ()
+    evidence_models: tuple[str, ...] = ()
     weight_decay: float = 0.01
     # The seed asks for warmup over 10-15% of the steps; its absolute counts (50 warmup steps for a
     # run it believed had ~56 updates) came from a wrong update count, so the ratio is what we keep.
@@ -77,17 +80,43 @@ RECIPES: dict[str, Recipe] = {
         evidence="at n=3, x10 (5e-4) matched the guide's 5e-5 on held-out loss (7.47 vs 7.53) and ROUGE-L "
                  "(0.061 vs 0.050, seed ranges overlap) and stopped early after 105 of 300 updates (2.8x less "
                  "time); x3 had the lowest loss (7.07) but the worst ROUGE-L (0.018); on SmolLM2-135M x10 tied too "
-                 "(loss 2.116 vs 2.120, ROUGE-L 0.209 vs 0.218) in half the time"),
+                 "(loss 2.116 vs 2.120, ROUGE-L 0.209 vs 0.218) in half the time",
+        evidence_samples=(3,), evidence_models=("the embedded tiny model", "SmolLM2-135M-Instruct")),
     "balanced": Recipe(
         batch_size=1, gradient_accumulation_steps=16, num_epochs=200, learning_rate=2e-4, guide_learning_rate=2e-5,
         evidence="at n=10, x10 (2e-4) beat the guide's 2e-5 on held-out loss (6.59 vs 8.04) and ROUGE-L "
-                 "(0.078 vs 0.035) in 3 of 3 seeds, with early stopping after ~130 of 200 updates"),
+                 "(0.078 vs 0.035) in 3 of 3 seeds, with early stopping after ~130 of 200 updates",
+        evidence_samples=(10,), evidence_models=("the embedded tiny model",)),
     "high_capacity_moe": Recipe(
         batch_size=2, gradient_accumulation_steps=16, num_epochs=200, learning_rate=6e-5, guide_learning_rate=2e-5,
         evidence="at n=50 (1 seed, 400 updates), x3 (6e-5) gave the best held-out loss (6.10; x1 6.69, x10 6.32, "
-                 "x30 7.63) and ROUGE-L (0.125; x1 0.016, x10 0.108, x30 0.086), CER 0.762 vs 0.914 at x1"),
+                 "x30 7.63) and ROUGE-L (0.125; x1 0.016, x10 0.108, x30 0.086), CER 0.762 vs 0.914 at x1",
+        evidence_samples=(50,), evidence_models=("the embedded tiny model",)),
 }
 LEARNING_RATES = ("evidence", "guide")
+
+
+def evidence_model(model_name: str) -> str:
+    """How the learning-rate evidence names ``model_name``: one of the models docs/quality.md measured, else the
+    name itself (the evidence is then extrapolated to it)."""
+    from deepsynth.models.tiny import EMBEDDED_MODEL_NAME
+
+    if model_name == EMBEDDED_MODEL_NAME:
+        return "the embedded tiny model"
+    if model_name.rstrip("/").lower().endswith("smollm2-135m-instruct"):
+        return "SmolLM2-135M-Instruct"
+    return model_name
+
+
+def evidence_scope(recipe: Recipe, train_samples: int, model_name: str) -> str:
+    """Where the recipe's learning rate was measured, and whether this run (its n, its model) is extrapolated."""
+    samples = "/".join(str(n) for n in recipe.evidence_samples)
+    where = f"measured at n={samples} on {' and '.join(recipe.evidence_models)}"
+    named = evidence_model(model_name)
+    if train_samples in recipe.evidence_samples and named in recipe.evidence_models:
+        return where
+    on = "" if named in recipe.evidence_models else f" on {named}"
+    return f"{where}; extrapolated to n={train_samples}{on}"
 
 
 @dataclass(frozen=True)
@@ -196,6 +225,9 @@ class Recommendation:
     decisions: dict[str, str] = field(default_factory=dict, repr=False)
     # What a page costs the model in the resolution mode (VisionTokens.to_dict()); None for a text model.
     vision_tokens: dict[str, Any] | None = None
+    # Warnings about the recommended value of one field (field name → warning): the run plan drops the
+    # warning when the caller set that field itself (its own value is kept, so the warning is stale).
+    field_warnings: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -265,13 +297,16 @@ def recommend(
     preset_name = preset_for(train_samples)
     recipe, lora = RECIPES[preset_name], get_lora_preset(preset_name)
     accumulation = _accumulation(recipe, train_samples, world_size, warnings)
+    capped = accumulation < recipe.gradient_accumulation_steps
+    field_warnings = {"gradient_accumulation_steps": warnings[-1]} if capped else {}
     estimate = estimate_updates(train_samples, recipe.batch_size, accumulation, recipe.num_epochs, world_size)
     report = count_trainable_params(model, lora)
     warnings.extend(report.targets.warnings)
     warnings.extend(_size_warnings(train_samples))
     tokens, per_token = _params_per_token(report.trainable, train_samples, num_train_tokens, warnings)
     training_config = _training_config(recipe, accumulation, learning_rates)
-    warnings.append(_learning_rate_note(preset_name, recipe, learning_rates))
+    warnings.append(_learning_rate_note(preset_name, recipe, learning_rates,
+                                        evidence_scope(recipe, train_samples, report.model)))
     decisions["learning_rate"] = warnings[-1]
     if train_samples < EARLY_STOPPING_BELOW and (has_eval_data or held_out > 0):
         training_config.update(_early_stopping(estimate, recipe, train_samples, warnings))
@@ -293,7 +328,7 @@ def recommend(
         training_config=training_config, estimates=estimates, trainable_params_by_group=report.by_group,
         warnings=warnings, evaluation={"holdout_samples": held_out, "train_samples": train_samples,
                                        "eval_on_training_data": not (has_eval_data or held_out > 0)},
-        decisions=decisions, vision_tokens=_vision_tokens(model, image_mode),
+        decisions=decisions, vision_tokens=_vision_tokens(model, image_mode), field_warnings=field_warnings,
     )
 
 
@@ -381,13 +416,14 @@ def _optimizer(recipe: Recipe) -> OptimizerConfig:
                            warmup_ratio=recipe.warmup_ratio, scheduler_type=recipe.scheduler_type)
 
 
-def _learning_rate_note(preset_name: str, recipe: Recipe, learning_rates: str) -> str:
-    """Which learning rate was chosen and why, in the recommendation's notes."""
+def _learning_rate_note(preset_name: str, recipe: Recipe, learning_rates: str, scope: str) -> str:
+    """Which learning rate was chosen and why, in the recommendation's notes; ``scope`` says where the
+    evidence was measured and whether this run is extrapolated from it (:func:`evidence_scope`)."""
     guide, measured = f"{recipe.guide_learning_rate:.0e}", f"{recipe.learning_rate:.0e}"
     if learning_rates == "guide":
         return (f"learning rate {guide}: the design guide's rate for {preset_name}, as asked; our full-length runs "
-                f"support {measured} ({recipe.evidence}; docs/quality.md)")
-    return (f"learning rate {measured}, not the design guide's {guide}: {recipe.evidence} (docs/quality.md). "
+                f"support {measured} ({recipe.evidence}; {scope}; docs/quality.md)")
+    return (f"learning rate {measured}, not the design guide's {guide}: {recipe.evidence} ({scope}; docs/quality.md). "
             f"The guide's rate stays available: set the learning rate to {guide}")
 
 
@@ -403,9 +439,14 @@ def _training_config(recipe: Recipe, accumulation: int, learning_rates: str) -> 
     }
 
 
+def eval_every(effective_updates: int) -> int:
+    """Optimizer updates between held-out evaluations: about ``EVALS_PER_RUN`` evaluations over the run."""
+    return max(1, math.ceil(effective_updates / EVALS_PER_RUN))
+
+
 def _early_stopping(estimate: UpdateEstimate, recipe: Recipe, train_samples: int,
                     warnings: list[str]) -> dict[str, int]:
-    every = max(1, math.ceil(estimate.effective_updates / EVALS_PER_RUN))
+    every = eval_every(estimate.effective_updates)
     warnings.append(
         f"early stopping on: held-out loss every {every} update(s), stop after {EARLY_STOPPING_PATIENCE} "
         f"evaluations without improvement and keep the best adapter; the {recipe.num_epochs}-epoch recipe "

@@ -1,0 +1,170 @@
+"""Keeping a real-size model within memory: shards read without mmap, a staged upcast, the vision path let go.
+
+Three things transformers does not do for a fine-tuning run that DeepSynth needs at real size
+(measured in docs/performance.md, "From the user's checkpoint folder"):
+
+* :func:`shards_read_without_mmap` — ``from_pretrained`` opens every safetensors shard with mmap and
+  keeps them all open until the last tensor is loaded, so every byte it reads stays in the process's
+  resident set (6.7 GB for DeepSeek-OCR) on top of the model; read with ``pread`` instead, each
+  tensor's bytes are freed once converted. safetensors offers that backend, transformers only picks
+  it on Windows and Apple GPUs;
+* :func:`storage_dtype` / :func:`upcast` — a checkpoint stored in bf16 trained in fp32 (the CPU) is
+  loaded as stored and upcast once its pages are encoded and its vision path released, so the whole
+  model never exists in fp32 (bf16 → fp32 is exact: the values are those of a fp32 load);
+* :func:`release_vision` — once every page of the run is encoded (the feature cache), the frozen
+  vision encoder, projector and separators give their memory back, and any later use fails loudly
+  instead of computing with stand-in weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deepsynth.models.families import family_names
+
+__all__ = ["VisionReleasedError", "log_memory", "release_vision", "return_freed_memory", "shards_read_without_mmap", "storage_dtype", "upcast", "vision_released"]
+
+LOGGER = logging.getLogger(__name__)
+_STORED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@contextlib.contextmanager
+def shards_read_without_mmap() -> Iterator[None]:
+    """While inside, transformers reads safetensors shards on the CPU with ``pread`` rather than mmap (see above)."""
+    from transformers import modeling_utils
+
+    original = modeling_utils.safe_open
+
+    def pread_open(filename, framework="pt", device="cpu", backend="mmap"):
+        return original(filename, framework=framework, device=device,
+                        backend="pread" if str(device) == "cpu" else backend)
+
+    modeling_utils.safe_open = pread_open
+    try:
+        yield
+    finally:
+        modeling_utils.safe_open = original
+
+
+def storage_dtype(checkpoint_dir: Path | None) -> torch.dtype | None:
+    """The dtype a checkpoint folder's weights are stored in (its config.json says), None when unknown."""
+    if checkpoint_dir is None or not (Path(checkpoint_dir) / "config.json").is_file():
+        return None
+    config = json.loads((Path(checkpoint_dir) / "config.json").read_text(encoding="utf-8"))
+    name = config.get("dtype") or config.get("torch_dtype")
+    return _STORED_DTYPES.get(str(name).removeprefix("torch.")) if name else None
+
+
+def _base(model: nn.Module) -> nn.Module:
+    getter = getattr(model, "get_base_model", None)
+    return getter() if callable(getter) else model
+
+
+def _tensors(model: nn.Module, prefixes: tuple[str, ...] | None = None) -> Iterator[tuple[dict, str, torch.Tensor]]:
+    """(the dict holding it, its key, tensor) of every parameter and buffer, or of those under ``prefixes``."""
+    for module_name, module in _base(model).named_modules():
+        for collection in (module._parameters, module._buffers):
+            for leaf, tensor in collection.items():
+                full = f"{module_name}.{leaf}" if module_name else leaf
+                if tensor is not None and (prefixes is None or full.startswith(prefixes)):
+                    yield collection, leaf, tensor
+
+
+def _is_stand_in(tensor: torch.Tensor) -> bool:
+    """A released weight: a zero-storage view of one element, expanded to the weight's shape."""
+    return tensor.numel() > 1 and all(stride == 0 for stride in tensor.stride())
+
+
+class VisionReleasedError(RuntimeError):
+    """The vision path was released after the run's pages were encoded, and something asked it for more."""
+
+
+def _refuse(module: nn.Module, args: tuple) -> None:
+    raise VisionReleasedError(
+        "the vision encoder was released once every page of the run was encoded (deepsynth.models.memory): "
+        "pass the cached features (mm_encoder_outputs), or load the model again to encode new pages")
+
+
+def release_vision(model: nn.Module, family: str) -> int:
+    """Let go of the frozen vision path's weights; returns the bytes released.
+
+    Only once every page the run will read is encoded: the model then takes cached features
+    (``mm_encoder_outputs``). Each weight becomes a zero-storage stand-in of the same shape, dtype and
+    device (so parameter counts, ``model.to(device)`` and reports still work), and the vision modules
+    refuse to run (:class:`VisionReleasedError`) rather than compute with the stand-ins.
+    """
+    prefixes = family_names(family).frozen_prefixes
+    released = 0
+    for collection, key, tensor in list(_tensors(model, prefixes)):
+        if _is_stand_in(tensor):
+            continue
+        released += tensor.numel() * tensor.element_size()
+        stand_in = torch.zeros((), dtype=tensor.dtype, device=tensor.device).expand(tensor.shape)
+        collection[key] = nn.Parameter(stand_in, requires_grad=False) if isinstance(tensor, nn.Parameter) else stand_in
+    base = _base(model)
+    for name, module in base.named_modules():
+        if f"{name}." in prefixes and not getattr(module, "_deepsynth_released", False):
+            module.register_forward_pre_hook(_refuse)
+            module._deepsynth_released = True
+    base._deepsynth_vision_released = True
+    LOGGER.info("vision path released: %.1f MiB", released / 2**20)
+    return released
+
+
+def vision_released(model: nn.Module) -> bool:
+    """Whether :func:`release_vision` ran on ``model``."""
+    return bool(getattr(_base(model), "_deepsynth_vision_released", False))
+
+
+def upcast(model: nn.Module, dtype: torch.dtype, family: str | None = None) -> int:
+    """Cast every floating-point tensor held in a lower precision than ``dtype`` to it, one at a time.
+
+    With ``family``, only its vision path (which encodes the pages before the rest is needed).
+    A released vision path's stand-ins are left as they are. Returns how many tensors were cast.
+    """
+    prefixes = family_names(family).frozen_prefixes if family else None
+    width = torch.finfo(dtype).bits
+    cast = 0
+    for _, _, tensor in _tensors(model, prefixes):
+        if tensor.is_floating_point() and torch.finfo(tensor.dtype).bits < width and not _is_stand_in(tensor):
+            tensor.data = tensor.data.to(dtype)
+            cast += 1
+    return cast
+
+
+def return_freed_memory() -> None:
+    """Ask the C allocator to give freed heap memory back to the system (glibc's ``malloc_trim``).
+
+    Why: the vision path's weights and the bf16 copies of a staged upcast are freed in pieces small
+    enough for glibc to keep them in its heap, where they still count in the resident set. Elsewhere
+    (no glibc) nothing is done.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
+
+
+def log_memory(step: str) -> None:
+    """Log the process's resident memory and its peak so far after ``step`` (Linux; nothing elsewhere)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii").splitlines()
+    except OSError:
+        return
+    fields = {line.split(":")[0]: line.split()[1] for line in status if line.startswith(("VmRSS", "VmHWM"))}
+    if len(fields) == 2:
+        LOGGER.info("memory after %s: %.0f MiB resident, peak so far %.0f MiB", step,
+                    int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024)
