@@ -19,9 +19,16 @@
 #                                                # generate --model / --adapter), bf16, peak RSS and CUDA peak of
 #                                                # each (hard limit 560 s) -> user_path.json
 #   bash benchmarks/gpu_check.sh --user-path --tiny        # the same on shrunken configs, on the CPU (the suite's smoke)
+#   bash benchmarks/gpu_check.sh --fsdp          # FSDP2: with >= 2 GPUs, `deepsynth train` under
+#                                                # examples/accelerate/fsdp.yaml on every GPU (embedded model, the
+#                                                # sharded evaluation and save); then benchmarks/fsdp_real_dims.py
+#                                                # (DeepSeek-OCR v1 fp32, 2 CPU processes vs 1: peak RSS per rank;
+#                                                # the lent machine's RAM fits it) (hard limit 540 s)
+#                                                # -> fsdp_run/, fsdp_real_dims.json
 #   bash benchmarks/gpu_check.sh --dry-run                 # tiny configs on the CPU: check the scripts only
 #   bash benchmarks/gpu_check.sh --real-dims --tiny        # same for the real-dimensions cases
 #   bash benchmarks/gpu_check.sh --trainer --tiny-dims     # same for the trainer comparison
+#   bash benchmarks/gpu_check.sh --fsdp --tiny             # same for the FSDP2 measurement
 # Arguments after the mode go to the Python script (e.g. --cases deepseek_ocr:qlora_4bit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,5 +65,18 @@ if [ "${1:-}" = "--trainer" ]; then
     --variants deepsynth,baseline-scoped --json "${OUT:-.}/trainer_real_dims.json" "$@"
   exec timeout $((deadline - SECONDS)) python benchmarks/trainer_vs_baseline.py profile "${shape[@]}" --epochs 1 \
     --profile-update 1 --json "${OUT:-.}/profile_real_dims.json" "$@"
+fi
+if [ "${1:-}" = "--fsdp" ]; then
+  shift
+  deadline=$((SECONDS + 540))
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  if [ "${gpus:-0}" -ge 2 ]; then
+    timeout 240 python -m accelerate.commands.launch --config_file examples/accelerate/fsdp.yaml \
+      --num_processes "$gpus" -m deepsynth.cli train --preset tiny_data --max-train-samples 4 --epochs 2 \
+      --max-new-tokens 8 --resume never --output-dir "${OUT:-.}/fsdp_run"
+  else
+    echo "gpu_check --fsdp: ${gpus:-0} GPU(s): FSDP2 across GPUs needs 2 or more (NCCL: one rank per GPU); skipped"
+  fi
+  exec timeout $((deadline - SECONDS)) python benchmarks/fsdp_real_dims.py --json "${OUT:-.}/fsdp_real_dims.json" "$@"
 fi
 exec timeout 290 python benchmarks/gpu_check.py --json "${OUT:-.}/gpu_check.json" "$@"

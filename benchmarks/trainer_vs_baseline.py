@@ -273,7 +273,7 @@ def random_weights(family: str):
     """
     from deepsynth.models import loading
 
-    def build(resolved, dtype, extra=None):
+    def build(resolved, dtype, extra=None, quantization=None):
         if extra:
             raise SystemExit("trainer_vs_baseline: quantized presets are not part of this comparison")
         return random_model(family, resolved.config, dtype), {}

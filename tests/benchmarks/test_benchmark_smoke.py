@@ -37,6 +37,7 @@ COVERED = {
     "labelled_loss.py": "test_labelled_loss_smoke.py", "padding_free.py": "test_padding_free_smoke.py",
     "fault_injection.py": "tests/training/test_fault_injection.py (12 kills)",
     "user_path.py": "tests/benchmarks/test_user_path.py",
+    "fsdp_real_dims.py": "test_gpu_check_sh_fsdp_tiny",
 }
 
 
@@ -143,6 +144,20 @@ def test_real_dims_tiny(capsys):
     result = json.loads(line.removeprefix("REAL_DIMS_RESULT "))
     assert result["trainable"]["equal_to_meta"] and result["reload"]["identical"]
     assert len(result["seconds_per_update"]) == 2 and result["export"]["layout"] == "transformers-native"
+
+
+def test_gpu_check_sh_fsdp_tiny(tmp_path):
+    # gpu_check.sh --fsdp on a machine without GPUs: the FSDP2 run across GPUs is skipped, and
+    # fsdp_real_dims.py runs its sharded case on 2 CPU processes at shrunken dims.
+    command = ["bash", str(BENCH / "gpu_check.sh"), "--fsdp", "--tiny", "--only", "fsdp2"]
+    result = subprocess.run(command, env={**ENV, "OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (run,) = json.loads((tmp_path / "fsdp_real_dims.json").read_text())["runs"]
+    assert run["run"] == "fsdp2" and [rank["rank"] for rank in run["ranks"]] == [0, 1]
+    for rank in run["ranks"]:  # each process holds about half of the weights, and trained
+        assert 0.4 < rank["weight_elements_held"] / rank["weight_elements"] < 0.6
+        assert len(rank["seconds_per_update"]) == 2 and rank["peak_rss_gb"] > 0
 
 
 def test_gpu_check_sh_real_dims_dry_run(tmp_path):

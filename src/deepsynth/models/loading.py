@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoProcessor,
+    DeepseekOcr2ForConditionalGeneration,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -327,12 +329,49 @@ def _from_source(loader, source: str, is_local: bool, what: str, **kwargs):
         ) from hub_error
 
 
+def weights_broadcast_from_rank0() -> bool:
+    """Whether this process skips reading the weights: under accelerate's FSDP with
+    ``fsdp_cpu_ram_efficient_loading`` rank 0 alone reads them and accelerate broadcasts each tensor
+    while sharding, so the other ranks need the shapes only (transformers 5.25 still reads the
+    checkpoint on every rank: N processes on one host would hold N copies while loading)."""
+    from transformers.integrations import is_fsdp_enabled
+
+    return is_fsdp_enabled() and torch.distributed.get_rank() != 0
+
+
+def _shapes_only(model_class: type, config: Any, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The model with its parameters on the meta device (buffers real: accelerate re-registers them)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        model = model_class._from_config(config, **({"dtype": dtype} if dtype is not None else {}))
+    logger.info("rank %d: weights not read (rank 0 reads them; accelerate broadcasts them while sharding)",
+                torch.distributed.get_rank())
+    return model
+
+
+def _embedded_shapes_only() -> tuple[PreTrainedModel, Any]:
+    checkpoint = tiny.shipped_checkpoint()
+    if checkpoint is None:  # the cached random-init model: small, read as usual
+        return tiny.load_embedded()
+    config = AutoConfig.from_pretrained(str(checkpoint), local_files_only=True)
+    model = _shapes_only(DeepseekOcr2ForConditionalGeneration, config)
+    tiny._set_generation_ids(model)  # as tiny.load_embedded does
+    return model.eval(), tiny.build_processor()
+
+
+def _on_meta(model: torch.nn.Module) -> bool:
+    return any(parameter.is_meta for parameter in model.parameters())
+
+
 def _load_weights(
     resolved: ResolvedConfig, dtype: torch.dtype, extra: dict[str, Any] | None = None, quantization: str | None = None
 ) -> tuple[PreTrainedModel, dict[str, list[str]]]:
     source = str(resolved.local_dir or resolved.name)
     is_local = resolved.local_dir is not None
     model_class = resolved.model_class
+    if not extra and weights_broadcast_from_rank0():
+        return _shapes_only(model_class, resolved.config, dtype), {}  # nothing read: nothing missing
 
     def loader(src: str, **kwargs):
         # Shard by shard within memory: no mmap'd shard stays resident, 4-bit experts quantized as read.
@@ -462,7 +501,7 @@ def _load_base(resolved: ResolvedConfig, mode: ImageMode | None, dtype: torch.dt
                quantization: str | None, staged_upcast: bool) -> tuple[PreTrainedModel, Any, dict[str, list[str]]]:
     """The weights (quantized per ``extra``) and the processor of ``resolved``, before placement and freezing."""
     if resolved.name == EMBEDDED_MODEL_NAME:
-        model, processor = tiny.load_embedded()
+        model, processor = _embedded_shapes_only() if weights_broadcast_from_rank0() else tiny.load_embedded()
         model = model.to(dtype=dtype)
         if extra:
             from deepsynth.models.quantization import quantize_in_memory
@@ -537,7 +576,7 @@ def load_model_and_processor(
     model, processor, loading_info = _load_base(resolved, mode, target_dtype, extra, quantization, staged_upcast)
     if extra:
         model = quantize.prepare_quantized(model, quantization, resolved.family)
-    else:
+    elif not _on_meta(model):  # weights_broadcast_from_rank0: placed by accelerate while sharding
         model = model.to(device=target_device)
     _set_experts_implementation(model, experts_implementation, target_device)
     if freeze_vision:

@@ -42,6 +42,10 @@ from deepsynth.training.checkpoints import (
     model_save_bytes, run_history, run_train_loss, staged_save,
 )
 from deepsynth.training.config import TrainerConfig
+from deepsynth.training.distributed import (
+    FEATURE_CACHE_OFF, BaselineOnAllRanks, check_sharding_supported, enable_fsdp_on_cpu, gathered_trainable_state,
+    local_weight_share, sharding_training_arguments, trainable_named_tensors, weights_sharded,
+)
 from deepsynth.training.errors import ConfigError
 from deepsynth.models.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
 from deepsynth.training.moe import MoeRegularisation, install_moe, plot_expert_utilization
@@ -127,8 +131,11 @@ class UnifiedProductionTrainer:
             raise
 
     def _run(self, dataset: Any, eval_dataset: Any) -> tuple[dict[str, Any], dict[str, Path]]:
-        """The recipe: every step, in order. Non-main processes of a distributed run stop after training."""
+        """The recipe: every step, in order. Non-main processes of a distributed run stop after training,
+        or, when the weights are sharded (FSDP2, ZeRO-3), after the evaluation and the adapter's gathering."""
         require_bitsandbytes(self.config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
+        check_sharding_supported(self.config)  # e.g. QLoRA under FSDP: refused before anything is loaded
+        enable_fsdp_on_cpu()  # before loading: rank 0 alone may read the weights (cpu_ram_efficient_loading)
         data = self.setup_data(dataset, eval_dataset)  # validated before anything is written
         loaded = self.setup_model()
         log_memory("setup_model")  # where a run's memory goes, step by step (docs/performance.md)
@@ -137,18 +144,28 @@ class UnifiedProductionTrainer:
         log_memory("setup_pages")
         model, targets = self.setup_adapter(loaded)
         run = self.start_run(examples, targets, data)
-        before = self.evaluate(model, loaded, data, examples, run, baseline=True) if run.is_main else None
+        sharded = weights_sharded()
+        before = self.evaluate(model, loaded, data, examples, run, baseline=True) if run.is_main and not sharded \
+            else None
         log_memory("the baseline evaluation")
         training = self.setup_trainer(model, loaded, targets, examples, run, pages)
+        baseline = self._baseline_on_all_ranks(training, loaded, data, examples, run) if sharded else None
         self.fit(training, run)
         log_memory("fit")
+        adapter_state = None
+        if sharded:  # every rank takes part in each forward and in gathering the adapter
+            model = training.trainer.model
+            before = baseline.result
+            after = self.evaluate(model, loaded, data, examples, run, baseline=False)
+            adapter_state = gathered_trainable_state(model)
         if not run.is_main:
             return {}, {}
-        after = self.evaluate(model, loaded, data, examples, run, baseline=False)
+        if not sharded:
+            after = self.evaluate(model, loaded, data, examples, run, baseline=False)
         log_memory("the final evaluation")
         training.moe.remove()
         report = self.report(model, loaded, data, examples, targets, run, training, before, after)
-        paths = self.save(model, loaded, report, run)
+        paths = self.save(model, loaded, report, run, adapter_state=adapter_state)
         if self.config.push_to_hub:
             self.publish(report, paths, run)
         run.progress.emit(Done(metrics_path=str(paths["metrics"])))
@@ -213,6 +230,8 @@ class UnifiedProductionTrainer:
         features — so its weights are released (deepsynth.models.memory). A staged load is upcast last.
         """
         cache_on, reason = cache_applicable(loaded.model, loaded.family, self.config)
+        if cache_on and weights_sharded():  # the vision encoder runs in the sharded forward (ranks > 0: on meta here)
+            cache_on, reason = False, FEATURE_CACHE_OFF
         report: dict[str, Any] = {"enabled": cache_on, "reason": reason}
         if cache_on:
             upcast(loaded.model, loaded.dtype, loaded.family)
@@ -292,7 +311,7 @@ class UnifiedProductionTrainer:
         # Marks complete checkpoints, rotates them, checks free space (transformers' rotation is off).
         guard = CheckpointGuard(run.output_dir, config.save_total_limit, checkpoint_bytes_estimate(model))
         callbacks: list[TrainerCallback] = [ProgressLog(run.progress), guard, *self.callbacks]
-        if run.resume and config.use_lora:
+        if run.resume and config.use_lora and not weights_sharded():  # sharded: accelerate loads it by name
             callbacks.append(RestoreAdapterOnResume(run.resume))
         if config.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
@@ -322,6 +341,9 @@ class UnifiedProductionTrainer:
         LOGGER.info("rank %d/%d: %d optimizer updates, trained-weights sha256 %s", run.args.process_index,
                     run.args.world_size, training.trainer.state.global_step,
                     trained_weights_digest(training.trainer.model))
+        if weights_sharded():
+            LOGGER.info("rank %d/%d holds %d of %d weight elements", run.args.process_index, run.args.world_size,
+                        *local_weight_share(training.trainer.model))
 
     def report(self, model: torch.nn.Module, loaded: LoadedModel, data: PreparedData, examples: Examples,
                targets: ResolvedTargets, run: RunState, training: Training,
@@ -357,13 +379,16 @@ class UnifiedProductionTrainer:
             **training.moe.report(),  # "moe" (knobs, whether each acted) and "expert_utilization"
         )
 
-    def save(self, model: torch.nn.Module, loaded: LoadedModel, report: RunReport, run: RunState) -> dict[str, Path]:
-        """Write the adapter folder; nothing in the output folder changes unless every file was written."""
+    def save(self, model: torch.nn.Module, loaded: LoadedModel, report: RunReport, run: RunState, *,
+             adapter_state: dict[str, torch.Tensor] | None = None) -> dict[str, Path]:
+        """Write the adapter folder; nothing in the output folder changes unless every file was written.
+
+        ``adapter_state``: the trainable tensors gathered from every rank when the weights are sharded."""
         run.progress.emit(Phase(name="saving"))
         output_dir = run.output_dir
 
         def write(folder: Path) -> list[str]:
-            model.save_pretrained(folder)
+            model.save_pretrained(folder, **({"state_dict": adapter_state} if adapter_state is not None else {}))
             loaded.processor.save_pretrained(folder)
             _recorded_config(self.config, loaded).save(folder / "training_config.json")  # names the mode read
             report.write(folder / "metrics.json")
@@ -391,6 +416,18 @@ class UnifiedProductionTrainer:
         report.write(paths["metrics"])
 
     # --- helpers of the steps ---------------------------------------------------------------------
+
+    def _baseline_on_all_ranks(self, training: Training, loaded: LoadedModel, data: PreparedData,
+                               examples: Examples, run: RunState) -> BaselineOnAllRanks:
+        """The baseline evaluation of a sharded run: on every rank, once the Trainer has sharded the model."""
+        def evaluate(model: torch.nn.Module) -> tuple[dict[str, float], list[Any]]:
+            result = self.evaluate(model, loaded, data, examples, run, baseline=True)
+            run.progress.emit(Phase(name="training"))
+            return result
+
+        baseline = BaselineOnAllRanks(evaluate)
+        training.trainer.add_callback(baseline)
+        return baseline
 
     def _encode(self, loaded: LoadedModel, rows: datasets.Dataset, instruction: str) -> list[dict[str, Any]]:
         try:
@@ -431,6 +468,7 @@ class UnifiedProductionTrainer:
             use_cpu=not torch.cuda.is_available(),
             dataloader_pin_memory=torch.cuda.is_available(),
             ddp_find_unused_parameters=False,
+            **sharding_training_arguments(),
         )
 
     def _checkpoint_to_resume(self, output_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
@@ -504,11 +542,11 @@ def _world_size() -> int:
 
 
 def trained_weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the trainable tensors (names, dtypes, shapes, bytes): equal on every DDP rank."""
+    """SHA-256 of the trainable tensors (names, dtypes, shapes, bytes): equal on every DDP rank; with
+    sharded weights the tensors are gathered first (every rank must call it)."""
     digest = hashlib.sha256()
-    for name, parameter in sorted(model.named_parameters()):
-        if parameter.requires_grad:
-            tensor = parameter.detach().cpu().contiguous()
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, tensor in sorted(trainable_named_tensors(model).items()):
+        tensor = tensor.cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
