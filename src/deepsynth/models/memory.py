@@ -29,7 +29,7 @@ from torch import nn
 
 from deepsynth.models.families import family_names
 
-__all__ = ["VisionReleasedError", "keep_embeddings_stored", "log_memory", "release_vision", "return_freed_memory", "shards_read_without_mmap", "storage_dtype", "upcast", "vision_released"]
+__all__ = ["VisionReleasedError", "keep_embeddings_stored", "log_memory", "narrow_to_stored", "release_vision", "return_freed_memory", "shards_read_without_mmap", "storage_dtype", "upcast", "vision_released"]
 
 LOGGER = logging.getLogger(__name__)
 _STORED_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -121,6 +121,24 @@ def release_vision(model: nn.Module, family: str) -> int:
 def vision_released(model: nn.Module) -> bool:
     """Whether :func:`release_vision` ran on ``model``."""
     return bool(getattr(_base(model), "_deepsynth_vision_released", False))
+
+
+def narrow_to_stored(model: nn.Module, stored: torch.dtype | None, family: str) -> int:
+    """Hold the weights outside the vision path in the checkpoint's ``stored`` dtype while the pages are
+    encoded (the language model is idle then); :func:`upcast` brings them back. Parameters only — they
+    came from the checkpoint, so the round trip is exact; buffers computed at build time (rotary
+    frequencies) are left alone. A 4-bit load (its unquantized ``lm_head`` and embeddings in fp32 on a
+    CPU) then peaks lower while its pages are encoded. Returns how many tensors were narrowed."""
+    if stored is None:
+        return 0
+    vision = family_names(family).frozen_prefixes
+    narrowed = 0
+    for name, parameter in _base(model).named_parameters():
+        if (not name.startswith(vision) and parameter.is_floating_point()
+                and torch.finfo(parameter.dtype).bits > torch.finfo(stored).bits and not _is_stand_in(parameter)):
+            parameter.data = parameter.data.to(stored)
+            narrowed += 1
+    return narrowed
 
 
 def upcast(model: nn.Module, dtype: torch.dtype, family: str | None = None) -> int:

@@ -33,7 +33,7 @@ from deepsynth.models.families import CAUSAL_LM, family_names
 from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.memory import (
-    keep_embeddings_stored, log_memory, release_vision, return_freed_memory, upcast,
+    keep_embeddings_stored, log_memory, narrow_to_stored, release_vision, return_freed_memory, upcast,
 )
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
@@ -233,16 +233,18 @@ class UnifiedProductionTrainer:
         if cache_on and weights_sharded():  # the vision encoder runs in the sharded forward (ranks > 0: on meta here)
             cache_on, reason = False, FEATURE_CACHE_OFF
         report: dict[str, Any] = {"enabled": cache_on, "reason": reason}
+        if cache_on:  # the language model waits in the checkpoint's dtype while the pages are encoded
+            narrow_to_stored(loaded.model, loaded.stored_dtype, loaded.family)
+        if self.config.use_lora and not weights_sharded() and not any("embed" in name for name in (
+                *(self.config.lora_modules_to_save or ()), *(self.config.lora_target_modules or ()))):
+            kept = keep_embeddings_stored(loaded.model, loaded.stored_dtype, loaded.dtype)
+            report.update({"embeddings_kept_stored_bytes": kept} if kept else {})
         if cache_on:
             upcast(loaded.model, loaded.dtype, loaded.family)
             stats = precompute_image_features(loaded.model, [*examples.train, *examples.eval])
             report.update(stats.to_dict())
             if stats.skipped is None:
                 report["vision_released_bytes"] = release_vision(loaded.model, loaded.family)
-        if self.config.use_lora and not any("embed" in name for name in (
-                *(self.config.lora_modules_to_save or ()), *(self.config.lora_target_modules or ()))):
-            report["embeddings_kept_stored_bytes"] = keep_embeddings_stored(loaded.model, loaded.stored_dtype,
-                                                                            loaded.dtype)
         return_freed_memory()  # the released vision path, before the upcast asks for more
         loaded.finish_upcast()
         return_freed_memory()  # the bf16 copies of a staged upcast
