@@ -38,6 +38,7 @@ COVERED = {
     "fault_injection.py": "tests/training/test_fault_injection.py (12 kills)",
     "user_path.py": "tests/benchmarks/test_user_path.py",
     "fsdp_real_dims.py": "test_gpu_check_sh_fsdp_tiny",
+    "peers.py": "tests/benchmarks/test_peers_smoke.py", "web_faults.py": "tests/benchmarks/test_web_faults_smoke.py",
 }
 
 
