@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -18,18 +16,6 @@ from pdf_support import png_bytes  # noqa: E402
 from deepsynth.cli import main  # noqa: E402
 from deepsynth.evaluation.adapter_folder import evaluate_adapter, generate_from_adapter  # noqa: E402
 from deepsynth.labeling import draft_labels  # noqa: E402
-from deepsynth.models.loading import load_model_and_processor  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def lora_weights(tmp_path_factory) -> Path:
-    """A PEFT adapter on the embedded base (LoRA B not zero), without training_config.json."""
-    folder = tmp_path_factory.mktemp("lora") / "adapter"
-    torch.manual_seed(0)
-    model = load_model_and_processor(None).model
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained(folder)
-    return folder
 
 
 def _adapter(lora_weights: Path, tmp_path: Path, **settings) -> Path:
