@@ -72,6 +72,22 @@ def effective_router_weights(model) -> dict[str, torch.Tensor]:
     return {layer: w.detach().clone() for layer, w in weights.items()}
 
 
+def page_as_features(model, batch):
+    """``batch`` with its page as the features ``model`` (vision path whole) computes for it.
+
+    The trained model's frozen vision path was released once the run's pages were encoded
+    (deepsynth.models.memory); the reloaded model's is the same frozen weights.
+    """
+    from deepsynth.models.feature_cache import IMAGE_INPUT_KEYS, CachedImageFeatures
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with torch.no_grad():
+        (features,) = base.get_image_features(**{k: batch[k] for k in IMAGE_INPUT_KEYS if k in batch},
+                                              return_dict=True).pooler_output
+    rest = {key: value for key, value in batch.items() if key not in IMAGE_INPUT_KEYS}
+    return {**rest, "mm_encoder_outputs": {"image": CachedImageFeatures(pooler_output=[features])}}
+
+
 def check_reload_and_merge(paths, trained, base_router):
     """Router changed; reloading gives the same routing and logits; merging gives the same logits."""
     trained_router = effective_router_weights(trained)
@@ -81,14 +97,15 @@ def check_reload_and_merge(paths, trained, base_router):
     for layer, weight in effective_router_weights(adapted.model).items():
         torch.testing.assert_close(weight, trained_router[layer])
     batch = fixed_batch(adapted.loaded.processor)
+    trained_batch = page_as_features(adapted.model, batch)
     trained.eval()
-    routes = routing_decisions(trained, OCR2, batch)
+    routes = routing_decisions(trained, OCR2, trained_batch)
     reloaded_routes = routing_decisions(adapted.model, OCR2, batch)
     assert routes.keys() == reloaded_routes.keys() and len(routes) == 3
     assert all(torch.equal(routes[layer], reloaded_routes[layer]) for layer in routes)
     with torch.no_grad():
         reloaded_logits = adapted.model(**batch).logits
-        torch.testing.assert_close(reloaded_logits, trained(**batch).logits)
+        torch.testing.assert_close(reloaded_logits, trained(**trained_batch).logits)
         merged = adapted.model.merge_and_unload()
         assert not any("lora_" in name or "modules_to_save" in name for name, _ in merged.named_parameters())
         torch.testing.assert_close(merged(**batch).logits, reloaded_logits, rtol=1e-4, atol=1e-4)
