@@ -8,8 +8,9 @@ What is quantized, and how:
   and ``lm_head`` stay in full precision (``llm_int8_skip_modules``); embeddings and norms are not
   ``nn.Linear`` and stay as they are too;
 * the fused routed experts (3-D ``gate_up_proj`` / ``down_proj`` parameters, most of DeepSeek-OCR's
-  weights), which bitsandbytes' ``nn.Linear`` replacement does not see: 4-bit through
-  ``bitsandbytes.nn.parametrize.replace_parameter_4bit`` (NF4, double quantization); 8-bit through
+  weights), which bitsandbytes' ``nn.Linear`` replacement does not see: 4-bit as each is read from
+  its shard (:func:`fused_experts_quantized_on_load`: NF4, double quantization, bitsandbytes'
+  dequantizing parametrization), never held in full precision; 8-bit, after the load, through
   :class:`Int8RowwiseParametrization`, a small parametrization of ours over bitsandbytes' int8
   row-wise functions (bitsandbytes has no 8-bit counterpart of ``replace_parameter_4bit``).
   Both dequantize on access, so PEFT's routed-expert LoRA (``target_parameters``) stacks on top.
@@ -18,9 +19,9 @@ A model built from a config (the embedded model, benchmarks at real dimensions) 
 to quantize while loading: it goes through the same transformers path with its in-memory
 ``state_dict`` (``from_pretrained(None, config=..., state_dict=...)``).
 
-Compute dtype: the run's dtype — bf16 on GPUs that support it, fp32 on the CPU. After loading,
-``peft.prepare_model_for_kbit_training`` casts the unquantized weights to fp32 (the QLoRA recipe),
-so the fused experts dequantize to fp32 as well (the dtype of the activations around them).
+Compute dtype: the run's dtype — bf16 on GPUs that support it, fp32 on the CPU; the fused experts
+dequantize to it. Unlike ``peft.prepare_model_for_kbit_training``, nothing unquantized is cast to
+fp32 (:func:`prepare_quantized`).
 
 bitsandbytes is the optional extra ``[qlora]``; :func:`require_bitsandbytes` fails early with the
 install command when it is missing.
