@@ -147,6 +147,7 @@ class UnifiedProductionTrainer:
         sharded = weights_sharded()
         before = self.evaluate(model, loaded, data, examples, run, baseline=True) if run.is_main and not sharded \
             else None
+        return_freed_memory()  # what generation's caches left in the heap, before training's peak
         log_memory("the baseline evaluation")
         training = self.setup_trainer(model, loaded, targets, examples, run, pages)
         baseline = self._baseline_on_all_ranks(training, loaded, data, examples, run) if sharded else None
