@@ -175,14 +175,16 @@ def cache_baseline(cache_path: Path) -> None:
     original = pt.evaluate_model
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
 
-    def evaluate(model, processor, examples, sources, references, **kwargs):
+    def evaluate(model, processor, examples, references, **kwargs):
         if not kwargs.get("adapter_disabled"):
-            return original(model, processor, examples, sources, references, **kwargs)
+            return original(model, processor, examples, references, **kwargs)
+        # The examples' tokens hold the prompt, its instruction included.
+        prompts = hashlib.sha256(repr([[int(t) for t in e["input_ids"]] for e in examples]).encode()).hexdigest()
         key = json.dumps([getattr(model.config, "_name_or_path", "?"), type(model.get_base_model()).__name__,
                           getattr(model.config, "hidden_size", None), list(references), kwargs["max_new_tokens"],
-                          kwargs["no_repeat_ngram_size"], kwargs["instruction"]], ensure_ascii=False)
+                          kwargs["no_repeat_ngram_size"], prompts], ensure_ascii=False)
         if key not in cache:
-            cache[key] = original(model, processor, examples, sources, references, **kwargs)
+            cache[key] = original(model, processor, examples, references, **kwargs)
             with locked(cache_path):  # workers share the cache: merge, then replace
                 on_disk = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
                 cache.update({k: v for k, v in on_disk.items() if k not in cache})

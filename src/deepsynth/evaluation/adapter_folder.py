@@ -35,7 +35,7 @@ from typing import Any
 
 from peft import PeftModel
 
-from deepsynth.data.collate import encode_rows, row_sources, task_instruction
+from deepsynth.data.collate import encode_rows, task_instruction
 from deepsynth.evaluation.compare import Generation, evaluate_model, generate_text, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, attach_adapter
@@ -361,9 +361,8 @@ def evaluate_adapter(
     options = {"ignore_case": settings.metric_ignore_case if ignore_case is None else ignore_case,
                "ignore_punctuation": settings.metric_ignore_punctuation if ignore_punctuation is None
                else ignore_punctuation}
-    kwargs = dict(sources=row_sources(rows, processor), references=list(rows["summary"]), instruction=instruction,
-                  max_new_tokens=settings.max_new_tokens, no_repeat_ngram_size=settings.no_repeat_ngram_size,
-                  task=settings.task, progress=progress, **options)
+    kwargs = dict(references=list(rows["summary"]), max_new_tokens=settings.max_new_tokens,
+                  no_repeat_ngram_size=settings.no_repeat_ngram_size, task=settings.task, progress=progress, **options)
     before, predictions_before = evaluate_model(adapted.model, processor, examples, adapter_disabled=True, **kwargs)
     after, predictions_after = evaluate_model(adapted.model, processor, examples, **kwargs)
     mode = adapted.loaded.image_mode

@@ -198,10 +198,8 @@ def evaluate_model(
     model: torch.nn.Module,
     processor: Any,
     examples: Sequence[dict[str, Any]],
-    sources: Sequence[Any] | None,
     references: Sequence[str],
     *,
-    instruction: str,
     max_new_tokens: int,
     no_repeat_ngram_size: int,
     adapter_disabled: bool = False,
@@ -214,8 +212,7 @@ def evaluate_model(
 
     The loss is computed on labelled positions only when the model supports it (as training does: no
     full-vocabulary logits of image and prompt positions); generations start from each example's
-    prompt and page — cached features when the example has them (``sources`` is no longer read; kept
-    for callers). With ``adapter_disabled`` a PEFT model is scored as its base model. ``ignore_case`` /
+    prompt (its instruction included) and page — cached features when the example has them. With ``adapter_disabled`` a PEFT model is scored as its base model. ``ignore_case`` /
     ``ignore_punctuation``: transcription scores only (deepsynth.evaluation.metrics). ``progress``: a
     progress bar of samples done / total on stderr (None: shown, as the Trainer shows its bars; False: not). Returns
     (metrics, predictions), each prediction a :class:`Generation`.

@@ -289,8 +289,7 @@ class UnifiedProductionTrainer:
         config = self.config
         run.progress.emit(Phase(name="baseline_eval" if baseline else "final_eval"))
         return evaluate_model(
-            model, loaded.processor, examples.eval, sources=None,
-            references=list(data.eval["summary"]), instruction=examples.instruction,
+            model, loaded.processor, examples.eval, references=list(data.eval["summary"]),
             max_new_tokens=config.max_new_tokens, no_repeat_ngram_size=config.no_repeat_ngram_size,
             task=config.task, ignore_case=config.metric_ignore_case,
             ignore_punctuation=config.metric_ignore_punctuation, adapter_disabled=baseline and config.use_lora,
