@@ -26,7 +26,7 @@ import torch
 from deepsynth.data.collate import build_generation_inputs, is_multimodal_processor
 from deepsynth.data.folders import FILE_COLUMN, PAGE_COLUMN, Page, list_pages, read_page
 from deepsynth.data.images import TIFF_SUFFIXES, ImageProblem
-from deepsynth.data.loading import MAX_ROWS, DataError
+from deepsynth.data.table import MAX_ROWS, DataError
 from deepsynth.data.pdf import page_size_for
 from deepsynth.evaluation.compare import MAX_NEW_TOKENS, REPETITION_GUARD, Generation, generations_of
 

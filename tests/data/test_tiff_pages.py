@@ -16,7 +16,7 @@ from pdf_support import png_bytes  # noqa: E402
 from deepsynth.cli import main  # noqa: E402
 from deepsynth.data import load_documents  # noqa: E402
 from deepsynth.data.folders import list_pages  # noqa: E402
-from deepsynth.data.loading import DataError  # noqa: E402
+from deepsynth.data.table import DataError  # noqa: E402
 
 COLOURS = ((200, 0, 0), (0, 150, 0), (0, 0, 200))  # one per page, so a test can tell which page it got
 

@@ -17,7 +17,7 @@ from test_hostile_uploads import assert_refused, jsonl, png_bytes, upload, zip_b
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pdf_support import pdf_bytes  # noqa: E402
 
-from deepsynth.data.loading import MAX_COLUMNS  # noqa: E402
+from deepsynth.data.table import MAX_COLUMNS  # noqa: E402
 from deepsynth.web.http import import_libraries  # noqa: E402
 from deepsynth.web.settings import MAX_UPLOAD_PDF_PAGES  # noqa: E402
 

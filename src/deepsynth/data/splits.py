@@ -14,7 +14,8 @@ from typing import Any
 
 import datasets
 
-from deepsynth.data.loading import DataError, load_documents, load_sample_dataset
+from deepsynth.data.loading import load_documents, load_sample_dataset
+from deepsynth.data.table import DataError
 from deepsynth.data.pdf import DEFAULT_PAGE_SIZE, PageSize
 from deepsynth.data.transcription import load_transcription_samples
 from deepsynth.errors import ConfigError

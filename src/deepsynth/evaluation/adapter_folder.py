@@ -273,7 +273,7 @@ def _is_runs_data(data: str | Path, settings: TrainerConfig) -> bool:
 
 def _eval_rows_of(data: str | Path, settings: TrainerConfig, max_samples: int | None, page_size: Any) -> EvalRows:
     from deepsynth.data import load_documents
-    from deepsynth.data.loading import DataError
+    from deepsynth.data.table import DataError
 
     options = dict(column_mapping=settings.column_mapping, max_samples=max_samples, page_size=page_size)
     try:
@@ -293,7 +293,7 @@ def _eval_rows_of(data: str | Path, settings: TrainerConfig, max_samples: int | 
 def _held_out_rows(adapter_dir: str | Path, settings: TrainerConfig, max_samples: int | None,
                    page_size: Any) -> EvalRows:
     """The eval rows of the run that trained the adapter, drawn as the trainer drew them (load_splits)."""
-    from deepsynth.data.loading import DataError
+    from deepsynth.data.table import DataError
     from deepsynth.data.splits import EVAL_DATA, HOLDOUT, load_splits
 
     limit = max_samples if max_samples is not None else settings.max_eval_samples
