@@ -112,7 +112,7 @@ def build_model(family: str, config, dtype: torch.dtype, device: torch.device):
 
 def quantize(model, family: str, quantization: str, device: torch.device, compute: torch.dtype):
     """DeepSynth's QLoRA loading path for a model held in memory (transformers' bitsandbytes quantizer)."""
-    from deepsynth.models import quantization as q
+    from deepsynth.models.quantization import load as q
 
     extra = q.from_pretrained_kwargs(quantization, family, compute, device)
     quantized = q.quantize_in_memory(model, extra)
@@ -233,7 +233,7 @@ def merge_and_export(reloaded, family: str, quantization: str | None, folder: Pa
 
     from deepsynth.models.adapters import attach_adapter
     from deepsynth.evaluation.export import deepseek_vl_v2_config, iter_deepseek_ocr_tensors, write_safetensors_shards
-    from deepsynth.models.quantization import dequantize_model
+    from deepsynth.models.quantization.dequantize import dequantize_model
 
     adapter = folder / "adapter"
     started = time.perf_counter()
@@ -264,7 +264,7 @@ def build_case_model(family: str, lora, config, dtype, device, result: dict[str,
     """The case's base model: random weights, quantized through DeepSynth's QLoRA path when asked."""
     import torch
 
-    from deepsynth.models.quantization import quantization_report
+    from deepsynth.models.quantization.report import quantization_report
 
     # QLoRA: built in bf16 (half the memory before quantizing), computed in the run's dtype.
     model = build_model(family, config, torch.bfloat16 if lora.quantization else dtype, device)
@@ -281,7 +281,7 @@ def run_case(case: str, args) -> dict[str, Any]:
 
     from deepsynth.data.collate import DataCollator
     from deepsynth.models import tiny
-    from deepsynth.models.quantization import quantization_report
+    from deepsynth.models.quantization.report import quantization_report
     from deepsynth.models.resolver import resolve_config
     from deepsynth.models.feature_cache import CachedFeatureCollator, precompute_image_features
     from deepsynth.training.lora_config import get_lora_preset

@@ -291,7 +291,7 @@ def _check_output_dir(args: argparse.Namespace, output_dir: str) -> None:
 
 
 def _train(args: argparse.Namespace, plan) -> int:
-    from deepsynth.models.quantization import require_bitsandbytes
+    from deepsynth.models.quantization.load import require_bitsandbytes
 
     require_bitsandbytes(plan.config.lora_quantization)  # before the trainer's heavy imports: fail at once
     from deepsynth.training.production_trainer import UnifiedProductionTrainer
@@ -363,7 +363,7 @@ def _quantized_share(model: str | None, quantization: str | None) -> dict[str, A
     """What a QLoRA preset holds in 4/8 bits, counted on the meta device as the loader would quantize."""
     if not quantization:
         return None
-    from deepsynth.models.quantization import estimate_quantization
+    from deepsynth.models.quantization.report import estimate_quantization
     from deepsynth.models.resolver import resolve_config
 
     resolved = resolve_config(model)

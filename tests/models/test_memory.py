@@ -92,7 +92,8 @@ def test_a_released_vision_path_refuses_pixels_and_takes_cached_features(replica
 
 
 def test_4bit_experts_are_quantized_as_read_and_equal_quantizing_after_the_load(replicas):
-    from deepsynth.models.quantization import quantization_report, quantize_fused_experts
+    from deepsynth.models.quantization.parametrizations import quantize_fused_experts
+    from deepsynth.models.quantization.report import quantization_report
 
     on_load = load_model_and_processor(replicas["deepseek-ocr"], quantization="4bit")
     report = quantization_report(on_load.model)

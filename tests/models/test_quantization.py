@@ -22,12 +22,8 @@ from deepsynth.models.adapters import attach_adapter
 from deepsynth.models.resolver import resolve_config
 from deepsynth.evaluation.export import merge_adapter
 from deepsynth.models.loading import load_model_and_processor
-from deepsynth.models.quantization import (
-    dequantize_fused_experts,
-    dequantize_model,
-    estimate_quantization,
-    quantization_report,
-)
+from deepsynth.models.quantization.dequantize import dequantize_fused_experts, dequantize_model
+from deepsynth.models.quantization.report import estimate_quantization, quantization_report
 from deepsynth.publishing.model_card import render_model_card
 from deepsynth.training.lora_config import get_lora_preset
 from deepsynth.training.targets import apply_lora, resolve_targets

@@ -120,7 +120,7 @@ def merge_adapter(adapter_dir: str | Path, *, model_name: str | None = None):
 
     A QLoRA run's base is loaded quantized exactly as it trained, then dequantized, then merged.
     """
-    from deepsynth.models.quantization import dequantize_model
+    from deepsynth.models.quantization.dequantize import dequantize_model
 
     training_config = read_adapter_settings(adapter_dir)
     base = model_name if model_name is not None else training_config.model_name

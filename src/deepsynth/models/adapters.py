@@ -57,7 +57,7 @@ def load_adapter_weights(model: PeftModel, adapter_dir: str | Path, adapter_name
 
 def attach_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> PeftModel:
     """``model`` with the PEFT adapter of ``adapter_dir`` applied, in eval mode (exact names, see load_adapter_weights)."""
-    from deepsynth.models.quantization import plain_fused_experts
+    from deepsynth.models.quantization.dequantize import plain_fused_experts
 
     with warnings.catch_warnings(), plain_fused_experts(model):  # QLoRA bases: same adapter names
         # PEFT warns about the keys its conversion mangled; load_adapter_weights loads them right.

@@ -397,7 +397,7 @@ def _load_weights(
 def _quantized_on_load(quantization: str | None, family: str):
     if quantization is None:
         return contextlib.nullcontext()
-    from deepsynth.models.quantization import fused_experts_quantized_on_load
+    from deepsynth.models.quantization.load import fused_experts_quantized_on_load
 
     return fused_experts_quantized_on_load(quantization, family)
 
@@ -504,7 +504,7 @@ def _load_base(resolved: ResolvedConfig, mode: ImageMode | None, dtype: torch.dt
         model, processor = _embedded_shapes_only() if weights_broadcast_from_rank0() else tiny.load_embedded()
         model = model.to(dtype=dtype)
         if extra:
-            from deepsynth.models.quantization import quantize_in_memory
+            from deepsynth.models.quantization.load import quantize_in_memory
 
             with _quantized_on_load(quantization, resolved.family):
                 model = quantize_in_memory(model, extra)
@@ -570,7 +570,7 @@ def load_model_and_processor(
 
     extra: dict[str, Any] = {}
     if quantization is not None:
-        from deepsynth.models import quantization as quantize  # imports bitsandbytes only when asked
+        from deepsynth.models.quantization import load as quantize  # imports bitsandbytes only when asked
 
         extra = quantize.from_pretrained_kwargs(quantization, resolved.family, target_dtype, target_device)
     model, processor, loading_info = _load_base(resolved, mode, target_dtype, extra, quantization, staged_upcast)

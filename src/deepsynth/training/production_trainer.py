@@ -35,7 +35,8 @@ from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.memory import (
     keep_embeddings_stored, log_memory, narrow_to_stored, release_vision, return_freed_memory, upcast,
 )
-from deepsynth.models.quantization import quantization_report, require_bitsandbytes
+from deepsynth.models.quantization.load import require_bitsandbytes
+from deepsynth.models.quantization.report import quantization_report
 from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.checkpoints import (
     CheckpointGuard, checkpoint_bytes_estimate, checkpoint_problem, checkpoint_step, find_resumable, log_resume_choice,

@@ -245,7 +245,7 @@ def _peft_config(layout: _Layout, lora: AdapterSettings, family: str, found: _Fo
 
 def apply_lora(model: nn.Module, targets: ResolvedTargets) -> PeftModel:
     """Wrap ``model`` with the resolved LoRA adapter; module targets get the configured dropout."""
-    from deepsynth.models.quantization import plain_fused_experts
+    from deepsynth.models.quantization.dequantize import plain_fused_experts
 
     with plain_fused_experts(model):  # QLoRA: adapter names as on a full-precision base
         peft_model = get_peft_model(model, targets.peft_config)
