@@ -70,7 +70,8 @@ def sharded_model(family: str, config, lora, accelerator):
     from accelerate import init_empty_weights
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-    from deepsynth.models.loading import choose_experts_implementation, freeze_vision_modules
+    from deepsynth.models.device import choose_experts_implementation
+    from deepsynth.models.loading import freeze_vision_modules
     from deepsynth.training.targets import apply_lora, resolve_targets
 
     with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary tables…) real

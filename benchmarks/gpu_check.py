@@ -56,7 +56,8 @@ def build_model(dry_run: bool, device: torch.device, dtype: torch.dtype):
     from transformers import DeepseekOcr2ForConditionalGeneration
 
     from deepsynth.models.resolver import resolve_config
-    from deepsynth.models.loading import choose_experts_implementation, freeze_vision_modules
+    from deepsynth.models.device import choose_experts_implementation
+    from deepsynth.models.loading import freeze_vision_modules
 
     if dry_run:
         from deepsynth.models import tiny

@@ -79,7 +79,7 @@ def build_processor(family: str, tokenizer, tiny_run: bool):
     from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
 
     from deepsynth.models import tiny
-    from deepsynth.models.loading import build_deepseek_ocr_processor
+    from deepsynth.models.processors import build_deepseek_ocr_processor
 
     if family == "deepseek_ocr":
         size = 256 if tiny_run else 1024
@@ -94,7 +94,8 @@ def build_model(family: str, config, dtype: torch.dtype, device: torch.device):
     import torch
     from transformers import DeepseekOcr2ForConditionalGeneration, UnlimitedOcrForConditionalGeneration
 
-    from deepsynth.models.loading import choose_experts_implementation, freeze_vision_modules
+    from deepsynth.models.device import choose_experts_implementation
+    from deepsynth.models.loading import freeze_vision_modules
 
     model_class = UnlimitedOcrForConditionalGeneration if family == "deepseek_ocr" else DeepseekOcr2ForConditionalGeneration
     previous = torch.get_default_dtype()

@@ -257,7 +257,7 @@ def random_model(family: str, config, dtype=None):
     import torch
     import real_dims
 
-    from deepsynth.models.loading import resolve_device, resolve_dtype
+    from deepsynth.models.device import resolve_device, resolve_dtype
 
     device = resolve_device(None)
     with torch.random.fork_rng(devices=[]):
@@ -356,7 +356,7 @@ def baseline_model_and_processor(args):
         return DeepseekOcr2ForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
     from transformers import AutoTokenizer
 
-    from deepsynth.models.loading import build_deepseek_ocr_processor
+    from deepsynth.models.processors import build_deepseek_ocr_processor
     from deepsynth.models.resolver import resolve_config
 
     family, path = REAL_DIMS[args.model], real_dims_dir(args.model, args.tiny_dims)

@@ -71,7 +71,7 @@ def test_pages_are_rendered_at_the_size_the_processor_reads(tmp_path):
     assert not isinstance(error.value, DataError)
     # The embedded model's view (384 px) and DeepSeek-OCR's Base mode (1024 px, from its processor_config).
     from deepsynth.models import tiny
-    from deepsynth.models.loading import build_deepseek_ocr_processor
+    from deepsynth.models.processors import build_deepseek_ocr_processor
 
     assert page_size_for(tiny.build_processor()) == 384
     settings = json.loads(REFERENCE.read_text())

@@ -21,7 +21,8 @@ from deepsynth.data.collate import DataCollator, build_example, build_generation
 from deepsynth.errors import ConfigError
 from deepsynth.models import tiny
 from deepsynth.models.image_modes import get_mode, mode_for_model, vision_tokens_per_page
-from deepsynth.models.loading import apply_image_mode, build_deepseek_ocr_processor, load_model_and_processor
+from deepsynth.models.loading import load_model_and_processor
+from deepsynth.models.processors import apply_image_mode, build_deepseek_ocr_processor
 from deepsynth.models.resolver import resolve_config, unlimited_ocr_config_from_deepseek_vl_v2
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.recommend import recommend

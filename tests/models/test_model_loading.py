@@ -25,14 +25,9 @@ from tiny_deepseek_ocr import (
 )
 from deepsynth.data.collate import DataCollator, build_example
 from deepsynth.models import tiny
-from deepsynth.models.loading import (
-    LoadedModel,
-    ModelLoadError,
-    build_deepseek_ocr_processor,
-    load_model_and_processor,
-    resolve_device,
-    resolve_dtype,
-)
+from deepsynth.models.device import resolve_device, resolve_dtype
+from deepsynth.models.loading import LoadedModel, ModelLoadError, load_model_and_processor
+from deepsynth.models.processors import build_deepseek_ocr_processor
 
 # ------------------------------------------------------------------------------------------------
 # Embedded default and DeepSeek-OCR-2 directories

@@ -12,7 +12,8 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from deepsynth.data import load_sample_dataset
 from deepsynth.data.collate import DataCollator, build_example
-from deepsynth.models.loading import choose_experts_implementation, freeze_vision_modules, load_model_and_processor
+from deepsynth.models.device import choose_experts_implementation
+from deepsynth.models.loading import freeze_vision_modules, load_model_and_processor
 from deepsynth.training.config import TrainerConfig
 from deepsynth.models.feature_cache import (
     FEATURES_KEY,

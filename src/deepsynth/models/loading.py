@@ -27,27 +27,24 @@ import torch
 from transformers import (
     AutoConfig,
     AutoProcessor,
-    DeepseekOcr2ForConditionalGeneration,
     AutoTokenizer,
+    DeepseekOcr2ForConditionalGeneration,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    UnlimitedOcrProcessor,
-)
-from transformers.image_utils import SizeDict, get_image_size
-from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import (
-    DeepseekOcr2ImageProcessorPil,
-    get_optimal_tiled_canvas,
 )
 
 from deepsynth.models import tiny
-from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR, DEEPSEEK_OCR2, family_names
-from deepsynth.models.image_modes import (
-    ImageMode,
-    checkpoint_settings,
-    get_mode,
-    mode_of_resolved,
-)
+from deepsynth.models.device import resolve_device, resolve_dtype, set_experts_implementation
+from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR2, family_names
+from deepsynth.models.image_modes import ImageMode, checkpoint_settings, mode_of_resolved
 from deepsynth.models.memory import shards_read_without_mmap, storage_dtype
+from deepsynth.models.processors import apply_image_mode, build_deepseek_ocr_processor
+from deepsynth.models.quantization.load import (
+    from_pretrained_kwargs,
+    fused_experts_quantized_on_load,
+    prepare_quantized,
+    quantize_in_memory,
+)
 from deepsynth.models.resolver import ResolvedConfig, resolve_config
 from deepsynth.models.tiny import EMBEDDED_MODEL_NAME
 from deepsynth.paths import looks_like_local_path
@@ -55,43 +52,13 @@ from deepsynth.paths import looks_like_local_path
 __all__ = [
     "LoadedModel",
     "ModelLoadError",
-    "UnlimitedOcrPilImageProcessor",
-    "apply_image_mode",
-    "build_deepseek_ocr_processor",
-    "choose_experts_implementation",
     "freeze_vision_modules",
     "load_model_and_processor",
     "load_tokenizer",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_image_mode",
+    "weights_broadcast_from_rank0",
 ]
 
 logger = logging.getLogger(__name__)
-
-# DeepSeek-OCR v1 processing defaults (shared/reference/deepseek-ocr/processor_config.json); the views
-# come from the mode (deepsynth.models.image_modes: Base, 1024 px, unless the checkpoint says otherwise).
-_V1_DEFAULTS = {"patch_size": 16, "downsample_ratio": 4, "mean": [0.5] * 3, "std": [0.5] * 3}
-
-_DTYPE_NAMES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-
-
-# transformers' MoE experts implementations ("eager" per-expert loop, "batched_mm", "grouped_mm"),
-# chosen per device by benchmarks/moe_experts.py (docs/performance.md, "MoE execution"): the fastest
-# one whose logits and gradients match "eager" with LoRA on attention, shared experts, router and
-# routed experts (PEFT ParamWrapper). CPU: measured here. CUDA: not measured here; the same rule
-# picks grouped_mm where torch has the fused grouped-GEMM kernel (compute capability >= 8.0;
-# elsewhere transformers would run a Python loop of mm), else eager. batched_mm is never chosen for
-# training: it gathers a copy of the expert's weights per (token, expert) slot and keeps it for the
-# backward — ~41 GB per MoE layer for 1,000 tokens at DeepSeek-OCR's dims (bf16, top-6).
-CPU_EXPERTS_IMPLEMENTATION = "grouped_mm"
-GPU_EXPERTS_IMPLEMENTATION = "grouped_mm"
-GPU_FALLBACK_EXPERTS_IMPLEMENTATION = "eager"
-
 
 class ModelLoadError(ValueError):
     """A model name or directory could not be loaded; the message says what was tried."""
@@ -136,57 +103,8 @@ class LoadedModel:
 
 
 # ------------------------------------------------------------------------------------------------
-# Device, dtype, freezing
+# Freezing
 # ------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as given, else CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """An explicit ``dtype`` (a torch dtype or a name such as ``"bf16"``) wins; otherwise bfloat16
-    on CUDA GPUs that support it and float32 everywhere else (CPU, older GPUs — float16 training of
-    MoE routers overflows too easily to be a silent default)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str):
-        key = dtype.lower().removeprefix("torch.")
-        if key == "auto":
-            dtype = None
-        elif key in _DTYPE_NAMES:
-            return _DTYPE_NAMES[key]
-        else:
-            raise ValueError(f"dtype: unknown {dtype!r}; expected one of {', '.join(sorted(_DTYPE_NAMES))} or 'auto'")
-    if dtype is None:
-        if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    raise TypeError(f"dtype: expected a torch.dtype, a name or None, got {type(dtype).__name__}")
-
-
-def choose_experts_implementation(device: str | torch.device) -> str:
-    """The MoE experts implementation DeepSynth uses on ``device`` (see the constants above)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if torch.cuda.get_device_capability(index) >= (8, 0):
-            return GPU_EXPERTS_IMPLEMENTATION
-        return GPU_FALLBACK_EXPERTS_IMPLEMENTATION
-    return CPU_EXPERTS_IMPLEMENTATION
-
-
-def _set_experts_implementation(model: PreTrainedModel, implementation: str | None, device: torch.device) -> None:
-    """Apply ``implementation`` (None: :func:`choose_experts_implementation`) to a model with MoE experts."""
-    can_set = getattr(type(model), "_can_set_experts_implementation", None)
-    if not callable(can_set) or not can_set():
-        return  # no experts module (dense causal LMs)
-    choice = implementation or choose_experts_implementation(device)
-    model.set_experts_implementation(choice)
-    logger.info("MoE experts implementation: %s (%s)", choice, "requested" if implementation else f"auto for {device.type}")
 
 
 def freeze_vision_modules(model: torch.nn.Module, family: str) -> int:
@@ -205,92 +123,6 @@ def freeze_vision_modules(model: torch.nn.Module, family: str) -> int:
             parameter.requires_grad_(False)
             frozen += parameter.numel()
     return frozen
-
-
-# ------------------------------------------------------------------------------------------------
-# DeepSeek-OCR v1 processor
-# ------------------------------------------------------------------------------------------------
-
-
-class UnlimitedOcrPilImageProcessor(DeepseekOcr2ImageProcessorPil):
-    """DeepSeek-OCR v1's views (every mode, Gundam tiles included), with Pillow instead of torchvision.
-
-    transformers' ``UnlimitedOcrImageProcessor`` only has a torchvision backend, and torchvision is
-    not a dependency of DeepSynth (its PyPI wheels are CUDA builds that do not import against the
-    CPU torch). DeepSeek-OCR-2's Pillow processor performs the same operations — the global view,
-    and tiles cut from the grid closest to the page's aspect ratio (the same transformers function) —
-    so this reuses it and adds what ``UnlimitedOcrProcessor`` reads: ``patches_grid`` (columns, rows
-    of tiles; 1×1 without tiles) and ``num_local_patches`` as a list. As upstream, a view of at most
-    ``maximum_pad_value`` px with no tiles is resized to a square directly; larger ones keep their
-    aspect ratio and are padded.
-    """
-
-    model_input_names = ["pixel_values", "num_local_patches", "patches_grid"]
-    maximum_pad_value = 640
-
-    def _preprocess(self, images, size: SizeDict, resample, *args, **kwargs):  # type: ignore[override]
-        target = max(size.height, size.width)
-        crop = bool(kwargs.get("crop_to_patches", self.crop_to_patches))
-        tile_size = int(kwargs.get("tile_size") or self.tile_size)
-        if not crop:
-            if target <= self.maximum_pad_value:
-                images = [self.resize(image, SizeDict(height=target, width=target), resample=resample)
-                          for image in images]
-            kwargs["tile_size"] = target  # without tiles, the parent resizes the global view to tile_size
-        grids = [self._grid(image, crop, tile_size, kwargs) for image in images]
-        outputs = super()._preprocess(images, size, resample, *args, **kwargs)
-        outputs["patches_grid"] = grids
-        outputs["num_local_patches"] = [int(n) for n in outputs["num_local_patches"]]
-        return outputs
-
-    def _grid(self, image, crop: bool, tile_size: int, kwargs: dict) -> list[int]:
-        height, width = get_image_size(image)
-        if not crop or max(height, width) <= tile_size:
-            return [1, 1]
-        columns, rows = get_optimal_tiled_canvas(
-            (height, width), (tile_size, tile_size), int(kwargs.get("min_patches") or self.min_patches),
-            int(kwargs.get("max_patches") or self.max_patches))
-        return [columns, rows]
-
-
-# The name of this class before it read every mode (a processor saved by an earlier version names it).
-UnlimitedOcrGlobalViewImageProcessor = UnlimitedOcrPilImageProcessor
-
-
-def apply_image_mode(processor: Any, mode: ImageMode) -> Any:
-    """Set ``processor``'s image processor to read pages in ``mode`` (sizes already scaled to the model)."""
-    image_processor = processor.image_processor
-    for key, value in mode.processor_settings().items():
-        setattr(image_processor, key, SizeDict(**value) if key == "size" else value)
-    return processor
-
-
-def build_deepseek_ocr_processor(
-    tokenizer: PreTrainedTokenizerBase, processor_config: dict | None = None, mode: ImageMode | None = None
-) -> UnlimitedOcrProcessor:
-    """transformers' ``UnlimitedOcrProcessor`` set up from DeepSeek-OCR's ``processor_config.json``.
-
-    ``mode`` (a DeepSeek-OCR mode of :mod:`deepsynth.models.image_modes`) sets the views; None reads
-    the checkpoint's own: ``candidate_resolutions``, or ``image_processor.size`` in a config saved by
-    transformers (Base mode, 1024 px, 273 vision tokens, when neither is there). ``patch_size``,
-    ``downsample_ratio`` and the normalisation come from the settings.
-    """
-    settings = processor_config or {}
-    # transformers' own UnlimitedOcrProcessor saves the image settings nested under "image_processor".
-    nested = settings.get("image_processor") or {}
-    if mode is None:
-        mode = get_mode(DEEPSEEK_OCR, None, checkpoint=settings)
-    image_processor = UnlimitedOcrPilImageProcessor(
-        **mode.processor_settings(),
-        image_mean=settings.get("image_mean", nested.get("image_mean", _V1_DEFAULTS["mean"])),
-        image_std=settings.get("image_std", nested.get("image_std", _V1_DEFAULTS["std"])),
-    )
-    return UnlimitedOcrProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=int(settings.get("patch_size", _V1_DEFAULTS["patch_size"])),
-        downsample_ratio=int(settings.get("downsample_ratio", _V1_DEFAULTS["downsample_ratio"])),
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -397,8 +229,6 @@ def _load_weights(
 def _quantized_on_load(quantization: str | None, family: str):
     if quantization is None:
         return contextlib.nullcontext()
-    from deepsynth.models.quantization.load import fused_experts_quantized_on_load
-
     return fused_experts_quantized_on_load(quantization, family)
 
 
@@ -409,14 +239,6 @@ def _load_tokenizer(resolved: ResolvedConfig) -> PreTrainedTokenizerBase:
     return _from_source(
         AutoTokenizer.from_pretrained, source, resolved.local_dir is not None, "tokenizer", config=resolved.config
     )
-
-
-def resolve_image_mode(resolved: ResolvedConfig, image_mode: str | None) -> ImageMode | None:
-    """The mode ``image_mode`` (None: the model's default) for this model, scaled to its geometry.
-
-    Raises ConfigError naming ``image_mode`` and the family's modes (a text model takes none).
-    """
-    return mode_of_resolved(resolved, image_mode)
 
 
 def _ocr_processor(resolved: ResolvedConfig, mode: ImageMode) -> Any:
@@ -504,8 +326,6 @@ def _load_base(resolved: ResolvedConfig, mode: ImageMode | None, dtype: torch.dt
         model, processor = _embedded_shapes_only() if weights_broadcast_from_rank0() else tiny.load_embedded()
         model = model.to(dtype=dtype)
         if extra:
-            from deepsynth.models.quantization.load import quantize_in_memory
-
             with _quantized_on_load(quantization, resolved.family):
                 model = quantize_in_memory(model, extra)
         return model, apply_image_mode(processor, mode), {}
@@ -566,19 +386,16 @@ def load_model_and_processor(
     resolved = _resolve(None if name_or_path is None else str(name_or_path))
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
-    mode = resolve_image_mode(resolved, image_mode)  # a wrong mode fails before any weight is read
-
-    extra: dict[str, Any] = {}
-    if quantization is not None:
-        from deepsynth.models.quantization import load as quantize  # imports bitsandbytes only when asked
-
-        extra = quantize.from_pretrained_kwargs(quantization, resolved.family, target_dtype, target_device)
+    mode = mode_of_resolved(resolved, image_mode)  # a wrong mode fails before any weight is read
+    # bitsandbytes is checked (and imported) only when a quantization is asked for.
+    extra = ({} if quantization is None
+             else from_pretrained_kwargs(quantization, resolved.family, target_dtype, target_device))
     model, processor, loading_info = _load_base(resolved, mode, target_dtype, extra, quantization, staged_upcast)
     if extra:
-        model = quantize.prepare_quantized(model, quantization, resolved.family)
+        model = prepare_quantized(model, quantization, resolved.family)
     elif not _on_meta(model):  # weights_broadcast_from_rank0: placed by accelerate while sharding
         model = model.to(device=target_device)
-    _set_experts_implementation(model, experts_implementation, target_device)
+    set_experts_implementation(model, experts_implementation, target_device)
     if freeze_vision:
         freeze_vision_modules(model, resolved.family)
     if gradient_checkpointing or _quantized_experts_need_recompute(quantization, resolved.family):
