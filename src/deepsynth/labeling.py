@@ -215,7 +215,7 @@ def _line_key(out: Path, number: int, line: bytes) -> tuple[str, int | None] | N
 
 
 def _load_drafter(adapter: Any, model: str | None, instruction: str | None, max_new_tokens: int | None) -> _Drafter:
-    from deepsynth.training.config import TrainerConfig
+    from deepsynth.evaluation.run_settings import RunSettings
 
     if adapter is not None:
         from deepsynth.evaluation.adapter_folder import load_adapted_model
@@ -225,7 +225,7 @@ def _load_drafter(adapter: Any, model: str | None, instruction: str | None, max_
     else:
         from deepsynth.models.loading import load_model_and_processor
 
-        loaded, settings = load_model_and_processor(model), TrainerConfig()
+        loaded, settings = load_model_and_processor(model), RunSettings()  # the trainer's defaults
         network = loaded.model
     if not is_multimodal_processor(loaded.processor):
         raise DataError(f"model {loaded.name!r} is a text model; label reads page images, so it needs an OCR-family "

@@ -1,15 +1,15 @@
-"""A saved adapter folder read back: its run's settings as a ``TrainerConfig``; evaluate, generate, export.
+"""A saved adapter folder read back: its run's settings as :class:`RunSettings`; evaluate, generate, export.
 
 :func:`read_adapter_settings` is the one reader of a folder's ``training_config.json``; everything
 that needs the run's settings (base model, dtype, task, instruction, resolution mode, max_length,
-generation limits, column mapping) takes them from the ``TrainerConfig`` it returns, so every default is
-``TrainerConfig``'s own.
+generation limits, column mapping) takes them from the :class:`RunSettings` it returns, so every default is
+the trainer's own.
 
 Folders written by earlier DeepSynth versions still load:
 
-* a key this version does not know (a setting since removed or renamed) is ignored, and one warning
-  names the ignored keys and says why;
-* a key the file lacks takes ``TrainerConfig``'s default. Folders written before these settings
+* a key this version does not read (a training-only setting, or one since removed or renamed) is left
+  aside (:mod:`deepsynth.evaluation.run_settings`);
+* a key the file lacks takes the trainer's default. Folders written before these settings
   existed lack ``router_aux_loss_coef`` (0.0, before the MoE regularisers), ``use_feature_cache``
   (true, before the feature cache) and ``holdout_samples`` (null, before the tiny-data guards): all
   three are training-only, so evaluation and generation are unchanged;
@@ -26,10 +26,9 @@ A folder that is not an adapter folder, or a settings file that cannot be read, 
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +37,16 @@ from peft import PeftModel
 from deepsynth.data.collate import encode_rows, task_instruction
 from deepsynth.evaluation.compare import Generation, evaluate_model, generate_text, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
+from deepsynth.evaluation.run_settings import RunSettings
 from deepsynth.models.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, attach_adapter
 from deepsynth.models.image_modes import mode_for_model, mode_of_resolved
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
-from deepsynth.training.config import OptimizerConfig, TrainerConfig
 
 LOGGER = logging.getLogger("deepsynth")
 # Written by the trainer beside the PEFT adapter (TrainerConfig.save: never the Hub token).
 TRAINING_CONFIG_FILE = "training_config.json"
 # Generations kept (with how each ended) in an evaluation's result, as in the trainer's metrics.json.
 SHOWN_SAMPLES = 3
-_IGNORED_REASON = "not a setting of this DeepSynth version (the folder was written by another version)"
 
 
 class AdapterFolderError(ValueError):
@@ -61,7 +59,7 @@ class AdaptedModel:
 
     model: PeftModel
     loaded: LoadedModel
-    settings: TrainerConfig
+    settings: RunSettings
 
 
 def check_adapter_folder(adapter_dir: str | Path) -> Path:
@@ -90,24 +88,8 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def _known_settings(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``data`` without the keys TrainerConfig does not take; one warning names those it drops."""
-    optimizer_names = {f.name for f in fields(OptimizerConfig)}
-    # Fields, constructor keywords and flat optimizer fields: what TrainerConfig.from_dict accepts.
-    names = {f.name for f in fields(TrainerConfig)} | set(inspect.signature(TrainerConfig).parameters) | optimizer_names
-    kept = {key: value for key, value in data.items() if key in names}
-    ignored = sorted(set(data) - names)
-    if isinstance(kept.get("optimizer"), dict):
-        optimizer = kept["optimizer"]
-        ignored += sorted(f"optimizer.{key}" for key in set(optimizer) - optimizer_names)
-        kept["optimizer"] = {key: value for key, value in optimizer.items() if key in optimizer_names}
-    if ignored:
-        LOGGER.warning("adapter: %s: ignored %s: %s", path, ", ".join(ignored), _IGNORED_REASON)
-    return kept
-
-
-def read_adapter_settings(adapter_dir: str | Path) -> TrainerConfig:
-    """The settings of the run that wrote ``adapter_dir``, as a ``TrainerConfig`` (see the module doc).
+def read_adapter_settings(adapter_dir: str | Path) -> RunSettings:
+    """The settings of the run that wrote ``adapter_dir``, as :class:`RunSettings` (see the module doc).
 
     Raises:
         AdapterFolderError: not an adapter folder, or a ``training_config.json`` that is unreadable,
@@ -116,12 +98,11 @@ def read_adapter_settings(adapter_dir: str | Path) -> TrainerConfig:
     folder = check_adapter_folder(adapter_dir)
     path = folder / TRAINING_CONFIG_FILE
     if not path.is_file():
-        LOGGER.warning("adapter: %s has no %s; every setting takes TrainerConfig's default "
+        LOGGER.warning("adapter: %s has no %s; every setting takes the trainer's default "
                        "(base model: the embedded one)", folder, TRAINING_CONFIG_FILE)
-        return TrainerConfig()
-    data = _known_settings(_read_json_object(path), path)
+        return RunSettings()
     try:
-        return TrainerConfig.from_dict(data)
+        return RunSettings.from_recorded(_read_json_object(path))
     except ValueError as error:  # ConfigError names the field and what it accepts
         raise AdapterFolderError(f"adapter: {path}: {error}") from None
 
@@ -132,7 +113,7 @@ AS_TRAINED = "as-trained"
 
 def load_adapted_model(
     adapter_dir: str | Path, *, model_name: str | None = None, device: str | None = None,
-    settings: TrainerConfig | None = None, quantization: str | None = AS_TRAINED, image_mode: str | None = None,
+    settings: RunSettings | None = None, quantization: str | None = AS_TRAINED, image_mode: str | None = None,
 ) -> AdaptedModel:
     """Base model (from the run's settings, or ``model_name``) with the adapter in ``adapter_dir`` applied.
 
@@ -179,13 +160,13 @@ def _warn_if_other_mode(base: str | None, override: str, trained: str | None, ad
                    "training mode)", wanted.name, wanted.views(), adapter_dir, used.name, used.views())
 
 
-def adapter_instruction(settings: TrainerConfig, instruction: str | None = None) -> str:
+def adapter_instruction(settings: RunSettings, instruction: str | None = None) -> str:
     """The prompt for an adapter trained with ``settings``: ``instruction`` when given, else the run's own
     (its ``instruction``, or its task's when that is null, as in training). label, eval and generate call it."""
     return instruction or task_instruction(settings.task, settings.instruction)
 
 
-def _open_page(image: str | Path, settings: TrainerConfig, image_mode: str | None) -> Any:
+def _open_page(image: str | Path, settings: RunSettings, image_mode: str | None) -> Any:
     """The page image ``image`` names: an image file, a PDF page (``report.pdf#page=2``) rendered for the mode,
     or a page of a multi-page TIFF (``fax.tif#page=2``)."""
     import io
@@ -237,7 +218,7 @@ class EvalRows:
     eval_on_training_data: bool = False
 
 
-def adapter_eval_rows(adapter_dir: str | Path, settings: TrainerConfig, data: str | Path | None,
+def adapter_eval_rows(adapter_dir: str | Path, settings: RunSettings, data: str | Path | None,
                       max_samples: int | None, image_mode: str | None) -> EvalRows:
     """The rows to score the adapter on: ``data``'s ``eval`` rows (all its rows when it has no ``split``
     column), or without ``data`` the rows the adapter's own run held out (its eval data, its data's
@@ -261,7 +242,7 @@ def adapter_eval_rows(adapter_dir: str | Path, settings: TrainerConfig, data: st
     return _held_out_rows(adapter_dir, settings, max_samples, page_size)
 
 
-def _is_runs_data(data: str | Path, settings: TrainerConfig) -> bool:
+def _is_runs_data(data: str | Path, settings: RunSettings) -> bool:
     """True when ``data`` is the file the adapter was trained on (its run's split decides the rows)."""
     if settings.data_path is None or settings.eval_data_path is not None:
         return False
@@ -271,7 +252,7 @@ def _is_runs_data(data: str | Path, settings: TrainerConfig) -> bool:
         return False
 
 
-def _eval_rows_of(data: str | Path, settings: TrainerConfig, max_samples: int | None, page_size: Any) -> EvalRows:
+def _eval_rows_of(data: str | Path, settings: RunSettings, max_samples: int | None, page_size: Any) -> EvalRows:
     from deepsynth.data import load_documents
     from deepsynth.data.table import DataError
 
@@ -290,7 +271,7 @@ def _eval_rows_of(data: str | Path, settings: TrainerConfig, max_samples: int | 
     return EvalRows(rows, f"all {_rows(len(rows))} of {data}" if len(rows) > 1 else f"the one row of {data}")
 
 
-def _held_out_rows(adapter_dir: str | Path, settings: TrainerConfig, max_samples: int | None,
+def _held_out_rows(adapter_dir: str | Path, settings: RunSettings, max_samples: int | None,
                    page_size: Any) -> EvalRows:
     """The eval rows of the run that trained the adapter, drawn as the trainer drew them (load_splits)."""
     from deepsynth.data.table import DataError
@@ -411,9 +392,9 @@ def generate_from_model(
     if (image is None) == (text is None):
         raise ValueError("generate: give exactly one of image or text")
     recorded = Path(model_dir) / TRAINING_CONFIG_FILE
-    data = _known_settings(_read_json_object(recorded), recorded) if recorded.is_file() else {}
+    data = _read_json_object(recorded) if recorded.is_file() else {}
     try:
-        settings = TrainerConfig.from_dict({**data, "model_name": str(model_dir)})
+        settings = RunSettings.from_recorded(data, model_name=str(model_dir))
     except ValueError as error:
         raise AdapterFolderError(f"model: {recorded}: {error}") from None
     page = _open_page(image, settings, image_mode) if image is not None else None  # fails before the model loads
@@ -425,7 +406,7 @@ def generate_from_model(
     return generation
 
 
-def _generate(model: Any, loaded: Any, settings: TrainerConfig, page: Any, text: str | None,
+def _generate(model: Any, loaded: Any, settings: RunSettings, page: Any, text: str | None,
               max_new_tokens: int | None) -> Generation:
     from deepsynth.data import render_document
 

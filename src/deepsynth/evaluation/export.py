@@ -116,7 +116,7 @@ def unmerged_warning(adapter_dir: str | Path) -> str | None:
 
 
 def merge_adapter(adapter_dir: str | Path, *, model_name: str | None = None):
-    """(merged model in fp32 on the CPU, LoadedModel, training config, quantization dequantized or None).
+    """(merged model in fp32 on the CPU, LoadedModel, the run's RunSettings, quantization dequantized or None).
 
     A QLoRA run's base is loaded quantized exactly as it trained, then dequantized, then merged.
     """

@@ -1,8 +1,7 @@
 """Apply a saved PEFT adapter to a loaded base model, its tensors loaded by exact name.
 
 Reading a whole DeepSynth adapter folder back (its settings, its base model) is
-``deepsynth.evaluation.adapter_folder``: the settings are a ``TrainerConfig``, which this layer
-does not import.
+``deepsynth.evaluation.adapter_folder``.
 """
 
 from __future__ import annotations
