@@ -1,4 +1,4 @@
-"""Structure of src/deepsynth: no import cycle between its modules, no function over 80 lines, a role per module.
+"""Structure of src/deepsynth: layers that only import downwards, no import cycle, a role per module, short files and functions.
 
 Both are read from the source with ``ast`` (nothing is imported), so a cycle hidden in a function-level
 import counts too: it still ties the two modules together.
@@ -9,23 +9,35 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "deepsynth"
-MAX_FUNCTION_LINES = 80
+import pytest
 
-# What each package may import (docs/architecture.md): deepsynth.errors and deepsynth.paths are open
-# to all. A prefix allows a package or one module of it ("deepsynth.training.config").
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "deepsynth"
+MAX_FUNCTION_LINES = 60
+MAX_FILE_LINES = 450
+ROOT = "deepsynth"
+
+# What each package may import, bottom layer first (docs/architecture.md). A rule covers a module or a
+# package and everything under it ("deepsynth.cli" covers deepsynth.cli.*); the most specific rule wins.
+# A name in a rule allows that package or module and everything under it. Every module has a rule.
 BASE = ("deepsynth.errors", "deepsynth.paths")
 MAY_IMPORT = {
+    ROOT: (),  # the package's own __init__ (its version): this rule covers that module alone
+    "deepsynth.errors": (),
+    "deepsynth.paths": ("deepsynth.errors",),
     "deepsynth.data": BASE,
     "deepsynth.models": BASE,
     "deepsynth.training.moe": (*BASE, "deepsynth.models"),
     "deepsynth.publishing": (*BASE, "deepsynth.models"),
-    # The scorers only from evaluation: adapter_folder reads training.config, so no more of training.
-    "deepsynth.evaluation": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.training.config"),
+    "deepsynth.evaluation": (*BASE, "deepsynth.data", "deepsynth.models"),
+    # Of evaluation, training uses the scorers only.
     "deepsynth.training": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.publishing",
                            "deepsynth.evaluation.compare", "deepsynth.evaluation.metrics"),
+    # The shells on top: drafting labels, the web app, the command line (which also starts the web app).
+    "deepsynth.labeling": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.evaluation"),
     "deepsynth.web": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.training", "deepsynth.publishing",
                       "deepsynth.evaluation"),
+    "deepsynth.cli": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.training", "deepsynth.publishing",
+                      "deepsynth.evaluation", "deepsynth.labeling", "deepsynth.web"),
 }
 
 
@@ -89,8 +101,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def _package(module: str) -> str | None:
-    """The most specific package of MAY_IMPORT that holds ``module`` (None: not ruled, e.g. the CLI)."""
-    ruled = [name for name in MAY_IMPORT if module == name or module.startswith(name + ".")]
+    """The most specific rule of MAY_IMPORT that covers ``module`` (None: no rule does)."""
+    ruled = [name for name in MAY_IMPORT if module == name or (name != ROOT and module.startswith(name + "."))]
     return max(ruled, key=len) if ruled else None
 
 
@@ -100,12 +112,17 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
     for module, targets in graph.items():
         package = _package(module)
         if package is None:
-            continue
+            continue  # reported by test_every_module_has_a_layer
         for target in sorted(targets):
             allowed = (package, *MAY_IMPORT[package])
             if not any(target == prefix or target.startswith(prefix + ".") for prefix in allowed):
                 found.append(f"{module} -> {target}")
     return found
+
+
+def file_lengths() -> dict[str, int]:
+    """Module of src/deepsynth → its source file's length in lines."""
+    return {module: len(path.read_text(encoding="utf-8").splitlines()) for module, path in _modules().items()}
 
 
 def function_lengths() -> dict[str, int]:
@@ -143,9 +160,19 @@ def test_no_import_cycle_between_deepsynth_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def test_every_module_has_a_layer():
+    assert _package("deepsynth.cli.train") == "deepsynth.cli" and _package("deepsynth") == ROOT
+    assert _package("deepsynth.newpackage.module") is None  # the root's rule does not cover the package
+    unruled = sorted(module for module in _modules() if _package(module) is None)
+    assert not unruled, f"modules no MAY_IMPORT rule covers (give them a layer): {unruled}"
+
+
 def test_each_package_imports_only_what_its_layer_allows():
     assert layering_violations({"deepsynth.data.x": {"deepsynth.training.config"}}) == [
         "deepsynth.data.x -> deepsynth.training.config"]
+    assert layering_violations({"deepsynth.evaluation.x": {"deepsynth.training.config"}}) == [
+        "deepsynth.evaluation.x -> deepsynth.training.config"]
+    assert layering_violations({"deepsynth.errors": {"deepsynth.paths"}}) == ["deepsynth.errors -> deepsynth.paths"]
     assert layering_violations({"deepsynth.training.moe.a": {"deepsynth.models.b", "deepsynth.training.moe.c"}}) == []
     violations = layering_violations(import_graph())
     assert not violations, f"imports against the layering of docs/architecture.md: {violations}"
@@ -161,7 +188,22 @@ def test_every_module_opens_with_a_line_saying_its_role():
 
 
 def test_no_function_over_80_lines():
+    # The limit before issue 22, kept strict while other files are split; the 60-line test below replaces it.
     lengths = function_lengths()
     assert len(lengths) > 500 and lengths["deepsynth.training.production_trainer.UnifiedProductionTrainer.train"] > 5
-    too_long = {name: lines for name, lines in lengths.items() if lines > MAX_FUNCTION_LINES}
+    too_long = {name: lines for name, lines in lengths.items() if lines > 80}
+    assert not too_long, f"functions over 80 lines (split them): {too_long}"
+
+
+@pytest.mark.xfail(strict=False, reason="issue 22: other files are being split")
+def test_no_function_over_60_lines():
+    too_long = {name: lines for name, lines in function_lengths().items() if lines > MAX_FUNCTION_LINES}
     assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines (split them): {too_long}"
+
+
+@pytest.mark.xfail(strict=False, reason="issue 22: other files are being split")
+def test_no_source_file_over_450_lines():
+    lengths = file_lengths()
+    assert lengths["deepsynth.data.loading"] > 50, "the walk found the package"
+    too_long = {module: lines for module, lines in lengths.items() if lines > MAX_FILE_LINES}
+    assert not too_long, f"source files over {MAX_FILE_LINES} lines (split them by role): {too_long}"
