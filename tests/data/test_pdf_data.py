@@ -200,7 +200,7 @@ def test_training_planning_and_eval_read_pdf_pages_in_the_runs_mode(tmp_path, mo
 
     folder = _folder(tmp_path, TARGETS)
     config = TrainerConfig(data_path=str(folder), image_mode=mode)
-    data = UnifiedProductionTrainer(config).prepare_data()
+    data = UnifiedProductionTrainer(config).setup_data()
     report_1, report_3, slide, _ = data.train["image"]
     assert max(report_1.size) == max(report_3.size) == side  # A4: 1 global view, or the 2×3 tiles' 3 × 384 px
     assert max(slide.size) == (side if mode != "dynamic" else 2 * 384)  # 16:9: a 2×1 grid of tiles

@@ -63,7 +63,7 @@ def test_deepseek_ocr_single_view_modes_cost_the_published_tokens(mode, v1_confi
         assert "pixel_values_local" not in inputs  # one global view, no tiles
         # valid tokens + one newline per token row + the view separator (Base: 256 + 16 + 1 = 273)
         assert count == valid + side + 1
-        assert vision_tokens_per_page("deepseek_ocr", mode, v1_config).for_page(*page) == count
+        assert vision_tokens_per_page("deepseek_ocr", mode, v1_config).global_tokens == count
     if mode == "base":
         assert count == 273
 
@@ -81,14 +81,14 @@ def test_gundam_tiles_cost_100_tokens_each_plus_their_newlines(v1_config):
         count, inputs = _image_tokens(processor, Image.new("RGB", (width, height), "white"))
         assert inputs["pixel_values"].shape == (1, 3, 1024, 1024)  # the Base global view
         if grid is None:  # a page no larger than a tile: the global view alone
-            assert count == 273 and inputs["num_local_patches"] == [0]
+            assert count == 273 == tokens.global_tokens and inputs["num_local_patches"] == [0]
             continue
         columns, rows = grid
         assert inputs["patches_grid"] == [[columns, rows]]
         assert inputs["pixel_values_local"].shape == (columns * rows, 3, 640, 640)
         # 273 for the global view, 100 per tile, and a newline after each of the 10 token rows of a tile row
         assert count == 273 + GUNDAM_TILE * columns * rows + 10 * rows
-        assert tokens.for_page(width, height) == count
+        assert tokens.for_grid(columns, rows) == count
     assert tokens.most == 273 + 6 * GUNDAM_TILE + 6 * 10  # a 1×6 grid: six tile rows
 
 
@@ -110,7 +110,8 @@ def test_deepseek_ocr2_modes_cost_256_global_and_144_per_tile(mode):
         # global view + 144 per 768-px tile + the view separator (no row newlines in OCR-2)
         assert count == global_tokens + OCR2_TILE * tiles + 1
         assert int(inputs["num_local_patches"][0]) == tiles
-        assert tokens.for_page(width, height) == count
+        expected = tokens.for_grid(*_ocr2_grid(width, height)) if tiles else tokens.global_tokens
+        assert expected == count
 
 
 def _ocr2_grid(width: int, height: int) -> tuple[int, int]:

@@ -73,20 +73,6 @@ def _wrap_paragraph(paragraph: str, font: ImageFont.FreeTypeFont, max_width: flo
     yield current
 
 
-def _wrapped_lines(text: str, *, width: int, font_size: int, margin: int) -> Iterator[str]:
-    # Lazy, so a page stops measuring text once it is full: a 1 MB text costs as much as one page.
-    font = _font(font_size)
-    max_width = width - 2 * margin
-    normalized = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
-    for paragraph in normalized.split("\n"):
-        yield from _wrap_paragraph(paragraph, font, max_width)
-
-
-def wrap_text(text: str, *, width: int = 640, font_size: int = 20, margin: int = 24) -> list[str]:
-    """Return the lines `render_document` would draw (before cutting at the page bottom)."""
-    return list(_wrapped_lines(text, width=width, font_size=font_size, margin=margin))
-
-
 def render_document(
     text: str,
     *,
@@ -122,7 +108,10 @@ def render_document(
 
 
 def _page_lines(text: str, *, width: int, height: int, font_size: int, margin: int) -> Iterator[tuple[int, str, int]]:
-    """(y, line, paragraph number) of every line that fits on the page, top to bottom."""
+    """(y, line, paragraph number) of every line that fits on the page, top to bottom.
+
+    Lazy, so a page stops measuring text once it is full: a 1 MB text costs as much as one page.
+    """
     font = _font(font_size)
     line_height = round(font_size * _LINE_SPACING)
     ascent, descent = font.getmetrics()

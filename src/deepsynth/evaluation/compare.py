@@ -19,12 +19,9 @@ import torch
 from transformers import NoRepeatNGramLogitsProcessor
 
 from deepsynth.data.collate import DataCollator, build_generation_inputs
-from deepsynth.evaluation.metrics import TASK_METRICS, task_metrics
+from deepsynth.evaluation.metrics import task_metrics
 from deepsynth.models.feature_cache import FEATURES_KEY, IMAGE_INPUT_KEYS, CachedFeatureCollator, CachedImageFeatures
 from deepsynth.models.logits import IGNORE_INDEX, labelled_logits_support, with_labelled_logits
-
-# The summaries' table (the README's main job); a transcription's is ("loss", *TASK_METRICS["transcribe"]).
-METRIC_NAMES = ("loss", *TASK_METRICS["summarise"])
 
 #: Why a generation stopped.
 EOS, MAX_NEW_TOKENS, REPETITION_GUARD = "eos", "max_new_tokens", "repetition_guard"

@@ -289,18 +289,6 @@ class VisionTokens:
     def for_grid(self, columns: int, rows: int) -> int:
         return self.global_tokens + columns * rows * self.tile_tokens + rows * self.tile_row_tokens
 
-    def for_page(self, width: int, height: int) -> int:
-        """Exactly what the processor emits for a page of ``width × height`` px (transformers' tiling rule)."""
-        # transformers' own tiling rule (imported here: the config module reads this one's tables cheaply).
-        from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import get_optimal_tiled_canvas
-
-        mode = self.mode
-        if not mode.tiled or max(width, height) <= mode.tile_size:
-            return self.global_tokens
-        columns, rows = get_optimal_tiled_canvas((height, width), (mode.tile_size, mode.tile_size),
-                                                 mode.min_tiles, mode.max_tiles)
-        return self.for_grid(columns, rows)
-
     @property
     def most(self) -> int:
         """The most a page can cost in this mode (the largest tile grid)."""
