@@ -1,4 +1,4 @@
-"""Source choice: which reader opens what the user named (a file, a folder of pages, a saved dataset, a Dataset, a Hub name)."""
+"""Source choice: which reader opens what the user named (file, folder of pages, saved dataset, Dataset, Hub name)."""
 
 from __future__ import annotations
 

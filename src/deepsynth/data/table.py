@@ -1,4 +1,4 @@
-"""Raw rows of one data source (the Table every reader returns), the error that locates a problem in them, and the limits on a source.
+"""Raw rows of one data source (the Table every reader returns), the error that locates a problem, the limits.
 
 Hostile files stay cheap: the limits below (and those on images, in images.py) are checked before the
 expensive step (a JSON line's length before it is parsed, an image's pixel count before it is decoded),
@@ -82,6 +82,7 @@ class Table:
 
 
 def too_many_rows(label: str, count: int | None = None) -> DataError:
+    """The error for a source over MAX_ROWS (``count`` when known, e.g. from a Parquet footer)."""
     held = f"{count:,} rows" if count is not None else f"more than {MAX_ROWS:,} rows"
     return DataError(
         f"holds {held}; DeepSynth reads at most {MAX_ROWS:,} rows of one source (it fine-tunes on small "
@@ -91,6 +92,7 @@ def too_many_rows(label: str, count: int | None = None) -> DataError:
 
 
 def too_many_columns(label: str, count: int, location: str | None = None) -> DataError:
+    """The error for a table over MAX_COLUMNS columns."""
     return DataError(f"has {count:,} columns; at most {MAX_COLUMNS} (a targets file needs a few: text, summary, "
                      "image or file, page, split)", source=label, location=location, row=1 if location else None)
 
@@ -107,11 +109,13 @@ def cut(error: BaseException, limit: int = 200) -> str:
 
 
 def has_surrogates(value: Any) -> bool:
+    """Whether ``value`` is a string holding undecodable bytes (kept as lone surrogates by ``surrogateescape``)."""
     # Undecodable bytes survive reading as lone surrogates (surrogateescape).
     return isinstance(value, str) and _ESCAPED_BYTE.search(value) is not None
 
 
 def not_utf8_problem(value: str) -> str:
+    """The message for a value holding an undecodable byte, naming the byte."""
     match = _ESCAPED_BYTE.search(value)
     assert match is not None
     byte = ord(match.group()) - 0xDC00

@@ -28,6 +28,7 @@ class ValidRow:
 
 
 def resolve_mapping(column_mapping: Mapping[str, str] | None) -> dict[str, str]:
+    """Canonical column name → the user's column name, every canonical name present (``column_mapping`` checked)."""
     mapping = {name: name for name in CANONICAL_COLUMNS}
     for canonical, user_column in (column_mapping or {}).items():
         if canonical not in CANONICAL_COLUMNS:
@@ -42,6 +43,7 @@ def resolve_mapping(column_mapping: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def column_hint(canonical: str, user_column: str) -> str:
+    """How to point the loader at a column of another name, or which mapping chose this one."""
     if canonical == user_column:
         return f"pass column_mapping={{'{canonical}': '<your column>'}} if it has another name"
     return f"(column_mapping maps {canonical!r} to this column)"

@@ -1,4 +1,4 @@
-"""Processors of the OCR families: DeepSeek-OCR v1's built from its checkpoint settings, and a resolution mode applied to any."""
+"""Processors of the OCR families: DeepSeek-OCR v1's built from its checkpoint settings; a mode applied to any."""
 
 from __future__ import annotations
 

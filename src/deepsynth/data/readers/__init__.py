@@ -1,1 +1,1 @@
-"""Readers: each turns one kind of data source (JSON, CSV/TSV, Parquet, a `datasets` dataset) into a Table of raw rows."""
+"""Readers: each turns one kind of data source (JSON, CSV/TSV, Parquet, `datasets`) into a Table of raw rows."""

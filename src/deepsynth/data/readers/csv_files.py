@@ -27,6 +27,7 @@ _CSV_QUOTING_HINT = "put cells that contain the separator, quotes or line breaks
 
 
 def csv_table(path: Path, label: str, base_dir: Path, *, sep: str) -> Table:
+    """The rows of a CSV (``sep=','``) or TSV file, its header checked against the limits first."""
     _check_csv_width(path, label, sep)
     frame = _read_csv(path, label, sep)
     if len(frame) > MAX_ROWS:

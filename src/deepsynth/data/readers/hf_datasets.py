@@ -12,6 +12,7 @@ from ..table import DataError, Table
 
 
 def pick_split(dataset_dict: datasets.DatasetDict, split: str | None, label: str) -> datasets.Dataset:
+    """The ``split`` (default ``train``) of a DatasetDict; DataError naming the splits it has otherwise."""
     wanted = split or "train"
     if wanted not in dataset_dict:
         found = ", ".join(repr(s) for s in dataset_dict)
@@ -20,6 +21,7 @@ def pick_split(dataset_dict: datasets.DatasetDict, split: str | None, label: str
 
 
 def saved_dataset_table(path: Path, label: str, split: str | None, base_dir: Path) -> Table:
+    """The rows of a folder written by ``save_to_disk`` (a Dataset, or a DatasetDict's ``split``), validated whole."""
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:  # datasets raises FileNotFoundError or ValueError depending on what is missing
@@ -35,6 +37,7 @@ def saved_dataset_table(path: Path, label: str, split: str | None, base_dir: Pat
 
 
 def hub_table(name: str, split: str | None, base_dir: Path) -> Table:
+    """The rows of Hub dataset ``name`` (its ``split``, default ``train``), downloaded by `datasets`."""
     try:
         loaded = datasets.load_dataset(name, split=split)
     except Exception as exc:  # offline, unknown repo, gated repo... all mean "cannot get it"
@@ -51,6 +54,7 @@ def hub_table(name: str, split: str | None, base_dir: Path) -> Table:
 
 
 def dataset_table(dataset: datasets.Dataset, label: str, base_dir: Path, split_column_ok: bool) -> Table:
+    """The rows of a `datasets.Dataset`, images left undecoded so a corrupt one is reported with its row."""
     # Read images undecoded so a corrupt one is reported with its row, not as
     # an exception from inside datasets.
     for name, feature in dataset.features.items():

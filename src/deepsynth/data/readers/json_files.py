@@ -16,6 +16,7 @@ from ..table import MAX_LINE_BYTES, DataError, Table, has_surrogates
 
 
 def json_table(path: Path, label: str, base_dir: Path, *, allow_array: bool) -> Table:
+    """The records of a JSON lines file, or of a JSON array of objects when ``allow_array`` (a .json file)."""
     try:
         first = _first_byte(path)
     except OSError as exc:

@@ -11,6 +11,7 @@ from .hf_datasets import dataset_table
 
 
 def parquet_table(path: Path, label: str, base_dir: Path) -> Table:
+    """The rows of a Parquet file, refused from its footer when it holds too many rows or columns."""
     import pyarrow.parquet as pq  # datasets' own Parquet engine
 
     try:

@@ -1,4 +1,4 @@
-"""Back to full precision: a quantized base as plain weights (for merging), or plain stand-ins while PEFT injects an adapter."""
+"""Back to full precision: a quantized base as plain weights (merging), or plain stand-ins while PEFT injects."""
 
 from __future__ import annotations
 

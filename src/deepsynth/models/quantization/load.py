@@ -1,4 +1,4 @@
-"""Loading a base quantized: the bitsandbytes check, transformers' BitsAndBytesConfig, and the scoped quantizer that also takes the fused experts."""
+"""Loading a base quantized: the bitsandbytes check, BitsAndBytesConfig, the scoped quantizer of the fused experts."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ class QuantizationUnavailable(ConfigError):
 
 
 def bitsandbytes_available() -> bool:
+    """Whether bitsandbytes can be imported (the ``[qlora]`` extra)."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:

@@ -1,4 +1,4 @@
-"""Dequantizing parametrizations of the fused routed experts (4-bit NF4, 8-bit row-wise), and the PEFT fixes that let LoRA stack on them."""
+"""Dequantizing parametrizations of the fused routed experts, and the PEFT fixes that let LoRA stack on them."""
 
 from __future__ import annotations
 
@@ -103,6 +103,7 @@ def quantize_fused_experts(model: nn.Module, quantization: str, family: str, dty
 
 
 def bits_of_parametrization(module: nn.Module) -> int | None:
+    """4 or 8 for one of the dequantizing parametrizations here or of bitsandbytes, None for any other module."""
     kind = type(module).__name__
     return 4 if kind == "Bnb4bitParametrization" else 8 if kind == "Int8RowwiseParametrization" else None
 

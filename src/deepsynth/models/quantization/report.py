@@ -1,4 +1,4 @@
-"""Reports of a quantized base: what a loaded model holds in 4/8 bits, and what a preset would hold (counted on the meta device)."""
+"""Reports of a quantized base: what a loaded model holds in 4/8 bits, what a preset would (on the meta device)."""
 
 from __future__ import annotations
 
