@@ -196,15 +196,14 @@ def test_training_planning_and_eval_read_pdf_pages_in_the_runs_mode(tmp_path, mo
     from deepsynth.evaluation.adapter_folder import adapter_eval_rows
     from deepsynth.training.config import TrainerConfig
     from deepsynth.training.plan import plan_run
-    from deepsynth.training.production_trainer import UnifiedProductionTrainer
 
     folder = _folder(tmp_path, TARGETS)
     config = TrainerConfig(data_path=str(folder), image_mode=mode)
-    data = UnifiedProductionTrainer(config).prepare_data()
-    report_1, report_3, slide, _ = data.train["image"]
+    plan = plan_run(config)  # the data the trainer runs on
+    report_1, report_3, slide, _ = plan.prepared.train["image"]
     assert max(report_1.size) == max(report_3.size) == side  # A4: 1 global view, or the 2×3 tiles' 3 × 384 px
     assert max(slide.size) == (side if mode != "dynamic" else 2 * 384)  # 16:9: a 2×1 grid of tiles
-    assert plan_run(config).data["train_samples"] == 4
+    assert plan.data["train_samples"] == 4
     # eval reads the pages in the training mode, or in the mode it is told to use instead.
     settings = TrainerConfig(image_mode=mode)  # an adapter trained in this mode, scored on the folder
     assert max(adapter_eval_rows(tmp_path, settings, folder, None, None).rows["image"][0].size) == side

@@ -337,9 +337,9 @@ class TrainerConfig:
         """The LoRA settings of this run (AdapterSettings; errors name the flat field, ``lora_rank``)."""
         return AdapterSettings.from_flat({name: getattr(self, name) for name in FLAT_FIELDS})
 
-    def with_preset(self, name: str) -> "TrainerConfig":
-        """A copy whose LoRA fields come from preset ``name``."""
-        return build_config(self.to_dict(), name, hub_token=self.hub_token)
+    def value(self, name: str) -> Any:
+        """A field's value by the name :func:`build_config` takes (optimizer fields flat: ``learning_rate``)."""
+        return getattr(self.optimizer, name) if name in _OPTIMIZER_FIELDS else getattr(self, name)
 
     # --- serialisation -------------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
 """``UnifiedProductionTrainer``: one fine-tuning run as a recipe of named steps, on transformers' ``Trainer``.
 
-``train()`` calls the steps in order, from one place (``_run``): setup_data → setup_model →
-setup_adapter → setup_examples → start_run → evaluate (baseline) → setup_trainer → fit →
-evaluate (adapted) → report → save → publish. Each step is a method below that reads on its own.
+A run is a plan (:class:`deepsynth.training.plan.RunPlan`: the config, the model's facts and the data,
+loaded once): ``UnifiedProductionTrainer.from_plan(plan).train()`` runs it as it is, and
+``UnifiedProductionTrainer(config).train(dataset=…, eval_dataset=…)`` plans first. ``_run`` calls the
+steps in order, from one place: setup_model → setup_examples → setup_pages → setup_adapter → start_run →
+evaluate (baseline) → setup_trainer → fit → evaluate (adapted) → report → save → publish. Each step is a
+method below that reads on its own.
 
 Everything written goes to ``config.output_dir``; only the main process writes. Progress events
 (schema: :mod:`deepsynth.training.progress`) are appended to ``progress.jsonl``; ``metrics.json`` is
@@ -26,11 +29,10 @@ from accelerate import PartialState
 from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
 
 from deepsynth.data.collate import DataCollator, RowEncodingError, encode_rows, longest_example, task_instruction
-from deepsynth.data.splits import PreparedData, load_splits
+from deepsynth.data.splits import PreparedData
 from deepsynth.evaluation.compare import evaluate_model, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.families import CAUSAL_LM, family_names
-from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.memory import (
     keep_embeddings_stored, log_memory, narrow_to_stored, release_vision, return_freed_memory, upcast,
@@ -49,7 +51,7 @@ from deepsynth.training.distributed import (
 from deepsynth.training.errors import ConfigError
 from deepsynth.models.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
 from deepsynth.training.moe import MoeRegularisation, install_moe, plot_expert_utilization
-from deepsynth.training.plan import run_page_size
+from deepsynth.training.plan import RunPlan, plan_run
 from deepsynth.training.progress import Done, Phase, ProgressWriter, Start, record_error
 from deepsynth.training.recommend import UpdateEstimate, estimate_updates
 from deepsynth.training.report import EvalSummary, Holdout, RunReport, TrainableParams, TrainSummary, plot_loss_curve
@@ -111,6 +113,17 @@ class UnifiedProductionTrainer:
         self.config = config
         self.callbacks = list(callbacks)
         self.progress_listener = progress_listener
+        self._given_plan: RunPlan | None = None  # set by ``from_plan``
+        self.plan: RunPlan | None = None  # the plan of the latest ``train()``
+
+    @classmethod
+    def from_plan(cls, plan: RunPlan, *, callbacks: Sequence[TrainerCallback] = (),
+                  progress_listener: Callable[[dict[str, Any]], None] | None = None) -> UnifiedProductionTrainer:
+        """A trainer that runs ``plan`` as it is: its config, its model facts and its data (nothing is
+        loaded or rendered again)."""
+        trainer = cls(plan.config, callbacks=callbacks, progress_listener=progress_listener)
+        trainer._given_plan = plan
+        return trainer
 
     def train(
         self,
@@ -119,24 +132,31 @@ class UnifiedProductionTrainer:
     ) -> tuple[dict[str, Any], dict[str, Path]]:
         """Run the fine-tuning; returns (metrics, paths of what was written).
 
-        A failure after the run started is recorded as an ``error`` event in progress.jsonl (for
+        A trainer made by :meth:`from_plan` runs its plan (then ``dataset`` and ``eval_dataset`` are
+        refused: the plan holds the data); otherwise the run is planned first
+        (:func:`deepsynth.training.plan.plan_run` of the config on ``dataset`` / ``eval_dataset``,
+        which default to the config's data). Bad data or settings fail before anything is written. A
+        failure after the run started is recorded as an ``error`` event in progress.jsonl (for
         watchers such as the web UI) and re-raised.
         """
         self._progress: ProgressWriter | None = None
+        if self._given_plan is not None and (dataset is not None or eval_dataset is not None):
+            raise ValueError("this trainer runs its plan, which holds the data: train() takes no dataset then")
+        require_bitsandbytes(self.config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
+        check_sharding_supported(self.config)  # e.g. QLoRA under FSDP: refused before anything is loaded
+        self.plan = self._given_plan or plan_run(self.config, dataset, eval_dataset)
         try:
-            return self._run(dataset, eval_dataset)
+            return self._run(self.plan)
         except BaseException as error:
             if self._progress is not None:
                 record_error(self._progress, error)
             raise
 
-    def _run(self, dataset: Any, eval_dataset: Any) -> tuple[dict[str, Any], dict[str, Path]]:
+    def _run(self, plan: RunPlan) -> tuple[dict[str, Any], dict[str, Path]]:
         """The recipe: every step, in order. Non-main processes of a distributed run stop after training,
         or, when the weights are sharded (FSDP2, ZeRO-3), after the evaluation and the adapter's gathering."""
-        require_bitsandbytes(self.config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
-        check_sharding_supported(self.config)  # e.g. QLoRA under FSDP: refused before anything is loaded
         enable_fsdp_on_cpu()  # before loading: rank 0 alone may read the weights (cpu_ram_efficient_loading)
-        data = self.setup_data(dataset, eval_dataset)  # validated before anything is written
+        data = plan.prepared  # loaded (and validated) once, by the plan
         loaded = self.setup_model()
         log_memory("setup_model")  # where a run's memory goes, step by step (docs/performance.md)
         examples = self.setup_examples(loaded, data)
@@ -173,25 +193,6 @@ class UnifiedProductionTrainer:
         return report.to_dict(), paths
 
     # --- steps, in the order the recipe calls them ------------------------------------------------
-
-    def setup_data(self, dataset: Any = None, eval_dataset: Any = None) -> PreparedData:
-        """Load and validate train and eval samples (raises DataError before anything is written).
-
-        ``dataset`` / ``eval_dataset`` default to the config's data; see :func:`deepsynth.data.splits.load_splits`
-        for where the eval rows come from (eval data, an ``eval`` split, ``holdout_samples``, or the
-        training rows, said in the metrics).
-        """
-        config = self.config
-        return load_splits(
-            dataset if dataset is not None else config.data_path,
-            eval_dataset if eval_dataset is not None else config.eval_data_path,
-            column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
-            max_eval_samples=config.max_eval_samples, holdout_samples=config.holdout_samples, seed=config.seed,
-            samples=config.task, page_size=run_page_size(config),
-        )
-
-    # The public name the design guide's callers (and the run plan) use for the data step.
-    prepare_data = setup_data
 
     def setup_model(self) -> LoadedModel:
         """Seed everything, then load the base model and its processor (frozen vision path).
@@ -360,7 +361,7 @@ class UnifiedProductionTrainer:
         return RunReport(
             base_model=loaded.name, model_family=loaded.family,
             model_class="AutoModelForCausalLM" if loaded.family == CAUSAL_LM else type(loaded.model).__name__,
-            preset=config.preset, **_task_report(config, loaded, examples.lengths),
+            preset=config.preset, **_task_report(self.plan, examples.lengths),
             num_train_samples=len(examples.train), num_eval_samples=len(examples.eval),
             eval_on_training_data=data.eval_on_training_data,
             holdout=Holdout(samples=len(data.held_out_indices), indices=data.held_out_indices,
@@ -392,7 +393,7 @@ class UnifiedProductionTrainer:
         def write(folder: Path) -> list[str]:
             model.save_pretrained(folder, **({"state_dict": adapter_state} if adapter_state is not None else {}))
             loaded.processor.save_pretrained(folder)
-            _recorded_config(self.config, loaded).save(folder / "training_config.json")  # names the mode read
+            self.plan.recorded_config().save(folder / "training_config.json")  # names the mode read
             report.write(folder / "metrics.json")
             plot_loss_curve(report.history, folder / "loss_curve.png")
             written = []
@@ -517,25 +518,15 @@ def _sequence_lengths(config: TrainerConfig, loaded: LoadedModel, *example_sets:
     return {"set": config.max_length, "longest_example": longest}
 
 
-def _task_report(config: TrainerConfig, loaded: LoadedModel, lengths: dict[str, Any]) -> dict[str, Any]:
+def _task_report(plan: RunPlan, lengths: dict[str, Any]) -> dict[str, Any]:
     """What metrics.json says of the task, the pages' resolution mode and the sequence length."""
-    mode = loaded.image_mode
-    tokens = vision_tokens_per_page(loaded.family, mode, loaded.model.config) if mode is not None else None
+    config, tokens = plan.config, plan.model.vision_tokens
     report: dict[str, Any] = {"task": config.task, "image_mode": tokens.to_dict() if tokens else None,
                               "max_length": lengths}
     if config.task == "transcribe":
         report["text_normalisation"] = normalisation_words(ignore_case=config.metric_ignore_case,
                                                            ignore_punctuation=config.metric_ignore_punctuation)
     return report
-
-
-def _recorded_config(config: TrainerConfig, loaded: LoadedModel) -> TrainerConfig:
-    """``config`` naming the mode the pages were read in (null in the config = the model's default then),
-    so eval and generate reuse it whatever later versions make the default."""
-    mode = loaded.image_mode
-    if config.image_mode is not None or mode is None or mode.name not in IMAGE_MODES.get(loaded.family, {}):
-        return config
-    return TrainerConfig.from_dict({**config.to_dict(), "image_mode": mode.name}, hub_token=config.hub_token)
 
 
 def _world_size() -> int:

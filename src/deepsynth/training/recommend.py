@@ -16,13 +16,14 @@ when the adapter has more than ``PARAMS_PER_TOKEN_WARNING`` trainable parameters
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from deepsynth.training.config import OptimizerConfig, TrainerConfig, build_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import get_lora_preset
+from deepsynth.training.model_facts import ModelFacts, model_facts
 from deepsynth.training.targets import count_trainable_params
 
 MAX_SAMPLES = 10_000_000
@@ -172,7 +173,11 @@ def count_target_tokens(model: str | None, targets: Iterable[str]) -> int:
     """
     from deepsynth.models.loading import load_tokenizer
 
-    tokenizer = load_tokenizer(model)
+    return target_tokens(load_tokenizer(model), targets)
+
+
+def target_tokens(tokenizer: Any, targets: Iterable[str]) -> int:
+    """:func:`count_target_tokens` with a tokenizer already loaded (the run plan's)."""
     return sum(len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 1 for target in targets)
 
 
@@ -255,10 +260,13 @@ class Recommendation:
             overrides["holdout_samples"] = self.evaluation["holdout_samples"]
         return overrides
 
-    def apply(self, config: TrainerConfig) -> TrainerConfig:
-        """``config`` with this recommendation's preset and :meth:`overrides` applied; its other
-        fields (early stopping and hold-out included, when the recommendation has none) stay."""
-        return build_config(config.to_dict(), self.preset_name, self.overrides(), hub_token=config.hub_token)
+    def apply(self, config: TrainerConfig, keep: Collection[str] = ()) -> TrainerConfig:
+        """``config`` with this recommendation's preset and :meth:`overrides` applied, except the fields in
+        ``keep`` (the caller's own values, as in ``config``); its other fields (early stopping and hold-out
+        included, when the recommendation has none) stay. What the run plan applies."""
+        mine = {name: config.value(name) for name in keep}
+        return build_config(config.to_dict(), self.preset_name, {**self.overrides(), **mine},
+                            hub_token=config.hub_token)
 
 
 def recommend(
@@ -271,6 +279,7 @@ def recommend(
     has_eval_data: bool = True,
     image_mode: str | None = None,
     learning_rates: str = "evidence",
+    facts: ModelFacts | None = None,
 ) -> Recommendation:
     """Recommend a preset and settings for ``num_samples`` training samples on ``model``.
 
@@ -286,10 +295,12 @@ def recommend(
     sample and says so. ``image_mode``: the resolution mode whose vision tokens per page are reported
     (None: the model's own). ``learning_rates``: ``"evidence"`` (the rates our full-length runs
     support, :data:`RECIPES`) or ``"guide"`` (the design guide's); the choice and its reason are a note.
+    ``facts``: the model's facts as the caller resolved them (the run plan), for ``model`` in its mode.
     """
     _check_request(num_samples, num_train_tokens, has_eval_data)
     if learning_rates not in LEARNING_RATES:
         raise ConfigError("learning_rates", learning_rates, f"one of {', '.join(LEARNING_RATES)}")
+    facts = facts if facts is not None else model_facts(model, image_mode)
     warnings: list[str] = []
     held_out, num_train_tokens = _evaluation(num_samples, has_eval_data, num_train_tokens, warnings)
     decisions = {"evaluation": warnings[-1]} if warnings else {}
@@ -300,9 +311,8 @@ def recommend(
     capped = accumulation < recipe.gradient_accumulation_steps
     field_warnings = {"gradient_accumulation_steps": warnings[-1]} if capped else {}
     estimate = estimate_updates(train_samples, recipe.batch_size, accumulation, recipe.num_epochs, world_size)
-    report = count_trainable_params(model, lora)
-    warnings.extend(report.targets.warnings)
-    warnings.extend(_size_warnings(train_samples))
+    report = count_trainable_params(model, lora, resolved=facts.resolved)
+    warnings.extend([*report.targets.warnings, *_size_warnings(train_samples)])
     tokens, per_token = _params_per_token(report.trainable, train_samples, num_train_tokens, warnings)
     training_config = _training_config(recipe, accumulation, learning_rates)
     warnings.append(_learning_rate_note(preset_name, recipe, learning_rates,
@@ -312,31 +322,30 @@ def recommend(
         training_config.update(_early_stopping(estimate, recipe, train_samples, warnings))
         decisions["early_stopping"] = warnings[-1]
     minutes = _calibrated_minutes(model, lora, recipe, estimate, warnings) if calibrate else None
-    estimates = {
+    return Recommendation(
+        num_samples=num_samples, model=report.model, preset_name=preset_name, lora_config=lora.to_dict(),
+        training_config=training_config, trainable_params_by_group=report.by_group, warnings=warnings,
+        estimates=_estimates(estimate, recipe, report.trainable, tokens, per_token, num_train_tokens is None, minutes),
+        evaluation={"holdout_samples": held_out, "train_samples": train_samples,
+                    "eval_on_training_data": not (has_eval_data or held_out > 0)},
+        decisions=decisions, field_warnings=field_warnings,
+        vision_tokens=None if facts.vision_tokens is None else facts.vision_tokens.to_dict(),
+    )
+
+
+def _estimates(estimate: UpdateEstimate, recipe: Recipe, trainable: int, tokens: int, per_token: float,
+               tokens_assumed: bool, minutes: float | None) -> dict[str, Any]:
+    return {
         "total_steps": estimate.total_steps,
         "effective_updates": estimate.effective_updates,
         "warmup_steps": _optimizer(recipe).resolve_warmup(estimate.effective_updates),
-        "trainable_params": report.trainable,
+        "trainable_params": trainable,
         "train_tokens": tokens,
-        "train_tokens_assumed": num_train_tokens is None,
+        "train_tokens_assumed": tokens_assumed,
         "params_per_train_token": round(per_token, 1),
         # Measured only by calibration (deepsynth recommend --calibrate); never guessed.
         "estimated_time_minutes": minutes,
     }
-    return Recommendation(
-        num_samples=num_samples, model=report.model, preset_name=preset_name, lora_config=lora.to_dict(),
-        training_config=training_config, estimates=estimates, trainable_params_by_group=report.by_group,
-        warnings=warnings, evaluation={"holdout_samples": held_out, "train_samples": train_samples,
-                                       "eval_on_training_data": not (has_eval_data or held_out > 0)},
-        decisions=decisions, vision_tokens=_vision_tokens(model, image_mode), field_warnings=field_warnings,
-    )
-
-
-def _vision_tokens(model: str | None, image_mode: str | None) -> dict[str, Any] | None:
-    from deepsynth.models.image_modes import mode_for_model, vision_tokens_per_page
-
-    resolved, mode = mode_for_model(model, image_mode)
-    return None if mode is None else vision_tokens_per_page(resolved.family, mode, resolved.config).to_dict()
 
 
 def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any) -> None:
