@@ -23,7 +23,7 @@ MAY_IMPORT = {
     # The scorers only from evaluation: adapter_folder reads training.config, so no more of training.
     "deepsynth.evaluation": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.training.config"),
     "deepsynth.training": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.publishing",
-                           "deepsynth.evaluation.compare", "deepsynth.evaluation.metrics"),
+                           "deepsynth.evaluation.compare", "deepsynth.evaluation.metrics", "deepsynth.evaluation.pages"),
     "deepsynth.web": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.training", "deepsynth.publishing",
                       "deepsynth.evaluation"),
 }

@@ -170,11 +170,7 @@ def test_train_from_a_folder_of_pdfs_end_to_end(tmp_path, capsys):
 
 
 def test_a_run_renders_pdf_pages_at_the_size_its_resolution_mode_reads():
-    from deepsynth.data.pdf import page_size_for_settings
-    from deepsynth.models.image_modes import processor_settings_for_run
-
-    def page_size_for_run(model, mode):
-        return page_size_for_settings(processor_settings_for_run(model, mode))
+    from deepsynth.evaluation.pages import page_size_for_model as page_size_for_run
 
     # One global view: its size (the embedded model's default is OCR-2's 768-px view on 8-px patches).
     assert page_size_for_run(None, None) == 384 and page_size_for_run(None, "base") == 512

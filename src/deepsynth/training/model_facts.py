@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepsynth.data.pdf import DEFAULT_PAGE_SIZE, PageSize, page_size_for_settings
+from deepsynth.data.pdf import DEFAULT_PAGE_SIZE, PageSize
 from deepsynth.errors import ConfigError
+from deepsynth.evaluation.pages import page_size_of
 from deepsynth.models.image_modes import IMAGE_MODES, ImageMode, VisionTokens, mode_of_resolved, vision_tokens_per_page
 from deepsynth.models.resolver import ResolvedConfig, resolve_config
 
@@ -81,7 +82,3 @@ def model_facts(model_name: str | None, image_mode: str | None) -> ModelFacts:
     tokens = None if mode is None else vision_tokens_per_page(resolved.family, mode, resolved.config)
     return ModelFacts(model_name, resolved, mode, tokens, page_size_of(mode))
 
-
-def page_size_of(mode: ImageMode | None) -> PageSize:
-    """The size PDF pages are rendered at for a resolution mode (the default size without one)."""
-    return page_size_for_settings(None if mode is None else mode.processor_settings())
