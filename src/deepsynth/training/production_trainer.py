@@ -14,25 +14,22 @@ a :class:`deepsynth.training.report.RunReport`.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from accelerate import PartialState
-from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, set_seed
 
 from deepsynth.data.collate import DataCollator, RowEncodingError, encode_rows, longest_example, task_instruction
 from deepsynth.data.splits import PreparedData
 from deepsynth.evaluation.compare import evaluate_model, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.models.families import CAUSAL_LM, family_names
+from deepsynth.models.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.memory import (
     keep_embeddings_stored, log_memory, narrow_to_stored, release_vision, return_freed_memory, upcast,
@@ -40,64 +37,29 @@ from deepsynth.models.memory import (
 from deepsynth.models.quantization import quantization_report, require_bitsandbytes
 from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.checkpoints import (
-    CheckpointGuard, checkpoint_bytes_estimate, checkpoint_problem, checkpoint_step, find_resumable, log_resume_choice,
-    model_save_bytes, run_history, run_train_loss, staged_save,
+    CheckpointGuard, checkpoint_bytes_estimate, checkpoint_step, model_save_bytes, run_history, run_train_loss,
+    staged_save,
 )
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.distributed import (
     FEATURE_CACHE_OFF, BaselineOnAllRanks, check_sharding_supported, enable_fsdp_on_cpu, gathered_trainable_state,
-    local_weight_share, sharding_training_arguments, trainable_named_tensors, weights_sharded,
+    local_weight_share, weights_sharded,
 )
 from deepsynth.training.errors import ConfigError
-from deepsynth.models.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
-from deepsynth.training.moe import MoeRegularisation, install_moe, plot_expert_utilization
+from deepsynth.training.moe import install_moe, plot_expert_utilization
 from deepsynth.training.plan import RunPlan, plan_run
 from deepsynth.training.progress import Done, Phase, ProgressWriter, Start, record_error
-from deepsynth.training.recommend import UpdateEstimate, estimate_updates
+from deepsynth.training.recommend import estimate_updates
 from deepsynth.training.report import EvalSummary, Holdout, RunReport, TrainableParams, TrainSummary, plot_loss_curve
-from deepsynth.training.scheduler import HF_SCHEDULER_NAMES
+from deepsynth.training.run_state import (
+    Examples, RunState, Training, checkpoint_to_resume, trained_weights_digest, training_arguments, world_size,
+)
 from deepsynth.training.targets import ResolvedTargets, apply_lora, count_by_group, resolve_targets
 from deepsynth.training.trainer import MoeTrainer, ProgressLog, RestoreAdapterOnResume, SparseProgressCallback
 
 LOGGER = logging.getLogger("deepsynth")
 # Samples whose generations are kept in metrics.json for a human to read.
 SHOWN_SAMPLES = 3
-
-
-@dataclass
-class Examples:
-    """The encoded rows of a run (set by ``setup_examples``)."""
-
-    train: list[dict[str, Any]]
-    eval: list[dict[str, Any]]
-    instruction: str  # the prompt's instruction for the task
-    lengths: dict[str, Any]  # max_length as set, and the longest example (metrics.json "max_length")
-
-
-@dataclass
-class RunState:
-    """Where and how long the run trains, and where it reports (set by ``start_run``)."""
-
-    output_dir: Path
-    args: TrainingArguments
-    estimate: UpdateEstimate
-    progress: ProgressWriter
-    resume: Path | None  # the checkpoint resumed from
-
-    @property
-    def is_main(self) -> bool:
-        return self.args.process_index == 0
-
-
-@dataclass
-class Training:
-    """The Trainer of the run and what is installed around it (set by ``setup_trainer``)."""
-
-    trainer: MoeTrainer
-    moe: MoeRegularisation
-    guard: CheckpointGuard
-    feature_cache: dict[str, Any]  # metrics.json "feature_cache"
-    seconds: float = 0.0  # of training, this process's segment (set by ``fit``)
 
 
 class UnifiedProductionTrainer:
@@ -265,14 +227,14 @@ class UnifiedProductionTrainer:
         config = self.config
         output_dir = Path(config.output_dir)
         estimate = estimate_updates(len(examples.train), config.batch_size, config.gradient_accumulation_steps,
-                                    config.num_epochs, _world_size())
-        args = self._training_arguments(output_dir, estimate.effective_updates)
+                                    config.num_epochs, world_size())
+        args = training_arguments(config, output_dir, estimate.effective_updates)
         is_main = args.process_index == 0
         progress = self._progress = ProgressWriter(output_dir / "progress.jsonl" if is_main else None,
                                                    self.progress_listener)
         if is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
-        resume, skipped = self._checkpoint_to_resume(output_dir)
+        resume, skipped = checkpoint_to_resume(config, output_dir)
         progress.emit(Start(total_updates=estimate.effective_updates, total_steps=estimate.total_steps,
                             num_train_samples=len(examples.train), resumed_from=str(resume) if resume else None,
                             resumed_at_update=checkpoint_step(resume) if resume else 0,
@@ -440,62 +402,6 @@ class UnifiedProductionTrainer:
                 raise  # sized from the data: the row itself is at fault, and the error names it
             raise ConfigError("max_length", self.config.max_length, f"room for the targets ({error})") from None
 
-    def _training_arguments(self, output_dir: Path, total: int) -> TrainingArguments:
-        config = self.config
-        save_every = config.eval_every_updates if config.early_stopping_patience else (
-            config.checkpoint_every_updates or max(1, -(-total // 5)))
-        early = bool(config.early_stopping_patience)
-        return TrainingArguments(
-            output_dir=str(output_dir),
-            per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=1,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            num_train_epochs=config.num_epochs,
-            learning_rate=config.optimizer.learning_rate,
-            weight_decay=config.optimizer.weight_decay,
-            lr_scheduler_type=HF_SCHEDULER_NAMES[config.optimizer.scheduler_type],
-            warmup_steps=config.optimizer.resolve_warmup(total),
-            logging_steps=1,
-            save_strategy="steps",
-            save_steps=save_every,
-            save_total_limit=None,  # CheckpointGuard rotates: transformers' rotation deletes folders not ours
-            eval_strategy="steps" if config.eval_every_updates else "no",
-            eval_steps=config.eval_every_updates,
-            load_best_model_at_end=early,
-            metric_for_best_model="eval_loss" if early else None,
-            greater_is_better=False if early else None,
-            seed=config.seed,
-            data_seed=config.seed,
-            remove_unused_columns=False,
-            report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
-            use_cpu=not torch.cuda.is_available(),
-            dataloader_pin_memory=torch.cuda.is_available(),
-            ddp_find_unused_parameters=False,
-            **sharding_training_arguments(),
-        )
-
-    def _checkpoint_to_resume(self, output_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-        """The checkpoint to resume from and the ``checkpoint-*`` folders passed over, with the reason.
-
-        "auto" takes the newest complete checkpoint (see ``deepsynth.training.checkpoints``); a
-        partial or foreign folder is logged and left alone, never deleted.
-        """
-        choice = self.config.resume_from_checkpoint
-        if choice in (None, "never"):
-            return None, []
-        if choice == "auto":
-            chosen, skipped = find_resumable(output_dir)
-            log_resume_choice(chosen, skipped)
-            return chosen, skipped
-        path = Path(choice)
-        if not (path / "trainer_state.json").is_file():
-            raise ConfigError("resume_from_checkpoint", choice, "'auto', 'never' or a checkpoint-* directory")
-        problem = checkpoint_problem(path)
-        if problem is not None:  # the user's explicit choice: resumed from, with a warning
-            LOGGER.warning("resuming from %s as asked, though it may be incomplete: %s", path, problem)
-        return path, []
-
-
 _OUTPUT_FILES = {
     "output_dir": ".", "adapter": ".", "training_config": "training_config.json", "metrics": "metrics.json",
     "loss_curve": "loss_curve.png", "progress": "progress.jsonl", "model_card": "README.md",
@@ -529,17 +435,3 @@ def _task_report(plan: RunPlan, lengths: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def _world_size() -> int:
-    """Processes of this run as the Trainer will see them (1 without a launcher)."""
-    return PartialState(cpu=not torch.cuda.is_available()).num_processes
-
-
-def trained_weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the trainable tensors (names, dtypes, shapes, bytes): equal on every DDP rank; with
-    sharded weights the tensors are gathered first (every rank must call it)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(trainable_named_tensors(model).items()):
-        tensor = tensor.cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
