@@ -13,6 +13,7 @@ import pytest
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.plan import plan_run
 from deepsynth.training.production_trainer import UnifiedProductionTrainer
+from deepsynth.training.targets import count_trainable_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pdf_support import write_pdf  # noqa: E402
@@ -87,3 +88,13 @@ def test_the_adapter_records_the_mode_the_plan_read_pages_in(tmp_path):
     assert trainer.plan.config == config and trainer.plan.model.image_mode.name == "small"
     assert TrainerConfig.from_file(paths["training_config"]).image_mode == "small"  # null in the config: the default
     assert metrics["image_mode"] == trainer.plan.vision_tokens.to_dict()
+
+
+def test_a_run_without_lora_trains_what_the_parameter_count_says(tmp_path):
+    config = TrainerConfig(output_dir=str(tmp_path / "full"), use_lora=False, batch_size=1, num_epochs=1,
+                           max_train_samples=1, max_eval_samples=1, max_new_tokens=2, resume_from_checkpoint="never")
+    metrics, _ = UnifiedProductionTrainer(config).train()
+    counted = count_trainable_params(None, config.lora_config())  # `deepsynth inspect`, the recommendation
+    assert metrics["trainable_params"]["by_group"] == counted.by_group
+    # Every weight but the frozen vision path: the language model's 2.8M of the 3.6M.
+    assert 2_000_000 < counted.trainable < counted.total_params

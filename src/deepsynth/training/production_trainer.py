@@ -28,7 +28,7 @@ from deepsynth.data.collate import DataCollator, RowEncodingError, encode_rows, 
 from deepsynth.data.splits import PreparedData
 from deepsynth.evaluation.compare import evaluate_model, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
-from deepsynth.models.families import CAUSAL_LM, family_names
+from deepsynth.models.families import CAUSAL_LM
 from deepsynth.models.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.memory import (
@@ -54,7 +54,7 @@ from deepsynth.training.report import EvalSummary, Holdout, RunReport, Trainable
 from deepsynth.training.run_state import (
     Examples, RunState, Training, checkpoint_to_resume, trained_weights_digest, training_arguments, world_size,
 )
-from deepsynth.training.targets import ResolvedTargets, apply_lora, count_by_group, resolve_targets
+from deepsynth.training.targets import ResolvedTargets, count_by_group, make_trainable, resolve_targets
 from deepsynth.training.trainer import MoeTrainer, ProgressLog, RestoreAdapterOnResume, SparseProgressCallback
 
 LOGGER = logging.getLogger("deepsynth")
@@ -174,15 +174,9 @@ class UnifiedProductionTrainer:
         return loaded
 
     def setup_adapter(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:
-        """Resolve the LoRA targets on the model and apply them (or unfreeze all but the frozen path)."""
-        lora = self.config.lora_config()
-        targets = resolve_targets(loaded.model, lora, loaded.family)
-        if self.config.use_lora:
-            return apply_lora(loaded.model, targets), targets
-        frozen = family_names(loaded.family).frozen_prefixes
-        for name, parameter in loaded.model.named_parameters():
-            parameter.requires_grad_(not name.startswith(frozen))
-        return loaded.model, targets
+        """Resolve the LoRA targets on the model and make it trainable (:func:`deepsynth.training.targets.make_trainable`)."""
+        targets = resolve_targets(loaded.model, self.config.lora_config(), loaded.family)
+        return make_trainable(loaded.model, targets, loaded.family, self.config.use_lora), targets
 
     def setup_pages(self, loaded: LoadedModel, examples: Examples) -> dict[str, Any]:
         """Encode every train and eval page once, then let the frozen vision path go; returns the cache's
