@@ -170,8 +170,7 @@ class UnifiedProductionTrainer:
             quantization=config.lora_quantization, image_mode=config.image_mode,
             staged_upcast=config.use_feature_cache is not False,
         )
-        _check_task(config, loaded)
-        return loaded
+        return loaded  # a task the model lacks was refused by the plan (its model facts)
 
     def setup_adapter(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:
         """Resolve the LoRA targets on the model and make it trainable (:func:`deepsynth.training.targets.make_trainable`)."""
@@ -400,12 +399,6 @@ _OUTPUT_FILES = {
     "output_dir": ".", "adapter": ".", "training_config": "training_config.json", "metrics": "metrics.json",
     "loss_curve": "loss_curve.png", "progress": "progress.jsonl", "model_card": "README.md",
 }
-
-
-def _check_task(config: TrainerConfig, loaded: LoadedModel) -> None:
-    if config.task == "transcribe" and not loaded.is_multimodal:
-        raise ConfigError("task", config.task, f"summarise for {loaded.name}, a text model (transcription reads "
-                                               "page images: use a DeepSeek-OCR-family model)")
 
 
 def _sequence_lengths(config: TrainerConfig, loaded: LoadedModel, *example_sets: Sequence[dict]) -> dict[str, Any]:
