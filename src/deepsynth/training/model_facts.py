@@ -3,7 +3,7 @@
 :func:`model_facts` is the one place these facts are worked out: the run plan
 (:mod:`deepsynth.training.plan`) resolves them once and hands them to the recommendation, the data
 loader (the page size PDF pages are rendered at) and the trainer (the mode recorded with the adapter,
-the vision tokens metrics.json reports). ``deepsynth inspect`` and the web API ask the same function.
+the vision tokens metrics.json reports).
 """
 
 from __future__ import annotations
@@ -34,11 +34,6 @@ class ModelFacts:
     page_size: PageSize  # the longer side PDF pages are rendered at for ``image_mode``
     unresolved: str | None = None
     _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def name(self) -> str | None:
-        """The resolved name (the embedded model's for None); the config's name when unresolved."""
-        return self.model_name if self.resolved is None else self.resolved.name
 
     @property
     def family(self) -> str | None:
