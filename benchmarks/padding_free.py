@@ -97,7 +97,7 @@ def batches(features: list[dict]) -> tuple[dict, dict, torch.Tensor]:
 
 def measure(model_name: str, lengths: list[int], prefix: int, pages: int, rounds: int, attention: str = "sdpa") -> dict:
     """Exactness (loss, LoRA gradients), the KV-cache trap and paired step times of one batch shape."""
-    from deepsynth.training.loss import with_labelled_logits
+    from deepsynth.models.logits import with_labelled_logits
 
     model, features = build(model_name, pages)
     model.get_base_model().set_attn_implementation(attention)

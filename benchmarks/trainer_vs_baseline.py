@@ -425,7 +425,7 @@ def run_baseline(args, scoped: bool, callbacks: list) -> dict[str, Any]:
     from transformers import Trainer, TrainingArguments
 
     from deepsynth.training.lora_config import get_lora_preset
-    from deepsynth.training.recommend import RECIPES
+    from deepsynth.training.recipes import RECIPES
 
     torch.manual_seed(args.seed)
     model, processor = baseline_model_and_processor(args)

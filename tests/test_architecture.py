@@ -31,7 +31,7 @@ MAY_IMPORT = {
     "deepsynth.evaluation": (*BASE, "deepsynth.data", "deepsynth.models"),
     # Of evaluation, training uses the scorers only.
     "deepsynth.training": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.publishing",
-                           "deepsynth.evaluation.compare", "deepsynth.evaluation.metrics"),
+                           "deepsynth.evaluation.compare", "deepsynth.evaluation.metrics", "deepsynth.evaluation.pages"),
     # The shells on top: drafting labels, the web app, the command line (which also starts the web app).
     "deepsynth.labeling": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.evaluation"),
     "deepsynth.web": (*BASE, "deepsynth.data", "deepsynth.models", "deepsynth.training", "deepsynth.publishing",

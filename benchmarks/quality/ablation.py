@@ -112,7 +112,8 @@ def legacy_config(base):
 def recommended_config(model_name, n: int, config: str, base, args: argparse.Namespace):
     """``recommend(n).apply(base)``, then the config's change; scaled unless ``--full-length``."""
     from deepsynth.training.config import TrainerConfig
-    from deepsynth.training.recommend import RECIPES, recommend
+    from deepsynth.training.recipes import RECIPES
+    from deepsynth.training.recommend import recommend
 
     rec = recommend(n, model_name, learning_rates="evidence" if config == "evidence" else "guide")
     cfg = rec.apply(base)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deepsynth.training.recommend import RECIPES
+from deepsynth.training.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"

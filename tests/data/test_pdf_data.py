@@ -170,11 +170,7 @@ def test_train_from_a_folder_of_pdfs_end_to_end(tmp_path, capsys):
 
 
 def test_a_run_renders_pdf_pages_at_the_size_its_resolution_mode_reads():
-    from deepsynth.data.pdf import page_size_for_settings
-    from deepsynth.models.image_modes import processor_settings_for_run
-
-    def page_size_for_run(model, mode):
-        return page_size_for_settings(processor_settings_for_run(model, mode))
+    from deepsynth.evaluation.pages import page_size_for_model as page_size_for_run
 
     # One global view: its size (the embedded model's default is OCR-2's 768-px view on 8-px patches).
     assert page_size_for_run(None, None) == 384 and page_size_for_run(None, "base") == 512
@@ -196,15 +192,14 @@ def test_training_planning_and_eval_read_pdf_pages_in_the_runs_mode(tmp_path, mo
     from deepsynth.evaluation.adapter_folder import adapter_eval_rows
     from deepsynth.training.config import TrainerConfig
     from deepsynth.training.plan import plan_run
-    from deepsynth.training.production_trainer import UnifiedProductionTrainer
 
     folder = _folder(tmp_path, TARGETS)
     config = TrainerConfig(data_path=str(folder), image_mode=mode)
-    data = UnifiedProductionTrainer(config).setup_data()
-    report_1, report_3, slide, _ = data.train["image"]
+    plan = plan_run(config)  # the data the trainer runs on
+    report_1, report_3, slide, _ = plan.prepared.train["image"]
     assert max(report_1.size) == max(report_3.size) == side  # A4: 1 global view, or the 2×3 tiles' 3 × 384 px
     assert max(slide.size) == (side if mode != "dynamic" else 2 * 384)  # 16:9: a 2×1 grid of tiles
-    assert plan_run(config).data["train_samples"] == 4
+    assert plan.data["train_samples"] == 4
     # eval reads the pages in the training mode, or in the mode it is told to use instead.
     settings = TrainerConfig(image_mode=mode)  # an adapter trained in this mode, scored on the folder
     assert max(adapter_eval_rows(tmp_path, settings, folder, None, None).rows["image"][0].size) == side

@@ -141,8 +141,8 @@ def test_seed_test_2_keywords_and_the_flat_defaults():
     assert default.lora_include_routed_experts is False
 
 
-def test_with_preset_copies_preset_fields():
-    config = TrainerConfig(batch_size=2).with_preset("balanced")
+def test_a_preset_sets_its_lora_fields_and_keeps_the_others():
+    config = build_config(TrainerConfig(batch_size=2).to_dict(), "balanced")
     assert (config.preset, config.lora_rank, config.lora_alpha, config.lora_dropout) == ("balanced", 32, 64, 0.08)
     assert config.batch_size == 2
     assert config.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

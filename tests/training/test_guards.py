@@ -18,6 +18,7 @@ from deepsynth.models import tiny
 from deepsynth.training import recommend as rec_module
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.errors import ConfigError
+from deepsynth.training.plan import plan_run
 from deepsynth.data.splits import load_splits, split_holdout
 from deepsynth.training.production_trainer import UnifiedProductionTrainer
 from deepsynth.training.recommend import count_target_tokens, holdout_size, recommend
@@ -297,7 +298,7 @@ def test_load_splits_says_why_there_is_no_eval_split_in_the_users_terms(tmp_path
 def test_trainer_ignores_the_holdout_when_eval_data_is_given(tmp_path):
     config = TrainerConfig(output_dir=str(tmp_path / "run"), max_train_samples=3, max_eval_samples=1,
                            holdout_samples=1)
-    data = UnifiedProductionTrainer(config).prepare_data()  # bundled samples: they have an eval split
+    data = plan_run(config).prepared  # what the trainer runs; bundled samples: they have an eval split
     assert len(data.train) == 3 and data.held_out_indices == [] and data.eval_on_training_data is False
     assert data.eval_from == "eval_split"
 

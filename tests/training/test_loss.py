@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import AdapterSettings
-from deepsynth.training.loss import labelled_logits_support, labelled_positions, with_labelled_logits
+from deepsynth.models.logits import labelled_logits_support, labelled_positions, with_labelled_logits
 from deepsynth.training.moe import install_moe
 from deepsynth.training.trainer import MoeTrainer
 from deepsynth.training.production_trainer import UnifiedProductionTrainer

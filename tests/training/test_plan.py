@@ -9,7 +9,6 @@ import pytest
 from deepsynth.training.config import TrainerConfig, build_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.plan import DEMONSTRATION, plan_run
-from deepsynth.training.production_trainer import UnifiedProductionTrainer
 from deepsynth.training.recommend import count_target_tokens, estimate_updates, recommend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +41,9 @@ def test_recommended_plan_holds_out_what_the_trainer_holds_out(notes):
     rec = recommend(7, has_eval_data=False, num_train_tokens=count_target_tokens(None, [s for _, s in NOTES]))
     assert plan.recommendation.to_dict() == rec.to_dict()
     assert plan.config == rec.apply(config) and plan.config.holdout_samples == 1
-    trainer_split = UnifiedProductionTrainer(plan.config).prepare_data()
+    # The planned config alone (as a web job stores it, as UnifiedProductionTrainer(config) plans it)
+    # holds out the same rows.
+    trainer_split = plan_run(plan.config).prepared
     assert plan.data["holdout_indices"] == trainer_split.held_out_indices and len(trainer_split.train) == 6
     assert plan.data["train_samples"] == 6 and plan.data["num_samples"] == 7 and plan.data["eval_samples"] == 1
     assert plan.updates["effective_updates"] == rec.estimates["effective_updates"]

@@ -12,7 +12,8 @@ import pytest
 from deepsynth.cli import main
 from deepsynth.training.config import build_config
 from deepsynth.training.plan import plan_run
-from deepsynth.training.recommend import EVALS_PER_RUN, RECIPES, recommend
+from deepsynth.training.recipes import RECIPES
+from deepsynth.training.recommend import EVALS_PER_RUN, recommend
 
 TEXT_MODEL = "HuggingFaceTB/SmolLM2-135M"  # resolved offline from the shipped config; no weights are read
 

@@ -4,7 +4,8 @@ import pytest
 
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.config import TrainerConfig
-from deepsynth.training.recommend import RECIPES, estimate_updates, preset_for, preset_reason, recommend
+from deepsynth.training.recipes import RECIPES
+from deepsynth.training.recommend import estimate_updates, preset_for, preset_reason, recommend
 from deepsynth.training.targets import count_trainable_params
 from deepsynth.training.lora_config import get_lora_preset
 

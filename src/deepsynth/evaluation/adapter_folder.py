@@ -37,6 +37,7 @@ from peft import PeftModel
 from deepsynth.data.collate import encode_rows, task_instruction
 from deepsynth.evaluation.compare import Generation, evaluate_model, generate_text, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
+from deepsynth.evaluation.pages import page_size_for_model
 from deepsynth.evaluation.run_settings import RunSettings
 from deepsynth.models.adapters import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, attach_adapter
 from deepsynth.models.image_modes import mode_for_model, mode_of_resolved
@@ -174,15 +175,13 @@ def _open_page(image: str | Path, settings: RunSettings, image_mode: str | None)
     from PIL import Image, UnidentifiedImageError
 
     from deepsynth.data.images import ImageProblem, UnnamedPage, normalize_image, read_file, tiff_reference
-    from deepsynth.data.pdf import page_size_for_settings, parse_reference, render_page
-    from deepsynth.models.image_modes import processor_settings_for_run
+    from deepsynth.data.pdf import parse_reference, render_page
 
     try:
         reference, tiff = parse_reference(str(image)), tiff_reference(str(image))
         if reference is not None:  # rendered at the size the mode the adapter reads in needs
             path, number = reference
-            size = page_size_for_settings(
-                processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
+            size = page_size_for_model(settings.model_name, image_mode or settings.image_mode)
             image = io.BytesIO(render_page(Path(path).read_bytes(), number, described=path, target_size=size,
                                            path=path))
         elif tiff is not None:  # a TIFF may hold several pages: named like a PDF's
@@ -228,12 +227,8 @@ def adapter_eval_rows(adapter_dir: str | Path, settings: RunSettings, data: str 
         ValueError: (DataError, AdapterFolderError) ``data`` marks no row ``eval``; without ``data``, the
             run held out no rows or left no record of its data: the message says what to pass.
     """
-    from deepsynth.data.pdf import page_size_for_settings
-    from deepsynth.models.image_modes import processor_settings_for_run
-
     # PDF pages at the size the mode the model will read them in needs (the training mode unless overridden).
-    page_size = page_size_for_settings(
-        processor_settings_for_run(settings.model_name, image_mode or settings.image_mode))
+    page_size = page_size_for_model(settings.model_name, image_mode or settings.image_mode)
     if data is not None and not _is_runs_data(data, settings):
         return _eval_rows_of(data, settings, max_samples, page_size)
     if not (Path(adapter_dir) / TRAINING_CONFIG_FILE).is_file():

@@ -3,10 +3,10 @@
 A config round-trips exactly through ``to_dict``/``from_dict``, JSON and YAML. The Hub token is
 held in memory only: it is excluded from ``to_dict``, ``repr`` and every file written from a config.
 
-Each field carries metadata (``help``; optionally ``flag``, ``kind``, ``excludes``, ``secret``), as
-TRL's ``TrlParser`` reads its dataclasses: the CLI's train flags are generated from it
-(:func:`config_fields`), and :func:`build_config` is the one way from (file, preset, overrides) to a
-config.
+Each field carries metadata (``help``; optionally ``flag``, ``kind``, ``excludes``, ``secret``:
+:mod:`deepsynth.training.config_schema`), as TRL's ``TrlParser`` reads its dataclasses: the CLI's train
+flags are generated from it (:func:`config_fields`), and :func:`build_config` is the one way from (file,
+preset, overrides) to a config.
 """
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ from __future__ import annotations
 import copy
 import json
 import math
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from deepsynth.models.image_modes import IMAGE_MODES, all_mode_names
+from deepsynth.training.config_schema import FieldInfo, check_kinds, fields_of, is_int, is_number, setting
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import DEFAULT_ADAPTER, FLAT_FIELDS, LORA_PRESETS, AdapterSettings, get_lora_preset
 
@@ -33,74 +32,9 @@ TASKS = ("summarise", "transcribe")
 DTYPES = (None, "float32", "bfloat16", "float16")
 
 
-def setting(default: Any = MISSING, *, help: str, factory: Any = MISSING, **metadata: Any) -> Any:
-    """A dataclass field with its metadata: ``help`` (one line) plus any of ``flag`` (the CLI flag when
-    it is not ``--field-name``), ``metavar``, ``kind`` ("number": int or float), ``excludes`` (a field
-    this one clears when set as an override) and ``secret`` (never serialised, never a flag)."""
-    metadata = {"help": help, **metadata}
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata, repr=not metadata.get("secret", False))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_value_kinds(data: dict[str, Any]) -> None:
-    """Refuse values of the wrong *kind* for a field, naming it (ConfigError).
-
-    TrainerConfig checks ranges and numbers itself; from JSON it also needs strings to be strings,
-    lists to be lists (``list("q_proj")`` would silently become single letters) and booleans to be
-    booleans (``"false"`` is truthy). The kinds come from TrainerConfig's own type hints.
-    """
-    hints = {**typing.get_type_hints(TrainerConfig), **typing.get_type_hints(OptimizerConfig)}
-    if "optimizer" in data:
-        optimizer = data["optimizer"]
-        if not isinstance(optimizer, dict):
-            raise ConfigError("optimizer", optimizer, "an object of optimizer fields "
-                              f"({', '.join(f.name for f in fields(OptimizerConfig))})")
-        unknown = sorted(set(optimizer) - {f.name for f in fields(OptimizerConfig)})
-        if unknown:
-            raise ConfigError("optimizer", unknown, f"only {', '.join(f.name for f in fields(OptimizerConfig))}")
-        check_value_kinds(dict(optimizer))
-    for name, value in data.items():
-        hint = hints.get(name)
-        if hint is None or name == "optimizer":
-            continue
-        kinds = _hint_kinds(hint)
-        if value is None:
-            if type(None) not in kinds:
-                raise ConfigError(name, value, f"a value (not null) of type {_kind_name(kinds)}")
-            continue
-        if bool in kinds and not isinstance(value, bool):
-            raise ConfigError(name, value, "true or false")
-        if kinds & {list, tuple} and not (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)):
-            raise ConfigError(name, value, "a list of names (strings)")
-        if dict in kinds and not isinstance(value, dict):
-            raise ConfigError(name, value, "a JSON object")
-        if kinds == {str, type(None)} or kinds == {str}:
-            if not isinstance(value, str):
-                raise ConfigError(name, value, "a string" + (" or null" if type(None) in kinds else ""))
-
-
 def _modes_by_family() -> str:
     labels = {"deepseek_ocr": "DeepSeek-OCR", "deepseek_ocr2": "DeepSeek-OCR-2"}
     return "; ".join(f"{', '.join(modes)} ({labels.get(family, family)})" for family, modes in IMAGE_MODES.items())
-
-
-def _hint_kinds(hint: Any) -> set:
-    """The runtime types a type hint allows: ``int | None`` → {int, NoneType}; ``list[str]`` → {list}."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    return {typing.get_origin(arg) or arg for arg in (typing.get_args(hint) if union else (hint,))}
-
-
-def _kind_name(kinds: set) -> str:
-    return " or ".join(sorted(getattr(k, "__name__", str(k)) for k in kinds if k is not type(None)))
 
 
 @dataclass
@@ -123,15 +57,15 @@ class OptimizerConfig:
     DEFAULT_WARMUP_RATIO = 0.1
 
     def __post_init__(self) -> None:
-        if not _is_number(self.learning_rate) or self.learning_rate <= 0:
+        if not is_number(self.learning_rate) or self.learning_rate <= 0:
             raise ConfigError("learning_rate", self.learning_rate, "a number > 0")
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+        if not is_number(self.weight_decay) or self.weight_decay < 0:
             raise ConfigError("weight_decay", self.weight_decay, "a number >= 0")
         if self.warmup_steps is not None and self.warmup_ratio is not None:
             raise ConfigError("warmup_steps", self.warmup_steps, "warmup_steps or warmup_ratio, not both")
-        if self.warmup_steps is not None and (not _is_int(self.warmup_steps) or self.warmup_steps < 0):
+        if self.warmup_steps is not None and (not is_int(self.warmup_steps) or self.warmup_steps < 0):
             raise ConfigError("warmup_steps", self.warmup_steps, "an integer >= 0")
-        if self.warmup_ratio is not None and (not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1):
+        if self.warmup_ratio is not None and (not is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1):
             raise ConfigError("warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
         if self.scheduler_type not in SCHEDULER_TYPES:
             raise ConfigError("scheduler_type", self.scheduler_type, f"one of {', '.join(SCHEDULER_TYPES)}")
@@ -281,21 +215,21 @@ class TrainerConfig:
         """Raise ConfigError naming the first invalid field and its accepted range."""
         for name in ("batch_size", "num_epochs", "gradient_accumulation_steps"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ConfigError(name, value, "an integer > 0")
         for name in ("max_train_samples", "max_eval_samples", "holdout_samples"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value <= 0):
+            if value is not None and (not is_int(value) or value <= 0):
                 raise ConfigError(name, value, "null or an integer > 0")
         for name in ("gate_dropout_rate", "expert_dropout_rate"):
             value = getattr(self, name)
-            if not _is_number(value) or not 0 <= value < 1:
+            if not is_number(value) or not 0 <= value < 1:
                 raise ConfigError(name, value, "a number in [0, 1)")
-        if not _is_int(self.expert_dropout_min_keep) or self.expert_dropout_min_keep < 1:
+        if not is_int(self.expert_dropout_min_keep) or self.expert_dropout_min_keep < 1:
             raise ConfigError("expert_dropout_min_keep", self.expert_dropout_min_keep, "an integer >= 1")
-        if not _is_number(self.router_aux_loss_coef) or self.router_aux_loss_coef < 0:
+        if not is_number(self.router_aux_loss_coef) or self.router_aux_loss_coef < 0:
             raise ConfigError("router_aux_loss_coef", self.router_aux_loss_coef, "a number >= 0 (0 disables)")
-        if self.max_length is not None and (not _is_int(self.max_length) or self.max_length <= 0):
+        if self.max_length is not None and (not is_int(self.max_length) or self.max_length <= 0):
             raise ConfigError("max_length", self.max_length, "null (sized from the data) or an integer > 0")
         if self.task not in TASKS:
             raise ConfigError("task", self.task, f"one of {', '.join(TASKS)}")
@@ -303,17 +237,17 @@ class TrainerConfig:
             raise ConfigError("image_mode", self.image_mode, f"null (the model's default) or {_modes_by_family()}")
         for name in ("save_total_limit", "max_new_tokens"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ConfigError(name, value, "an integer > 0")
         for name in ("checkpoint_every_updates", "eval_every_updates", "early_stopping_patience"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value <= 0):
+            if value is not None and (not is_int(value) or value <= 0):
                 raise ConfigError(name, value, "null or an integer > 0")
-        if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
+        if not is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             raise ConfigError("no_repeat_ngram_size", self.no_repeat_ngram_size, "an integer >= 0 (0 disables)")
         if not isinstance(self.loss_on_labelled_positions, bool):
             raise ConfigError("loss_on_labelled_positions", self.loss_on_labelled_positions, "true or false")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ConfigError("seed", self.seed, "an integer")
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", self.dtype, "null (auto), 'float32', 'bfloat16' or 'float16'")
@@ -337,9 +271,9 @@ class TrainerConfig:
         """The LoRA settings of this run (AdapterSettings; errors name the flat field, ``lora_rank``)."""
         return AdapterSettings.from_flat({name: getattr(self, name) for name in FLAT_FIELDS})
 
-    def with_preset(self, name: str) -> "TrainerConfig":
-        """A copy whose LoRA fields come from preset ``name``."""
-        return build_config(self.to_dict(), name, hub_token=self.hub_token)
+    def value(self, name: str) -> Any:
+        """A field's value by the name :func:`build_config` takes (optimizer fields flat: ``learning_rate``)."""
+        return getattr(self.optimizer, name) if name in _OPTIMIZER_FIELDS else getattr(self, name)
 
     # --- serialisation -------------------------------------------------------------------------
 
@@ -412,49 +346,20 @@ class TrainerConfig:
         return path
 
 
-# Fields never serialised (metadata ``secret``).
-SECRET_FIELDS = tuple(f.name for f in fields(TrainerConfig) if f.metadata.get("secret"))
-_OPTIMIZER_FIELDS = tuple(f.name for f in fields(OptimizerConfig))
-
-
-@dataclass(frozen=True)
-class FieldInfo:
-    """One field a user sets, as generated interfaces see it (the CLI's flags; the web form next)."""
-
-    name: str  # the key in TrainerConfig.from_dict (optimizer fields flat: ``learning_rate``)
-    nested_in: str | None  # "optimizer" for OptimizerConfig's fields
-    kind: str  # bool, int, float, number (int or float), str, list (of names) or dict (str → str)
-    optional: bool  # null accepted
-    default: Any
-    metadata: Mapping[str, Any]
-
-    @property
-    def help(self) -> str:
-        return self.metadata["help"]
+def check_value_kinds(data: dict[str, Any]) -> None:
+    """Refuse values of the wrong *kind* for a TrainerConfig field (optimizer fields nested), naming it
+    (ConfigError): :func:`deepsynth.training.config_schema.check_kinds` with the configs' own type hints."""
+    check_kinds(data, TrainerConfig, OptimizerConfig)
 
 
 def config_fields() -> list[FieldInfo]:
     """Every field of TrainerConfig in declaration order, OptimizerConfig's in the place of ``optimizer``."""
-    return _fields_of(TrainerConfig, None)
+    return fields_of(TrainerConfig)
 
 
-def _fields_of(owner: type, nested_in: str | None) -> list[FieldInfo]:
-    hints = typing.get_type_hints(owner)
-    infos: list[FieldInfo] = []
-    for f in fields(owner):
-        if f.name == "optimizer":
-            infos.extend(_fields_of(OptimizerConfig, "optimizer"))
-            continue
-        kinds = _hint_kinds(hints[f.name])
-        kind = f.metadata.get("kind") or _kind_of(kinds - {type(None)})
-        default = f.default_factory() if f.default is MISSING else f.default
-        infos.append(FieldInfo(f.name, nested_in, kind, type(None) in kinds, default, f.metadata))
-    return infos
-
-
-def _kind_of(kinds: set) -> str:
-    (kind,) = kinds  # every field has one type besides None
-    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", tuple: "list", dict: "dict"}[kind]
+# Fields never serialised (metadata ``secret``).
+SECRET_FIELDS = tuple(f.name for f in fields(TrainerConfig) if f.metadata.get("secret"))
+_OPTIMIZER_FIELDS = tuple(f.name for f in fields(OptimizerConfig))
 
 
 def build_config(

@@ -127,11 +127,6 @@ FLAT_NAMES: dict[str, str] = {name: flat for flat, name in FLAT_FIELDS.items()}
 #: The one set of defaults (TrainerConfig's flat fields read theirs from here).
 DEFAULT_ADAPTER = AdapterSettings()
 
-# The design guide's name for this class (its preset tables are written as LoRAConfig(...)): kept as
-# an alias of the same class, not a second shape. DeepSynth's own code says AdapterSettings.
-LoRAConfig = AdapterSettings
-
-
 LORA_PRESETS: dict[str, AdapterSettings] = {
     # Legacy presets (upstream DeepSynth).
     "minimal": AdapterSettings(rank=4, alpha=8, dropout=0.05, target_modules=["q_proj", "v_proj"]),

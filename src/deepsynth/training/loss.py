@@ -26,16 +26,10 @@ from typing import Any
 
 from torch import nn
 
-# The mechanism lives with the models (evaluation uses it too); re-exported for the Trainer's callers.
-from deepsynth.models.logits import (
-    IGNORE_INDEX,
-    labelled_logits_support,
-    labelled_positions,
-    with_labelled_logits,
-)
+# The mechanism lives with the models (evaluation uses it too): deepsynth.models.logits.
+from deepsynth.models.logits import labelled_logits_support, with_labelled_logits
 
-__all__ = ["IGNORE_INDEX", "labelled_logits_support", "labelled_loss_inputs", "labelled_positions",
-           "with_labelled_logits"]
+__all__ = ["labelled_loss_inputs"]
 
 LOGGER = logging.getLogger("deepsynth")
 

@@ -1,10 +1,13 @@
-"""The run plan: what a run will do with (config, data) and why, the one planner behind the CLI and the API.
+"""The run plan: what a run will do with (config, data) and why, the one planner behind the CLI, the API and the trainer.
 
-:func:`plan_run` loads the data through the data loader (:func:`deepsynth.data.splits.load_splits`,
-the same call the trainer makes), optionally applies the recommendation for its size
-(:func:`deepsynth.training.recommend.recommend`), and returns a :class:`RunPlan`: the config the run
-will use, the split, the exact update count, the warnings and human-readable lines saying what was
-chosen and why. ``deepsynth train`` prints those lines; the web API returns ``RunPlan.to_dict()``.
+:func:`plan_run` resolves the model's facts once (:func:`deepsynth.training.model_facts.model_facts`),
+loads the data once (:func:`deepsynth.data.splits.load_splits`, every PDF page rendered at the mode's
+size), optionally applies the recommendation for its size (:func:`deepsynth.training.recommend.recommend`),
+and returns a :class:`RunPlan`: the config the run will use, the model's facts, the loaded data, the
+exact update count, the warnings and human-readable lines saying what was chosen and why. ``deepsynth
+train`` prints those lines; the web API returns ``RunPlan.to_dict()``; the trainer runs the plan
+(:meth:`deepsynth.training.production_trainer.UnifiedProductionTrainer.from_plan`) without loading the
+data again.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from deepsynth.data.collate import task_instruction
 from deepsynth.data.splits import EVAL_DATA, EVAL_SPLIT, HOLDOUT, PreparedData, hold_out, load_splits
 from deepsynth.data.transcription import TRANSCRIPTION_SAMPLES
 from deepsynth.evaluation.metrics import normalisation_words
-from deepsynth.data.pdf import page_size_for_settings
-from deepsynth.models.image_modes import VisionTokens, mode_for_model, processor_settings_for_run, vision_tokens_per_page
+from deepsynth.models.image_modes import VisionTokens
 from deepsynth.training.config import TrainerConfig, build_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import FLAT_FIELDS
+from deepsynth.training.model_facts import ModelFacts, model_facts
 from deepsynth.training.recommend import (
-    Recommendation, count_target_tokens, estimate_updates, eval_every, preset_reason, recommend,
+    Recommendation, estimate_updates, eval_every, preset_reason, recommend, target_tokens,
 )
 
 #: The README's demonstration (examples/quickstart.yaml, which a test keeps equal to this): what plain
@@ -46,8 +49,11 @@ BUNDLED_DATA = "the bundled French samples"
 
 @dataclass
 class RunPlan:
-    """What a run will do and why. ``to_dict()`` is JSON-serialisable (the Hub token is never in it).
+    """What a run will do and why; the trainer runs it as it is. ``to_dict()`` is JSON-serialisable (the
+    Hub token is never in it; nor are ``model`` and ``prepared``, which the trainer reads).
 
+    ``model``: the model's facts, resolved once (:class:`deepsynth.training.model_facts.ModelFacts`).
+    ``prepared``: the rows the run trains and is scored on, loaded once (PDF pages rendered once).
     ``data``: ``source`` (how the interface names the data), ``num_samples`` (training rows before
     any hold-out), ``train_samples``, ``eval_samples``, ``eval_from`` (``eval_data``, ``eval_split``,
     ``holdout`` or ``training_data``), ``holdout_indices``, ``no_eval_split`` (why the data gave no
@@ -55,21 +61,32 @@ class RunPlan:
     ``warmup_steps``, ``world_size`` (exact, the trainer's semantics). ``train_tokens``: supervised
     target tokens of the training rows (counted for recommendations; None otherwise or when the
     tokenizer could not load). ``kept``: fields the caller set itself, kept over the recommendation.
-    ``vision_tokens``: what a page costs in the run's resolution mode
-    (:meth:`deepsynth.models.image_modes.VisionTokens.to_dict`; None for a text model or a model that
-    cannot be resolved offline). ``lines``: what was chosen and why, one line each, in the caller's
-    words (``names``).
+    ``lines``: what was chosen and why, one line each, in the caller's words (``names``).
     """
 
     config: TrainerConfig
     data: dict[str, Any]
     updates: dict[str, int]
+    model: ModelFacts
+    prepared: PreparedData
     recommendation: Recommendation | None = None
     train_tokens: int | None = None
     kept: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
-    vision_tokens: VisionTokens | None = None
+
+    @property
+    def vision_tokens(self) -> VisionTokens | None:
+        """What a page costs in the run's resolution mode (None for a text model or one not resolved offline)."""
+        return self.model.vision_tokens
+
+    def recorded_config(self) -> TrainerConfig:
+        """The config as the adapter folder records it: naming the mode the pages were read in (null in the
+        config = the model's default now), so eval and generate reuse it whatever later versions make the default."""
+        mode = self.model.recorded_mode
+        if self.config.image_mode is not None or mode is None:
+            return self.config
+        return TrainerConfig.from_dict({**self.config.to_dict(), "image_mode": mode}, hub_token=self.config.hub_token)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,7 +119,7 @@ def plan_run(
     data_label: str | None = None,
     learning_rates: str = "evidence",
 ) -> RunPlan:
-    """Plan a run of ``config`` on its data: the one planner (``deepsynth train``; the web API next).
+    """Plan a run of ``config`` on its data: the one planner (``deepsynth train``, the web API, the trainer).
 
     Args:
         config: the settings so far (a file, a preset, flags, a form).
@@ -111,7 +128,7 @@ def plan_run(
             bundled samples when that is None.
         eval_rows: eval rows; None: ``config.eval_data_path``, else the data's ``eval`` split.
         recommend_settings: apply the recommendation for the number of training rows (``--auto``):
-            preset, schedule, early stopping and, without eval data, a hold-out. Target tokens are
+            preset, schedule, early stopping and, without eval data, a hold-out; target tokens are
             counted with the model's tokenizer for the parameters-per-token warning.
         keep: fields the caller set itself (flags, form edits): the recommendation leaves them as in
             ``config``, and the plan says so.
@@ -123,84 +140,72 @@ def plan_run(
         learning_rates: the recommendation's learning rates, ``"evidence"`` or ``"guide"`` (the design
             guide's); only with ``recommend_settings`` (a ConfigError otherwise: it would be ignored).
 
-    Returns:
-        a :class:`RunPlan`. Raises DataError (bad data) or ConfigError (bad settings, e.g. a hold-out
-        that leaves nothing to train on) before anything is written.
+    Returns a :class:`RunPlan`. Raises DataError (bad data) or ConfigError (bad settings, e.g. a hold-out
+    that leaves nothing to train on) before anything is written.
     """
     names = dict(names or {})
+    _check_learning_rates(learning_rates, recommend_settings, names)
+    notes: list[str] = []
+    facts = _model_facts(config, notes)  # a mode or task the model lacks fails here, before the data loads
+    data = _load(config, facts, rows, eval_rows, holdout=None if recommend_settings else config.holdout_samples)
+    rec = tokens = None
+    if recommend_settings:
+        tokens = _count_tokens(facts, data.train["summary"], notes)
+        rec = recommend(len(data.train), config.model_name, world_size=world_size, num_train_tokens=tokens,
+                        has_eval_data=not data.eval_on_training_data, learning_rates=learning_rates, facts=facts)
+        config = rec.apply(config, keep)
+        if config.holdout_samples and data.eval_on_training_data:
+            data = hold_out(data, config.holdout_samples, config.seed, config.max_eval_samples)
+    updates = _updates(config, len(data.train), world_size)
+    if rec is not None:
+        config = _size_evaluation(rec, config, keep, updates["effective_updates"])
+    kept = {name: config.value(name) for name in keep if name in _recommended_fields(rec)} if rec else {}
+    label = data_label or config.data_path or (TRANSCRIPTION_SAMPLES if config.task == "transcribe" else BUNDLED_DATA)
+    plan = RunPlan(config, _data_summary(data, label), updates, facts, data, rec, tokens, kept, _warnings(rec, keep))
+    plan.lines = _lines(plan, names, origin, notes)
+    return plan
+
+
+# --- steps ----------------------------------------------------------------------------------------
+
+def _check_learning_rates(learning_rates: str, recommend_settings: bool, names: dict[str, str]) -> None:
     if learning_rates != "evidence" and not recommend_settings:
         # Ignored otherwise: the guide's rates are the recommendation's.
         raise ConfigError(names.get("learning_rates", "learning_rates"), learning_rates,
                           f"it with {names.get('recommend_settings', 'recommend_settings')} only (the guide's rates "
                           f"are the recommendation's); set {names.get('learning_rate', 'learning_rate')} for a rate "
                           "of your own")
-    label = data_label or config.data_path or (TRANSCRIPTION_SAMPLES if config.task == "transcribe" else BUNDLED_DATA)
-    notes: list[str] = []
-    pages, reads_pages = _vision_tokens(config, notes)  # a mode the model lacks fails here, before the data loads
-    data = _load(config, rows, eval_rows, holdout=None if recommend_settings else config.holdout_samples)
-    rec = tokens = None
-    if recommend_settings:
-        tokens = _count_tokens(config.model_name, data.train["summary"], notes)
-        rec = recommend(len(data.train), config.model_name, world_size=world_size, num_train_tokens=tokens,
-                        has_eval_data=not data.eval_on_training_data, learning_rates=learning_rates)
-        config = _apply(rec, config, keep)
-        if config.holdout_samples and data.eval_on_training_data:
-            data = hold_out(data, config.holdout_samples, config.seed, config.max_eval_samples)
-    updates = _updates(config, len(data.train), world_size)
-    if rec is not None:
-        config = _size_evaluation(rec, config, keep, updates["effective_updates"])
-    kept = {name: _value(config, name) for name in keep if name in _recommended_fields(rec)} if rec else {}
-    plan = RunPlan(config, _data_summary(data, label), updates, rec, tokens, kept, _warnings(rec, keep),
-                   vision_tokens=pages)
-    plan.lines = _lines(plan, data, names, origin, notes, reads_pages)
-    return plan
 
 
-# --- steps ----------------------------------------------------------------------------------------
-
-def _load(config: TrainerConfig, rows: Any, eval_rows: Any, holdout: int | None) -> PreparedData:
+def _load(config: TrainerConfig, facts: ModelFacts, rows: Any, eval_rows: Any, holdout: int | None) -> PreparedData:
     return load_splits(
         rows if rows is not None else config.data_path,
         eval_rows if eval_rows is not None else config.eval_data_path,
         column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
         max_eval_samples=config.max_eval_samples, holdout_samples=holdout, seed=config.seed, samples=config.task,
-        page_size=run_page_size(config),
+        page_size=facts.page_size,
     )
 
 
-def _vision_tokens(config: TrainerConfig, notes: list[str]) -> tuple[VisionTokens | None, bool | None]:
-    """(vision tokens per page of the run's model in its mode, whether the model reads pages: None when unknown).
-
-    ConfigError for a mode or task the model lacks."""
-    try:
-        resolved, mode = mode_for_model(config.model_name, config.image_mode)
-    except ConfigError:
-        raise
-    except (ValueError, OSError) as error:  # a hub name not cached while offline: the loader will say more
-        notes.append(f"vision tokens per page not computed ({error})")
-        return None, None
-    if mode is None:
-        if config.task == "transcribe":
-            raise ConfigError("task", config.task, "summarise for a text causal LM (transcription reads page "
-                                                   "images: use a DeepSeek-OCR-family model)")
-        return None, False
-    return vision_tokens_per_page(resolved.family, mode, resolved.config), True
+def _model_facts(config: TrainerConfig, notes: list[str]) -> ModelFacts:
+    """The model's facts; ConfigError for a mode or a task the model lacks."""
+    facts = model_facts(config.model_name, config.image_mode)
+    if facts.unresolved is not None:
+        notes.append(f"vision tokens per page not computed ({facts.unresolved})")
+    if facts.reads_pages is False and config.task == "transcribe":
+        raise ConfigError("task", config.task, "summarise for a text causal LM (transcription reads page "
+                                               "images: use a DeepSeek-OCR-family model)")
+    return facts
 
 
-def _count_tokens(model: str | None, summaries: list[str], notes: list[str]) -> int | None:
+def _count_tokens(facts: ModelFacts, summaries: list[str], notes: list[str]) -> int | None:
     from deepsynth.models.loading import ModelLoadError
 
     try:
-        return count_target_tokens(model, summaries)
+        return target_tokens(facts.tokenizer(), summaries)
     except ModelLoadError as error:
         notes.append(f"target tokens not counted ({error}); a typical summary length is assumed")
         return None
-
-
-def _apply(rec: Recommendation, config: TrainerConfig, keep: Collection[str]) -> TrainerConfig:
-    """``config`` with the recommendation applied, except the fields in ``keep``."""
-    mine = {name: _value(config, name) for name in keep}
-    return build_config(config.to_dict(), rec.preset_name, {**rec.overrides(), **mine}, hub_token=config.hub_token)
 
 
 def _size_evaluation(rec: Recommendation, config: TrainerConfig, keep: Collection[str],
@@ -228,10 +233,6 @@ def _recommended_fields(rec: Recommendation) -> set[str]:
     return {"preset", *FLAT_FIELDS, *rec.overrides()}
 
 
-def _value(config: TrainerConfig, name: str) -> Any:
-    return getattr(config.optimizer, name) if hasattr(config.optimizer, name) else getattr(config, name)
-
-
 def _data_summary(data: PreparedData, label: str) -> dict[str, Any]:
     return {
         "source": label,
@@ -253,9 +254,8 @@ def _updates(config: TrainerConfig, train_samples: int, world_size: int) -> dict
 
 # --- the lines ------------------------------------------------------------------------------------
 
-def _lines(plan: RunPlan, data: PreparedData, names: dict[str, str], origin: str | None,
-           notes: list[str], reads_pages: bool | None) -> list[str]:
-    config, rec = plan.config, plan.recommendation
+def _lines(plan: RunPlan, names: dict[str, str], origin: str | None, notes: list[str]) -> list[str]:
+    config, rec, reads_pages = plan.config, plan.recommendation, plan.model.reads_pages
     lines = [f"Plan: {origin}" if origin else "Plan:", f"  data: {_data_line(plan.data, names, rec is not None)}"]
     settings = f"preset {rec.preset_name}, recommended for {preset_reason(plan.data['train_samples'])} " \
                "training samples" if rec else (f"preset {config.preset}" if config.preset else "custom LoRA settings")
@@ -348,7 +348,3 @@ def _words(value: Any) -> str:
         return ",".join(map(str, value))
     return str(value)
 
-
-def run_page_size(config: TrainerConfig) -> Any:
-    """The size PDF pages are rendered at for the run's model and resolution mode (before it loads)."""
-    return page_size_for_settings(processor_settings_for_run(config.model_name, config.image_mode))

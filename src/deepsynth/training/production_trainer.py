@@ -1,8 +1,11 @@
 """``UnifiedProductionTrainer``: one fine-tuning run as a recipe of named steps, on transformers' ``Trainer``.
 
-``train()`` calls the steps in order, from one place (``_run``): setup_data → setup_model →
-setup_adapter → setup_examples → start_run → evaluate (baseline) → setup_trainer → fit →
-evaluate (adapted) → report → save → publish. Each step is a method below that reads on its own.
+A run is a plan (:class:`deepsynth.training.plan.RunPlan`: the config, the model's facts and the data,
+loaded once): ``UnifiedProductionTrainer.from_plan(plan).train()`` runs it as it is, and
+``UnifiedProductionTrainer(config).train(dataset=…, eval_dataset=…)`` plans first. ``_run`` calls the
+steps in order, from one place: setup_model → setup_examples → setup_pages → setup_adapter → start_run →
+evaluate (baseline) → setup_trainer → fit → evaluate (adapted) → report → save → publish. Each step is a
+method below that reads on its own.
 
 Everything written goes to ``config.output_dir``; only the main process writes. Progress events
 (schema: :mod:`deepsynth.training.progress`) are appended to ``progress.jsonl``; ``metrics.json`` is
@@ -11,26 +14,22 @@ a :class:`deepsynth.training.report.RunReport`.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from accelerate import PartialState
-from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, ProgressCallback, TrainerCallback, set_seed
 
 from deepsynth.data.collate import DataCollator, RowEncodingError, encode_rows, longest_example, task_instruction
-from deepsynth.data.splits import PreparedData, load_splits
+from deepsynth.data.splits import PreparedData
 from deepsynth.evaluation.compare import evaluate_model, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
-from deepsynth.models.families import CAUSAL_LM, family_names
-from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
+from deepsynth.models.families import CAUSAL_LM
+from deepsynth.models.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.memory import (
     keep_embeddings_stored, log_memory, narrow_to_stored, release_vision, return_freed_memory, upcast,
@@ -39,64 +38,29 @@ from deepsynth.models.quantization.load import require_bitsandbytes
 from deepsynth.models.quantization.report import quantization_report
 from deepsynth.publishing import push_adapter, write_model_card
 from deepsynth.training.checkpoints import (
-    CheckpointGuard, checkpoint_bytes_estimate, checkpoint_problem, checkpoint_step, find_resumable, log_resume_choice,
-    model_save_bytes, run_history, run_train_loss, staged_save,
+    CheckpointGuard, checkpoint_bytes_estimate, checkpoint_step, model_save_bytes, run_history, run_train_loss,
+    staged_save,
 )
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.distributed import (
     FEATURE_CACHE_OFF, BaselineOnAllRanks, check_sharding_supported, enable_fsdp_on_cpu, gathered_trainable_state,
-    local_weight_share, sharding_training_arguments, trainable_named_tensors, weights_sharded,
+    local_weight_share, weights_sharded,
 )
 from deepsynth.training.errors import ConfigError
-from deepsynth.models.feature_cache import CachedFeatureCollator, cache_applicable, precompute_image_features
-from deepsynth.training.moe import MoeRegularisation, install_moe, plot_expert_utilization
-from deepsynth.training.plan import run_page_size
+from deepsynth.training.moe import install_moe, plot_expert_utilization
+from deepsynth.training.plan import RunPlan, plan_run
 from deepsynth.training.progress import Done, Phase, ProgressWriter, Start, record_error
-from deepsynth.training.recommend import UpdateEstimate, estimate_updates
+from deepsynth.training.recommend import estimate_updates
 from deepsynth.training.report import EvalSummary, Holdout, RunReport, TrainableParams, TrainSummary, plot_loss_curve
-from deepsynth.training.scheduler import HF_SCHEDULER_NAMES
-from deepsynth.training.targets import ResolvedTargets, apply_lora, count_by_group, resolve_targets
+from deepsynth.training.run_state import (
+    Examples, RunState, Training, checkpoint_to_resume, trained_weights_digest, training_arguments, world_size,
+)
+from deepsynth.training.targets import ResolvedTargets, count_by_group, make_trainable, resolve_targets
 from deepsynth.training.trainer import MoeTrainer, ProgressLog, RestoreAdapterOnResume, SparseProgressCallback
 
 LOGGER = logging.getLogger("deepsynth")
 # Samples whose generations are kept in metrics.json for a human to read.
 SHOWN_SAMPLES = 3
-
-
-@dataclass
-class Examples:
-    """The encoded rows of a run (set by ``setup_examples``)."""
-
-    train: list[dict[str, Any]]
-    eval: list[dict[str, Any]]
-    instruction: str  # the prompt's instruction for the task
-    lengths: dict[str, Any]  # max_length as set, and the longest example (metrics.json "max_length")
-
-
-@dataclass
-class RunState:
-    """Where and how long the run trains, and where it reports (set by ``start_run``)."""
-
-    output_dir: Path
-    args: TrainingArguments
-    estimate: UpdateEstimate
-    progress: ProgressWriter
-    resume: Path | None  # the checkpoint resumed from
-
-    @property
-    def is_main(self) -> bool:
-        return self.args.process_index == 0
-
-
-@dataclass
-class Training:
-    """The Trainer of the run and what is installed around it (set by ``setup_trainer``)."""
-
-    trainer: MoeTrainer
-    moe: MoeRegularisation
-    guard: CheckpointGuard
-    feature_cache: dict[str, Any]  # metrics.json "feature_cache"
-    seconds: float = 0.0  # of training, this process's segment (set by ``fit``)
 
 
 class UnifiedProductionTrainer:
@@ -112,6 +76,17 @@ class UnifiedProductionTrainer:
         self.config = config
         self.callbacks = list(callbacks)
         self.progress_listener = progress_listener
+        self._given_plan: RunPlan | None = None  # set by ``from_plan``
+        self.plan: RunPlan | None = None  # the plan of the latest ``train()``
+
+    @classmethod
+    def from_plan(cls, plan: RunPlan, *, callbacks: Sequence[TrainerCallback] = (),
+                  progress_listener: Callable[[dict[str, Any]], None] | None = None) -> UnifiedProductionTrainer:
+        """A trainer that runs ``plan`` as it is: its config, its model facts and its data (nothing is
+        loaded or rendered again)."""
+        trainer = cls(plan.config, callbacks=callbacks, progress_listener=progress_listener)
+        trainer._given_plan = plan
+        return trainer
 
     def train(
         self,
@@ -120,24 +95,31 @@ class UnifiedProductionTrainer:
     ) -> tuple[dict[str, Any], dict[str, Path]]:
         """Run the fine-tuning; returns (metrics, paths of what was written).
 
-        A failure after the run started is recorded as an ``error`` event in progress.jsonl (for
+        A trainer made by :meth:`from_plan` runs its plan (then ``dataset`` and ``eval_dataset`` are
+        refused: the plan holds the data); otherwise the run is planned first
+        (:func:`deepsynth.training.plan.plan_run` of the config on ``dataset`` / ``eval_dataset``,
+        which default to the config's data). Bad data or settings fail before anything is written. A
+        failure after the run started is recorded as an ``error`` event in progress.jsonl (for
         watchers such as the web UI) and re-raised.
         """
         self._progress: ProgressWriter | None = None
+        if self._given_plan is not None and (dataset is not None or eval_dataset is not None):
+            raise ValueError("this trainer runs its plan, which holds the data: train() takes no dataset then")
+        require_bitsandbytes(self.config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
+        check_sharding_supported(self.config)  # e.g. QLoRA under FSDP: refused before anything is loaded
+        self.plan = self._given_plan or plan_run(self.config, dataset, eval_dataset)
         try:
-            return self._run(dataset, eval_dataset)
+            return self._run(self.plan)
         except BaseException as error:
             if self._progress is not None:
                 record_error(self._progress, error)
             raise
 
-    def _run(self, dataset: Any, eval_dataset: Any) -> tuple[dict[str, Any], dict[str, Path]]:
+    def _run(self, plan: RunPlan) -> tuple[dict[str, Any], dict[str, Path]]:
         """The recipe: every step, in order. Non-main processes of a distributed run stop after training,
         or, when the weights are sharded (FSDP2, ZeRO-3), after the evaluation and the adapter's gathering."""
-        require_bitsandbytes(self.config.lora_quantization)  # a QLoRA preset without bitsandbytes fails at once
-        check_sharding_supported(self.config)  # e.g. QLoRA under FSDP: refused before anything is loaded
         enable_fsdp_on_cpu()  # before loading: rank 0 alone may read the weights (cpu_ram_efficient_loading)
-        data = self.setup_data(dataset, eval_dataset)  # validated before anything is written
+        data = plan.prepared  # loaded (and validated) once, by the plan
         loaded = self.setup_model()
         log_memory("setup_model")  # where a run's memory goes, step by step (docs/performance.md)
         examples = self.setup_examples(loaded, data)
@@ -175,25 +157,6 @@ class UnifiedProductionTrainer:
 
     # --- steps, in the order the recipe calls them ------------------------------------------------
 
-    def setup_data(self, dataset: Any = None, eval_dataset: Any = None) -> PreparedData:
-        """Load and validate train and eval samples (raises DataError before anything is written).
-
-        ``dataset`` / ``eval_dataset`` default to the config's data; see :func:`deepsynth.data.splits.load_splits`
-        for where the eval rows come from (eval data, an ``eval`` split, ``holdout_samples``, or the
-        training rows, said in the metrics).
-        """
-        config = self.config
-        return load_splits(
-            dataset if dataset is not None else config.data_path,
-            eval_dataset if eval_dataset is not None else config.eval_data_path,
-            column_mapping=config.column_mapping, max_train_samples=config.max_train_samples,
-            max_eval_samples=config.max_eval_samples, holdout_samples=config.holdout_samples, seed=config.seed,
-            samples=config.task, page_size=run_page_size(config),
-        )
-
-    # The public name the design guide's callers (and the run plan) use for the data step.
-    prepare_data = setup_data
-
     def setup_model(self) -> LoadedModel:
         """Seed everything, then load the base model and its processor (frozen vision path).
 
@@ -208,19 +171,12 @@ class UnifiedProductionTrainer:
             quantization=config.lora_quantization, image_mode=config.image_mode,
             staged_upcast=config.use_feature_cache is not False,
         )
-        _check_task(config, loaded)
-        return loaded
+        return loaded  # a task the model lacks was refused by the plan (its model facts)
 
     def setup_adapter(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:
-        """Resolve the LoRA targets on the model and apply them (or unfreeze all but the frozen path)."""
-        lora = self.config.lora_config()
-        targets = resolve_targets(loaded.model, lora, loaded.family)
-        if self.config.use_lora:
-            return apply_lora(loaded.model, targets), targets
-        frozen = family_names(loaded.family).frozen_prefixes
-        for name, parameter in loaded.model.named_parameters():
-            parameter.requires_grad_(not name.startswith(frozen))
-        return loaded.model, targets
+        """Resolve the LoRA targets on the model and make it trainable (:func:`deepsynth.training.targets.make_trainable`)."""
+        targets = resolve_targets(loaded.model, self.config.lora_config(), loaded.family)
+        return make_trainable(loaded.model, targets, loaded.family, self.config.use_lora), targets
 
     def setup_pages(self, loaded: LoadedModel, examples: Examples) -> dict[str, Any]:
         """Encode every train and eval page once, then let the frozen vision path go; returns the cache's
@@ -265,14 +221,14 @@ class UnifiedProductionTrainer:
         config = self.config
         output_dir = Path(config.output_dir)
         estimate = estimate_updates(len(examples.train), config.batch_size, config.gradient_accumulation_steps,
-                                    config.num_epochs, _world_size())
-        args = self._training_arguments(output_dir, estimate.effective_updates)
+                                    config.num_epochs, world_size())
+        args = training_arguments(config, output_dir, estimate.effective_updates)
         is_main = args.process_index == 0
         progress = self._progress = ProgressWriter(output_dir / "progress.jsonl" if is_main else None,
                                                    self.progress_listener)
         if is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
-        resume, skipped = self._checkpoint_to_resume(output_dir)
+        resume, skipped = checkpoint_to_resume(config, output_dir)
         progress.emit(Start(total_updates=estimate.effective_updates, total_steps=estimate.total_steps,
                             num_train_samples=len(examples.train), resumed_from=str(resume) if resume else None,
                             resumed_at_update=checkpoint_step(resume) if resume else 0,
@@ -361,7 +317,7 @@ class UnifiedProductionTrainer:
         return RunReport(
             base_model=loaded.name, model_family=loaded.family,
             model_class="AutoModelForCausalLM" if loaded.family == CAUSAL_LM else type(loaded.model).__name__,
-            preset=config.preset, **_task_report(config, loaded, examples.lengths),
+            preset=config.preset, **_task_report(self.plan, examples.lengths),
             num_train_samples=len(examples.train), num_eval_samples=len(examples.eval),
             eval_on_training_data=data.eval_on_training_data,
             holdout=Holdout(samples=len(data.held_out_indices), indices=data.held_out_indices,
@@ -393,7 +349,7 @@ class UnifiedProductionTrainer:
         def write(folder: Path) -> list[str]:
             model.save_pretrained(folder, **({"state_dict": adapter_state} if adapter_state is not None else {}))
             loaded.processor.save_pretrained(folder)
-            _recorded_config(self.config, loaded).save(folder / "training_config.json")  # names the mode read
+            self.plan.recorded_config().save(folder / "training_config.json")  # names the mode read
             report.write(folder / "metrics.json")
             plot_loss_curve(report.history, folder / "loss_curve.png")
             written = []
@@ -440,72 +396,10 @@ class UnifiedProductionTrainer:
                 raise  # sized from the data: the row itself is at fault, and the error names it
             raise ConfigError("max_length", self.config.max_length, f"room for the targets ({error})") from None
 
-    def _training_arguments(self, output_dir: Path, total: int) -> TrainingArguments:
-        config = self.config
-        save_every = config.eval_every_updates if config.early_stopping_patience else (
-            config.checkpoint_every_updates or max(1, -(-total // 5)))
-        early = bool(config.early_stopping_patience)
-        return TrainingArguments(
-            output_dir=str(output_dir),
-            per_device_train_batch_size=config.batch_size,
-            per_device_eval_batch_size=1,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            num_train_epochs=config.num_epochs,
-            learning_rate=config.optimizer.learning_rate,
-            weight_decay=config.optimizer.weight_decay,
-            lr_scheduler_type=HF_SCHEDULER_NAMES[config.optimizer.scheduler_type],
-            warmup_steps=config.optimizer.resolve_warmup(total),
-            logging_steps=1,
-            save_strategy="steps",
-            save_steps=save_every,
-            save_total_limit=None,  # CheckpointGuard rotates: transformers' rotation deletes folders not ours
-            eval_strategy="steps" if config.eval_every_updates else "no",
-            eval_steps=config.eval_every_updates,
-            load_best_model_at_end=early,
-            metric_for_best_model="eval_loss" if early else None,
-            greater_is_better=False if early else None,
-            seed=config.seed,
-            data_seed=config.seed,
-            remove_unused_columns=False,
-            report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
-            use_cpu=not torch.cuda.is_available(),
-            dataloader_pin_memory=torch.cuda.is_available(),
-            ddp_find_unused_parameters=False,
-            **sharding_training_arguments(),
-        )
-
-    def _checkpoint_to_resume(self, output_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-        """The checkpoint to resume from and the ``checkpoint-*`` folders passed over, with the reason.
-
-        "auto" takes the newest complete checkpoint (see ``deepsynth.training.checkpoints``); a
-        partial or foreign folder is logged and left alone, never deleted.
-        """
-        choice = self.config.resume_from_checkpoint
-        if choice in (None, "never"):
-            return None, []
-        if choice == "auto":
-            chosen, skipped = find_resumable(output_dir)
-            log_resume_choice(chosen, skipped)
-            return chosen, skipped
-        path = Path(choice)
-        if not (path / "trainer_state.json").is_file():
-            raise ConfigError("resume_from_checkpoint", choice, "'auto', 'never' or a checkpoint-* directory")
-        problem = checkpoint_problem(path)
-        if problem is not None:  # the user's explicit choice: resumed from, with a warning
-            LOGGER.warning("resuming from %s as asked, though it may be incomplete: %s", path, problem)
-        return path, []
-
-
 _OUTPUT_FILES = {
     "output_dir": ".", "adapter": ".", "training_config": "training_config.json", "metrics": "metrics.json",
     "loss_curve": "loss_curve.png", "progress": "progress.jsonl", "model_card": "README.md",
 }
-
-
-def _check_task(config: TrainerConfig, loaded: LoadedModel) -> None:
-    if config.task == "transcribe" and not loaded.is_multimodal:
-        raise ConfigError("task", config.task, f"summarise for {loaded.name}, a text model (transcription reads "
-                                               "page images: use a DeepSeek-OCR-family model)")
 
 
 def _sequence_lengths(config: TrainerConfig, loaded: LoadedModel, *example_sets: Sequence[dict]) -> dict[str, Any]:
@@ -518,10 +412,9 @@ def _sequence_lengths(config: TrainerConfig, loaded: LoadedModel, *example_sets:
     return {"set": config.max_length, "longest_example": longest}
 
 
-def _task_report(config: TrainerConfig, loaded: LoadedModel, lengths: dict[str, Any]) -> dict[str, Any]:
+def _task_report(plan: RunPlan, lengths: dict[str, Any]) -> dict[str, Any]:
     """What metrics.json says of the task, the pages' resolution mode and the sequence length."""
-    mode = loaded.image_mode
-    tokens = vision_tokens_per_page(loaded.family, mode, loaded.model.config) if mode is not None else None
+    config, tokens = plan.config, plan.model.vision_tokens
     report: dict[str, Any] = {"task": config.task, "image_mode": tokens.to_dict() if tokens else None,
                               "max_length": lengths}
     if config.task == "transcribe":
@@ -530,26 +423,3 @@ def _task_report(config: TrainerConfig, loaded: LoadedModel, lengths: dict[str, 
     return report
 
 
-def _recorded_config(config: TrainerConfig, loaded: LoadedModel) -> TrainerConfig:
-    """``config`` naming the mode the pages were read in (null in the config = the model's default then),
-    so eval and generate reuse it whatever later versions make the default."""
-    mode = loaded.image_mode
-    if config.image_mode is not None or mode is None or mode.name not in IMAGE_MODES.get(loaded.family, {}):
-        return config
-    return TrainerConfig.from_dict({**config.to_dict(), "image_mode": mode.name}, hub_token=config.hub_token)
-
-
-def _world_size() -> int:
-    """Processes of this run as the Trainer will see them (1 without a launcher)."""
-    return PartialState(cpu=not torch.cuda.is_available()).num_processes
-
-
-def trained_weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the trainable tensors (names, dtypes, shapes, bytes): equal on every DDP rank; with
-    sharded weights the tensors are gathered first (every rank must call it)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(trainable_named_tensors(model).items()):
-        tensor = tensor.cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()

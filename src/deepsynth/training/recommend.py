@@ -16,13 +16,17 @@ when the adapter has more than ``PARAMS_PER_TOKEN_WARNING`` trainable parameters
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepsynth.training.config import OptimizerConfig, TrainerConfig, build_config
+from deepsynth.training.config import TrainerConfig, build_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import get_lora_preset
+from deepsynth.training.model_facts import ModelFacts, model_facts
+from deepsynth.training.recipes import (
+    LEARNING_RATES, RECIPES, Recipe, evidence_scope, learning_rate_note, recipe_optimizer, recipe_training_config,
+)
 from deepsynth.training.targets import count_trainable_params
 
 MAX_SAMPLES = 10_000_000
@@ -41,82 +45,6 @@ PARAMS_PER_TOKEN_WARNING = 10_000
 # Used when the caller does not count target tokens: the bundled French summaries have 72-103
 # (mean 86) target tokens with SmolLM2's tokenizer; the warning says the count was assumed.
 ASSUMED_TARGET_TOKENS_PER_SAMPLE = 90
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The seed's training settings for one preset, with the learning rate our measurements support.
-
-    ``learning_rate`` is the rate the full-length ablation supports (docs/quality.md, issue #17);
-    ``guide_learning_rate`` is the design guide's, reachable with ``learning_rates="guide"``
-    (``deepsynth recommend --guide-learning-rates``) or ``--learning-rate``. ``evidence`` is the
-    measured reason for the difference, shown in the recommendation's notes.
-    """
-
-    batch_size: int
-    gradient_accumulation_steps: int
-    num_epochs: int
-    learning_rate: float
-    guide_learning_rate: float
-    evidence: str = ""
-    # Where ``evidence`` was measured: the sample counts and the models (as :func:`evidence_model` names them).
-    evidence_samples: tuple[int, ...] = ()
-    evidence_models: tuple[str, ...] = ()
-    weight_decay: float = 0.01
-    # The seed asks for warmup over 10-15% of the steps; its absolute counts (50 warmup steps for a
-    # run it believed had ~56 updates) came from a wrong update count, so the ratio is what we keep.
-    warmup_ratio: float = 0.1
-    scheduler_type: str = "cosine"
-
-    def rate(self, learning_rates: str) -> float:
-        return self.guide_learning_rate if learning_rates == "guide" else self.learning_rate
-
-
-# Full-length runs of each recipe on the embedded pretrained base, 12 held-out documents, 3 seeds
-# (benchmarks/quality/ablation.py --full-length; medians, seed ranges in docs/quality.md).
-RECIPES: dict[str, Recipe] = {
-    "tiny_data": Recipe(
-        batch_size=1, gradient_accumulation_steps=16, num_epochs=300, learning_rate=5e-4, guide_learning_rate=5e-5,
-        evidence="at n=3, x10 (5e-4) matched the guide's 5e-5 on held-out loss (7.47 vs 7.53) and ROUGE-L "
-                 "(0.061 vs 0.050, seed ranges overlap) and stopped early after 105 of 300 updates (2.8x less "
-                 "time); x3 had the lowest loss (7.07) but the worst ROUGE-L (0.018); on SmolLM2-135M x10 tied too "
-                 "(loss 2.116 vs 2.120, ROUGE-L 0.209 vs 0.218) in half the time",
-        evidence_samples=(3,), evidence_models=("the embedded tiny model", "SmolLM2-135M-Instruct")),
-    "balanced": Recipe(
-        batch_size=1, gradient_accumulation_steps=16, num_epochs=200, learning_rate=2e-4, guide_learning_rate=2e-5,
-        evidence="at n=10, x10 (2e-4) beat the guide's 2e-5 on held-out loss (6.59 vs 8.04) and ROUGE-L "
-                 "(0.078 vs 0.035) in 3 of 3 seeds, with early stopping after ~130 of 200 updates",
-        evidence_samples=(10,), evidence_models=("the embedded tiny model",)),
-    "high_capacity_moe": Recipe(
-        batch_size=2, gradient_accumulation_steps=16, num_epochs=200, learning_rate=6e-5, guide_learning_rate=2e-5,
-        evidence="at n=50 (1 seed, 400 updates), x3 (6e-5) gave the best held-out loss (6.10; x1 6.69, x10 6.32, "
-                 "x30 7.63) and ROUGE-L (0.125; x1 0.016, x10 0.108, x30 0.086), CER 0.762 vs 0.914 at x1",
-        evidence_samples=(50,), evidence_models=("the embedded tiny model",)),
-}
-LEARNING_RATES = ("evidence", "guide")
-
-
-def evidence_model(model_name: str) -> str:
-    """How the learning-rate evidence names ``model_name``: one of the models docs/quality.md measured, else the
-    name itself (the evidence is then extrapolated to it)."""
-    from deepsynth.models.tiny import EMBEDDED_MODEL_NAME
-
-    if model_name == EMBEDDED_MODEL_NAME:
-        return "the embedded tiny model"
-    if model_name.rstrip("/").lower().endswith("smollm2-135m-instruct"):
-        return "SmolLM2-135M-Instruct"
-    return model_name
-
-
-def evidence_scope(recipe: Recipe, train_samples: int, model_name: str) -> str:
-    """Where the recipe's learning rate was measured, and whether this run (its n, its model) is extrapolated."""
-    samples = "/".join(str(n) for n in recipe.evidence_samples)
-    where = f"measured at n={samples} on {' and '.join(recipe.evidence_models)}"
-    named = evidence_model(model_name)
-    if train_samples in recipe.evidence_samples and named in recipe.evidence_models:
-        return where
-    on = "" if named in recipe.evidence_models else f" on {named}"
-    return f"{where}; extrapolated to n={train_samples}{on}"
 
 
 @dataclass(frozen=True)
@@ -172,7 +100,11 @@ def count_target_tokens(model: str | None, targets: Iterable[str]) -> int:
     """
     from deepsynth.models.loading import load_tokenizer
 
-    tokenizer = load_tokenizer(model)
+    return target_tokens(load_tokenizer(model), targets)
+
+
+def target_tokens(tokenizer: Any, targets: Iterable[str]) -> int:
+    """:func:`count_target_tokens` with a tokenizer already loaded (the run plan's)."""
     return sum(len(tokenizer(target, add_special_tokens=False)["input_ids"]) + 1 for target in targets)
 
 
@@ -255,10 +187,13 @@ class Recommendation:
             overrides["holdout_samples"] = self.evaluation["holdout_samples"]
         return overrides
 
-    def apply(self, config: TrainerConfig) -> TrainerConfig:
-        """``config`` with this recommendation's preset and :meth:`overrides` applied; its other
-        fields (early stopping and hold-out included, when the recommendation has none) stay."""
-        return build_config(config.to_dict(), self.preset_name, self.overrides(), hub_token=config.hub_token)
+    def apply(self, config: TrainerConfig, keep: Collection[str] = ()) -> TrainerConfig:
+        """``config`` with this recommendation's preset and :meth:`overrides` applied, except the fields in
+        ``keep`` (the caller's own values, as in ``config``); its other fields (early stopping and hold-out
+        included, when the recommendation has none) stay. What the run plan applies."""
+        mine = {name: config.value(name) for name in keep}
+        return build_config(config.to_dict(), self.preset_name, {**self.overrides(), **mine},
+                            hub_token=config.hub_token)
 
 
 def recommend(
@@ -271,25 +206,25 @@ def recommend(
     has_eval_data: bool = True,
     image_mode: str | None = None,
     learning_rates: str = "evidence",
+    facts: ModelFacts | None = None,
 ) -> Recommendation:
     """Recommend a preset and settings for ``num_samples`` training samples on ``model``.
 
-    ``model`` None is the embedded default. ``trainable_params`` is exact for that model. With
-    ``calibrate``, a few real training steps are timed on this machine (loading the model's weights)
-    and ``estimated_time_minutes`` is extrapolated from them; otherwise it is None (unknown).
+    ``model`` None is the embedded default; ``trainable_params`` is exact. With ``calibrate``, a few real
+    training steps are timed here (loading the weights) and ``estimated_time_minutes`` extrapolated from them.
 
     ``has_eval_data`` False: ``num_samples`` is all the data; :func:`holdout_size` of it is held
     out for evaluation (``evaluation`` says how many; ``apply`` sets ``holdout_samples``) and the
     settings are chosen for the rest. ``num_train_tokens``: supervised target tokens (labels not
     -100) of the ``num_samples`` samples, for the parameters-per-token warning (scaled to the share
     trained on when samples are held out); None assumes ``ASSUMED_TARGET_TOKENS_PER_SAMPLE`` per
-    sample and says so. ``image_mode``: the resolution mode whose vision tokens per page are reported
-    (None: the model's own). ``learning_rates``: ``"evidence"`` (the rates our full-length runs
-    support, :data:`RECIPES`) or ``"guide"`` (the design guide's); the choice and its reason are a note.
+    sample and says so. ``image_mode``: the mode whose vision tokens per page are reported (None: the
+    model's own); ``facts``: the model in its mode as the caller resolved it (the run plan) instead.
+    ``learning_rates``: ``"evidence"`` (the rates our runs support, :data:`deepsynth.training.recipes.RECIPES`)
+    or ``"guide"`` (the design guide's); the choice and its reason are a note.
     """
-    _check_request(num_samples, num_train_tokens, has_eval_data)
-    if learning_rates not in LEARNING_RATES:
-        raise ConfigError("learning_rates", learning_rates, f"one of {', '.join(LEARNING_RATES)}")
+    _check_request(num_samples, num_train_tokens, has_eval_data, learning_rates)
+    facts = facts if facts is not None else model_facts(model, image_mode)
     warnings: list[str] = []
     held_out, num_train_tokens = _evaluation(num_samples, has_eval_data, num_train_tokens, warnings)
     decisions = {"evaluation": warnings[-1]} if warnings else {}
@@ -300,46 +235,44 @@ def recommend(
     capped = accumulation < recipe.gradient_accumulation_steps
     field_warnings = {"gradient_accumulation_steps": warnings[-1]} if capped else {}
     estimate = estimate_updates(train_samples, recipe.batch_size, accumulation, recipe.num_epochs, world_size)
-    report = count_trainable_params(model, lora)
-    warnings.extend(report.targets.warnings)
-    warnings.extend(_size_warnings(train_samples))
+    report = count_trainable_params(model, lora, resolved=facts.resolved)
+    warnings.extend([*report.targets.warnings, *_size_warnings(train_samples)])
     tokens, per_token = _params_per_token(report.trainable, train_samples, num_train_tokens, warnings)
-    training_config = _training_config(recipe, accumulation, learning_rates)
-    warnings.append(_learning_rate_note(preset_name, recipe, learning_rates,
+    training_config = recipe_training_config(recipe, accumulation, learning_rates)
+    warnings.append(learning_rate_note(preset_name, recipe, learning_rates,
                                         evidence_scope(recipe, train_samples, report.model)))
     decisions["learning_rate"] = warnings[-1]
     if train_samples < EARLY_STOPPING_BELOW and (has_eval_data or held_out > 0):
         training_config.update(_early_stopping(estimate, recipe, train_samples, warnings))
         decisions["early_stopping"] = warnings[-1]
     minutes = _calibrated_minutes(model, lora, recipe, estimate, warnings) if calibrate else None
-    estimates = {
+    return Recommendation(
+        num_samples=num_samples, model=report.model, preset_name=preset_name, lora_config=lora.to_dict(),
+        training_config=training_config, trainable_params_by_group=report.by_group, warnings=warnings,
+        estimates=_estimates(estimate, recipe, report.trainable, tokens, per_token, num_train_tokens is None, minutes),
+        evaluation={"holdout_samples": held_out, "train_samples": train_samples,
+                    "eval_on_training_data": not (has_eval_data or held_out > 0)},
+        decisions=decisions, field_warnings=field_warnings,
+        vision_tokens=None if facts.vision_tokens is None else facts.vision_tokens.to_dict(),
+    )
+
+
+def _estimates(estimate: UpdateEstimate, recipe: Recipe, trainable: int, tokens: int, per_token: float,
+               tokens_assumed: bool, minutes: float | None) -> dict[str, Any]:
+    return {
         "total_steps": estimate.total_steps,
         "effective_updates": estimate.effective_updates,
-        "warmup_steps": _optimizer(recipe).resolve_warmup(estimate.effective_updates),
-        "trainable_params": report.trainable,
+        "warmup_steps": recipe_optimizer(recipe).resolve_warmup(estimate.effective_updates),
+        "trainable_params": trainable,
         "train_tokens": tokens,
-        "train_tokens_assumed": num_train_tokens is None,
+        "train_tokens_assumed": tokens_assumed,
         "params_per_train_token": round(per_token, 1),
         # Measured only by calibration (deepsynth recommend --calibrate); never guessed.
         "estimated_time_minutes": minutes,
     }
-    return Recommendation(
-        num_samples=num_samples, model=report.model, preset_name=preset_name, lora_config=lora.to_dict(),
-        training_config=training_config, estimates=estimates, trainable_params_by_group=report.by_group,
-        warnings=warnings, evaluation={"holdout_samples": held_out, "train_samples": train_samples,
-                                       "eval_on_training_data": not (has_eval_data or held_out > 0)},
-        decisions=decisions, vision_tokens=_vision_tokens(model, image_mode), field_warnings=field_warnings,
-    )
 
 
-def _vision_tokens(model: str | None, image_mode: str | None) -> dict[str, Any] | None:
-    from deepsynth.models.image_modes import mode_for_model, vision_tokens_per_page
-
-    resolved, mode = mode_for_model(model, image_mode)
-    return None if mode is None else vision_tokens_per_page(resolved.family, mode, resolved.config).to_dict()
-
-
-def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any) -> None:
+def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any, learning_rates: Any) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 0 < num_samples <= MAX_SAMPLES:
         raise ConfigError("num_samples", num_samples, f"an integer between 1 and {MAX_SAMPLES:,}")
     if num_train_tokens is not None and (isinstance(num_train_tokens, bool) or not isinstance(num_train_tokens, int)
@@ -347,6 +280,8 @@ def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any) 
         raise ConfigError("num_train_tokens", num_train_tokens, "null or an integer > 0")
     if not isinstance(has_eval_data, bool):
         raise ConfigError("has_eval_data", has_eval_data, "true or false")
+    if learning_rates not in LEARNING_RATES:
+        raise ConfigError("learning_rates", learning_rates, f"one of {', '.join(LEARNING_RATES)}")
 
 
 def _evaluation(num_samples: int, has_eval_data: bool, num_train_tokens: int | None,
@@ -409,34 +344,6 @@ def _params_per_token(trainable: int, train_samples: int, num_train_tokens: int 
             "preset (e.g. 'standard' or 'minimal')"
         )
     return tokens, per_token
-
-
-def _optimizer(recipe: Recipe) -> OptimizerConfig:
-    return OptimizerConfig(learning_rate=recipe.learning_rate, weight_decay=recipe.weight_decay,
-                           warmup_ratio=recipe.warmup_ratio, scheduler_type=recipe.scheduler_type)
-
-
-def _learning_rate_note(preset_name: str, recipe: Recipe, learning_rates: str, scope: str) -> str:
-    """Which learning rate was chosen and why, in the recommendation's notes; ``scope`` says where the
-    evidence was measured and whether this run is extrapolated from it (:func:`evidence_scope`)."""
-    guide, measured = f"{recipe.guide_learning_rate:.0e}", f"{recipe.learning_rate:.0e}"
-    if learning_rates == "guide":
-        return (f"learning rate {guide}: the design guide's rate for {preset_name}, as asked; our full-length runs "
-                f"support {measured} ({recipe.evidence}; {scope}; docs/quality.md)")
-    return (f"learning rate {measured}, not the design guide's {guide}: {recipe.evidence} ({scope}; docs/quality.md). "
-            f"The guide's rate stays available: set the learning rate to {guide}")
-
-
-def _training_config(recipe: Recipe, accumulation: int, learning_rates: str) -> dict[str, Any]:
-    return {
-        "batch_size": recipe.batch_size,
-        "num_epochs": recipe.num_epochs,
-        "gradient_accumulation_steps": accumulation,
-        "learning_rate": recipe.rate(learning_rates),
-        "weight_decay": recipe.weight_decay,
-        "warmup_ratio": recipe.warmup_ratio,  # a ratio, not a count: stays right if the run is shortened
-        "scheduler_type": recipe.scheduler_type,
-    }
 
 
 def eval_every(effective_updates: int) -> int:

@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from deepsynth.models.families import CAUSAL_LM, GROUPS, ROUTER_ALIASES, FamilyNames, family_names
-from deepsynth.models.resolver import resolve_config
+from deepsynth.models.resolver import ResolvedConfig, resolve_config
 from deepsynth.training.errors import ConfigError
 from deepsynth.training.lora_config import AdapterSettings
 
@@ -286,21 +286,28 @@ def count_by_group(model: nn.Module, family: str) -> dict[str, int]:
     return counts
 
 
-def count_trainable_params(model_name: str | None, lora: AdapterSettings) -> ParamReport:
+def make_trainable(model: nn.Module, targets: ResolvedTargets, family: str, use_lora: bool) -> nn.Module:
+    """What trains, the one rule (the trainer and the parameter counts): with LoRA the resolved adapter
+    (:func:`apply_lora`, the base frozen); without it every weight but the family's frozen vision path."""
+    if use_lora:
+        return apply_lora(model, targets)
+    frozen = family_names(family).frozen_prefixes
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not name.startswith(frozen))
+    return model
+
+
+def count_trainable_params(model_name: str | None, lora: AdapterSettings, *,
+                           resolved: ResolvedConfig | None = None) -> ParamReport:
     """Exact trainable-parameter counts of ``lora`` on ``model_name``, built on the meta device.
 
     No weights are loaded and nothing is downloaded for the embedded model, shipped architectures
-    and local directories.
+    and local directories. ``resolved``: ``model_name`` as the caller already resolved it (the run plan).
     """
-    resolved = resolve_config(model_name)
+    resolved = resolved if resolved is not None else resolve_config(model_name)
     model = resolved.build_on_meta()
-    names = family_names(resolved.family)
     total = sum(p.numel() for p in model.parameters())
     targets = resolve_targets(model, lora, resolved.family)
-    if lora.enabled:
-        model = apply_lora(model, targets)
-    else:
-        for full_name, parameter in model.named_parameters():
-            parameter.requires_grad_(not full_name.startswith(names.frozen_prefixes))
+    model = make_trainable(model, targets, resolved.family, lora.enabled)
     by_group = count_by_group(model, resolved.family)
     return ParamReport(resolved.name, resolved.family, total, sum(by_group.values()), by_group, targets)
