@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from deepsynth.cli import _train_config, build_parser, flag_overrides, train_flags
+from deepsynth.cli.flags import flag_overrides, train_flags
+from deepsynth.cli.parser import build_parser
+from deepsynth.cli.train import train_config
 from deepsynth.training.config import config_fields
 from deepsynth.web.app import create_app
 
@@ -70,7 +72,7 @@ def through_cli(values: dict[str, Any]) -> dict[str, Any]:
         else:
             argv += [flag, str(value)]
     args = build_parser().parse_args(argv)
-    config = _train_config(args, flag_overrides(args))[0].to_dict()
+    config = train_config(args, flag_overrides(args))[0].to_dict()
     return {**config, **config.pop("optimizer")}
 
 
