@@ -10,10 +10,11 @@ def train_flags() -> dict[str, Any]:
     """Flag → FieldInfo for every TrainerConfig field (optimizer fields flat), as TRL's TrlParser
     derives flags from dataclasses: the field's metadata ``flag`` or ``--field-name``. The Hub token
     has none: huggingface_hub reads it from HF_TOKEN, never from a command line (shell history, ps)."""
-    from deepsynth.training.config import SECRET_FIELDS, config_fields
+    from deepsynth.training.boundary import request_fields
+    from deepsynth.training.config import SECRET_FIELDS
 
-    return {info.metadata.get("flag") or "--" + info.name.replace("_", "-"): info
-            for info in config_fields() if info.name not in SECRET_FIELDS}
+    return {field.info.metadata.get("flag") or "--" + field.name.replace("_", "-"): field.info
+            for field in request_fields(exclude=SECRET_FIELDS)}
 
 
 def _names(text: str) -> list[str]:

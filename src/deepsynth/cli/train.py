@@ -8,6 +8,7 @@ from typing import Any
 
 from deepsynth.cli.flags import flag_overrides, learning_rates_choice, train_flags
 from deepsynth.cli.formatting import metrics_table
+from deepsynth.training.boundary import config_from_request
 from deepsynth.training.errors import ConfigError
 
 
@@ -17,19 +18,18 @@ def train_config(args: argparse.Namespace, overrides: dict[str, Any]):
     ``--config`` / ``--preset`` / ``--auto``: as given. ``--data`` alone: planned for the data as with
     ``--auto``. Nothing: the README's demonstration on the bundled documents. Flags win throughout.
     """
-    from deepsynth.training.config import build_config
     from deepsynth.training.plan import DEMONSTRATION
 
     if args.config or args.preset or args.auto:
-        config = build_config(args.config, args.preset, overrides)
+        config = config_from_request(overrides, source=args.config, preset=args.preset)
         parts = [f"settings from {args.config}" if args.config else "the default settings",
                  f"LoRA preset {args.preset}" if args.preset else "",
                  "recommended for the data (--auto)" if args.auto else "", "your flags" if overrides else ""]
         return config, args.auto, ", then ".join(part for part in parts if part)
     if overrides.get("data_path"):
-        return (build_config(None, None, overrides), True,
+        return (config_from_request(overrides), True,
                 "settings recommended for the data (--data without --config or --preset plans as --auto does)")
-    return (build_config(DEMONSTRATION, None, overrides), False,
+    return (config_from_request(overrides, source=DEMONSTRATION), False,
             "the README's demonstration on the bundled documents (no --data, --config or --preset; the settings of "
             "examples/quickstart.yaml). For your documents: deepsynth train --data FILE")
 
@@ -87,9 +87,6 @@ def _check_output_dir(args: argparse.Namespace, output_dir: str) -> None:
 
 
 def _train(args: argparse.Namespace, plan) -> int:
-    from deepsynth.models.quantization import require_bitsandbytes
-
-    require_bitsandbytes(plan.config.lora_quantization)  # before the trainer's heavy imports: fail at once
     from deepsynth.training.production_trainer import UnifiedProductionTrainer
 
     if processes()[1]:
