@@ -22,7 +22,7 @@ from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.training.lora_config import LORA_PRESETS, PRESET_DESCRIPTIONS, AdapterSettings, get_lora_preset
 from deepsynth.training.targets import count_trainable_params
 from deepsynth.web.app import create_app
-from deepsynth.web.jobs import train_command
+from deepsynth.web.jobs.processes import train_command
 
 V1 = "deepseek-ai/DeepSeek-OCR"
 # Any URL but the SVG namespace name (an identifier, never fetched).
@@ -453,7 +453,7 @@ def _finished_job(client: TestClient, state_dir: Path) -> tuple[str, Path]:
     )
     with jobs._lock:
         jobs._refresh_progress(job["id"])
-        jobs._update(job["id"], status="running")
+        jobs.store.update(job["id"], status="running")
         jobs._finish(job["id"], exit_code=0)
     return job["id"], output
 
