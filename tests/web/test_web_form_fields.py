@@ -15,7 +15,7 @@ from typing import Any
 from web_support import ACCESS_TOKEN, STUB_TRAINER
 
 from deepsynth.training.config import config_fields
-from deepsynth.training.lora_config import FLAT_FIELDS, get_lora_preset
+from deepsynth.training.lora_config import FLAT_FIELDS, AdapterSettings, get_lora_preset
 from deepsynth.web.jobs.requests import SERVER_FIELDS
 
 FIELDS = {info.name: info for info in config_fields()}
@@ -68,8 +68,9 @@ def submitted_config(page, server, preset: str | None, values: dict[str, Any]) -
         page.select_option("#preset-select", preset)
     for name, value in values.items():
         set_field(page, name, value)
+    shown = page.text_content("#job-id")  # the newest job, which the page opens on load
     page.click("#start-job")
-    page.wait_for_function("document.getElementById('job-id').textContent !== ''")
+    page.wait_for_function("(shown) => document.getElementById('job-id').textContent !== shown", arg=shown)
     job = server.http.get(f"/api/jobs/{page.text_content('#job-id')}").json()
     assert page.text_content("#job-form-error") == "", page.text_content("#job-form-error")
     return {**job["config"], **job["config"].pop("optimizer")}
@@ -99,8 +100,8 @@ def test_every_form_field_reaches_the_trainers_config(browser, live_server):
         checked |= set(WARMUP_BY_RATIO)
 
         config = submitted_config(page, server, "balanced", {})
-        preset = get_lora_preset("balanced").to_flat()
-        assert config["preset"] == "balanced" and {name: config[name] for name in FLAT_FIELDS} == preset
+        lora = AdapterSettings.from_flat({name: config[name] for name in FLAT_FIELDS})
+        assert config["preset"] == "balanced" and lora == get_lora_preset("balanced")
         checked.add("preset")
 
         assert checked == served and not errors, (served - checked, errors)
