@@ -29,7 +29,7 @@ from deepsynth.data.collate import DataCollator, RowEncodingError, encode_rows, 
 from deepsynth.data.splits import PreparedData, load_splits
 from deepsynth.evaluation.compare import evaluate_model, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
-from deepsynth.models.families import CAUSAL_LM, family_names
+from deepsynth.models.families import CAUSAL_LM
 from deepsynth.models.image_modes import IMAGE_MODES, vision_tokens_per_page
 from deepsynth.models.loading import LoadedModel, load_model_and_processor
 from deepsynth.models.memory import (
@@ -54,7 +54,7 @@ from deepsynth.training.progress import Done, Phase, ProgressWriter, Start, reco
 from deepsynth.training.recommend import UpdateEstimate, estimate_updates
 from deepsynth.training.report import EvalSummary, Holdout, RunReport, TrainableParams, TrainSummary, plot_loss_curve
 from deepsynth.training.scheduler import HF_SCHEDULER_NAMES
-from deepsynth.training.targets import ResolvedTargets, apply_lora, count_by_group, resolve_targets
+from deepsynth.training.targets import ResolvedTargets, count_by_group, make_trainable, resolve_targets
 from deepsynth.training.trainer import MoeTrainer, ProgressLog, RestoreAdapterOnResume, SparseProgressCallback
 
 LOGGER = logging.getLogger("deepsynth")
@@ -214,12 +214,7 @@ class UnifiedProductionTrainer:
         """Resolve the LoRA targets on the model and apply them (or unfreeze all but the frozen path)."""
         lora = self.config.lora_config()
         targets = resolve_targets(loaded.model, lora, loaded.family)
-        if self.config.use_lora:
-            return apply_lora(loaded.model, targets), targets
-        frozen = family_names(loaded.family).frozen_prefixes
-        for name, parameter in loaded.model.named_parameters():
-            parameter.requires_grad_(not name.startswith(frozen))
-        return loaded.model, targets
+        return make_trainable(loaded.model, lora, targets, loaded.family), targets
 
     def setup_pages(self, loaded: LoadedModel, examples: Examples) -> dict[str, Any]:
         """Encode every train and eval page once, then let the frozen vision path go; returns the cache's

@@ -259,6 +259,17 @@ def apply_lora(model: nn.Module, targets: ResolvedTargets) -> PeftModel:
     return peft_model
 
 
+def make_trainable(model: nn.Module, lora: AdapterSettings, targets: ResolvedTargets, family: str) -> nn.Module:
+    """What a run trains, the one rule (the trainer and the estimates): LoRA on ``targets``, or with LoRA
+    off every weight but the family's frozen path (the vision encoder), in full."""
+    if lora.enabled:
+        return apply_lora(model, targets)
+    frozen = family_names(family).frozen_prefixes
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not name.startswith(frozen))
+    return model
+
+
 @dataclass
 class ParamReport:
     """Exact trainable parameters of a LoRA setting on one model, split per group."""
@@ -294,13 +305,8 @@ def count_trainable_params(model_name: str | None, lora: AdapterSettings) -> Par
     """
     resolved = resolve_config(model_name)
     model = resolved.build_on_meta()
-    names = family_names(resolved.family)
     total = sum(p.numel() for p in model.parameters())
     targets = resolve_targets(model, lora, resolved.family)
-    if lora.enabled:
-        model = apply_lora(model, targets)
-    else:
-        for full_name, parameter in model.named_parameters():
-            parameter.requires_grad_(not full_name.startswith(names.frozen_prefixes))
+    model = make_trainable(model, lora, targets, resolved.family)
     by_group = count_by_group(model, resolved.family)
     return ParamReport(resolved.name, resolved.family, total, sum(by_group.values()), by_group, targets)
