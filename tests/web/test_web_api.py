@@ -150,6 +150,24 @@ def test_estimate_is_exact_for_custom_settings(idle):
     assert response.json()["trainable"] == count_trainable_params(None, expected).trainable
 
 
+def test_the_estimate_takes_every_lora_field_of_the_form(idle):
+    """The estimate request is the form's LoRA fields under their preset names: LoRA off is counted as
+    the run trains it (every weight but the vision path), and a 4/8-bit base is accepted."""
+    from deepsynth.models.families import family_names
+    from deepsynth.models.resolver import resolve_config
+
+    names = {info["lora_name"] for info in idle.get("/api/trainer/fields").json()["fields"] if info["lora_name"]}
+    assert names == {f.name for f in fields(AdapterSettings)}
+    on = idle.post("/api/lora/estimate", json={"rank": 4, "quantization": "4bit"})
+    off = idle.post("/api/lora/estimate", json={"rank": 4, "enabled": False})
+    assert on.status_code == 200 and off.status_code == 200, (on.text, off.text)
+    resolved = resolve_config(None)
+    frozen = family_names(resolved.family).frozen_prefixes
+    unfrozen = sum(p.numel() for name, p in resolved.build_on_meta().named_parameters() if not name.startswith(frozen))
+    assert off.json()["trainable"] == unfrozen > on.json()["trainable"]
+    assert_error(idle.post("/api/lora/estimate", json={"enabled": "no"}), 422, "enabled")
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"rank": 0}, "rank"),
     ({"rank": "8"}, "rank"),
