@@ -71,11 +71,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.include_routed_experts:
         lora.include_routed_experts = True
     report = count_trainable_params(args.model, lora)
-    quantized = _quantized_share(args.model, lora.quantization)
+    quantized = report.quantization
     pages = _vision_tokens(args.model, args.image_mode)
     if args.json:
-        print_json({**report.to_dict(), "quantization": quantized,
-                     "vision_tokens": pages.to_dict() if pages else None})
+        print_json({**report.to_dict(),
+                    "vision_tokens": pages.to_dict() if pages else None})
         return 0
     targets = report.targets
     print(f"Model {report.model} ({report.family}), preset {args.preset}: rank {lora.rank}, alpha {lora.alpha}\n")
@@ -150,17 +150,6 @@ def cmd_label(args: argparse.Namespace) -> int:
         print(line)
     print(f"Correct each line's 'summary', then: deepsynth train --data {report.out}")
     return 0
-
-
-def _quantized_share(model: str | None, quantization: str | None) -> dict[str, Any] | None:
-    """What a QLoRA preset holds in 4/8 bits, counted on the meta device as the loader would quantize."""
-    if not quantization:
-        return None
-    from deepsynth.models.quantization import estimate_quantization
-    from deepsynth.models.resolver import resolve_config
-
-    resolved = resolve_config(model)
-    return estimate_quantization(resolved.build_on_meta(), resolved.family, quantization)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -280,6 +280,8 @@ class ParamReport:
     trainable: int
     by_group: dict[str, int]
     targets: ResolvedTargets
+    # A QLoRA setting: what the loader holds in 4/8 bits (deepsynth.models.quantization.estimate_quantization).
+    quantization: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -306,7 +308,12 @@ def count_trainable_params(model_name: str | None, lora: AdapterSettings) -> Par
     resolved = resolve_config(model_name)
     model = resolved.build_on_meta()
     total = sum(p.numel() for p in model.parameters())
+    quantized = None
+    if lora.quantization:  # counted on the plain model, as the loader quantizes it
+        from deepsynth.models.quantization import estimate_quantization
+
+        quantized = estimate_quantization(model, resolved.family, lora.quantization)
     targets = resolve_targets(model, lora, resolved.family)
     model = make_trainable(model, lora, targets, resolved.family)
     by_group = count_by_group(model, resolved.family)
-    return ParamReport(resolved.name, resolved.family, total, sum(by_group.values()), by_group, targets)
+    return ParamReport(resolved.name, resolved.family, total, sum(by_group.values()), by_group, targets, quantized)
