@@ -165,6 +165,8 @@ def test_the_estimate_takes_every_lora_field_of_the_form(idle):
     frozen = family_names(resolved.family).frozen_prefixes
     unfrozen = sum(p.numel() for name, p in resolved.build_on_meta().named_parameters() if not name.startswith(frozen))
     assert off.json()["trainable"] == unfrozen > on.json()["trainable"]
+    # The 4-bit base is estimated as `deepsynth inspect` shows it (what the loader holds in 4 bits).
+    assert on.json()["quantization"]["method"] and off.json()["quantization"] is None
     assert_error(idle.post("/api/lora/estimate", json={"enabled": "no"}), 422, "enabled")
 
 

@@ -329,6 +329,10 @@ async function runEstimate() {
     const warnings = (report.targets && report.targets.warnings) || [];
     $("trainable-by-group").textContent = `(${groups.join(", ") || "none"} · ${fmtNum(100 * report.trainable / report.total_params, 3)}% of ${fmtInt(report.total_params)})`;
     $("estimate-warnings").replaceChildren(...warnings.map((w) => el("li", {}, w)));
+    // A 4/8-bit base (lora_quantization): what the loader holds in 4/8 bits, as `deepsynth inspect` says it.
+    $("estimate-quantization").hidden = !report.quantization;
+    $("estimate-quantization").textContent = report.quantization
+      ? `base weights (${report.quantization.method}): ${report.quantization.description}` : "";
     $("estimate-status").textContent = "";
   } catch (error) {
     if (seq !== state.estimateSeq) return;
