@@ -38,9 +38,11 @@ def test_a_bad_setting_reads_the_same_on_the_command_line_in_the_api_and_in_the_
     (RuntimeError("a bug"), 500, None, "internal"),
 ])
 def test_each_kind_of_error_has_one_status_and_one_exit_code(error, status, exit_code, kind):
-    described = describe_error(error)
+    described = describe_error(error, paths=False)
     assert (described.http_status, described.exit_code, described.kind) == (status, exit_code, kind)
     assert "/state" not in described.message  # a web client is not told the server's folders
+    if isinstance(error, OSError) and not isinstance(error, DiskFullError):  # the CLI's user is
+        assert "writing /state/tmp/upload" in describe_error(error).message
     if kind == "internal":  # a bug keeps its type in the message (the CLI shows its traceback instead)
         assert described.message == "RuntimeError: a bug"
 

@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as error:  # described as the web API and the progress file describe it
-        described = describe_error(error)
+        described = describe_error(error, folder=getattr(args, "output_dir", None))
         if described.exit_code is None:
             raise  # a bug, not bad input nor a failed run: its traceback is what helps
         # A failed run's line goes on its own line, after an unfinished progress bar.

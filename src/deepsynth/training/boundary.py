@@ -100,12 +100,15 @@ class ErrorDescription:
     kind: str  # "bad_input", "not_found", "conflict", "disk_full", "push_failed", "failed" or "internal" (a bug)
 
 
-def describe_error(error: BaseException) -> ErrorDescription:
+def describe_error(error: BaseException, *, paths: bool = True, folder: str | Path | None = None) -> ErrorDescription:
     """The one reading of ``error`` for the CLI, the web API and the progress file.
 
     An error of the web layer says its own status (``status_code``: 400, 404, 409, 413); bad input
     (``ValueError``: ConfigError, DataError) is 422 / exit 2; a full disk 507 / exit 1; a failed push
     502 / exit 1; anything else is a bug: 500 and no exit code (the CLI lets it raise).
+
+    A full disk's message names the file being written (else ``folder``, the caller's run folder)
+    unless ``paths`` is False: a web client is not told the server's folders.
     """
     field = getattr(error, "field", None)
     field = field if isinstance(field, str) else None
@@ -118,8 +121,9 @@ def describe_error(error: BaseException) -> ErrorDescription:
     if isinstance(error, DiskFullError):
         return ErrorDescription(str(error), None, 507, FAILED_EXIT, "disk_full")
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        # No path: a web client is not told the server's folders.
-        message = f"disk full: the disk is full ({error.strerror}); nothing was kept: free some space and retry"
+        place = error.filename or folder
+        where = f" writing {place}" if paths and place else ""
+        message = f"disk full{where}: the disk is full ({error.strerror}); nothing was kept: free some space and retry"
         return ErrorDescription(message, None, 507, FAILED_EXIT, "disk_full")
     if _is_push_error(error):  # the run's files are written; the upload is what failed
         return ErrorDescription(f"push failed: {error}", None, 502, FAILED_EXIT, "push_failed")

@@ -182,7 +182,7 @@ def is_disk_full(error: BaseException) -> bool:
 
 async def _on_error(request: Request, exc: Exception):
     """Any error, as :func:`deepsynth.training.boundary.describe_error` reads it (the CLI's reading too)."""
-    described = describe_error(exc)
+    described = describe_error(exc, paths=False)  # the server's folders are no business of a client
     if described.kind == "internal":
         return await _on_unexpected(request, exc)
     if described.kind == "disk_full":  # a job's folder, an artifact zip, a dataset: nothing half-written is kept
