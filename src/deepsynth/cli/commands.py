@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from deepsynth.cli.flags import learning_rates_choice
 from deepsynth.cli.formatting import metrics_table, print_json, samples_text, table
