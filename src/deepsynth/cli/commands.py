@@ -176,14 +176,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     from deepsynth.publishing import PushError, push_adapter
+    from deepsynth.training.boundary import describe_error
 
     try:
         report = push_adapter(args.adapter, args.repo_id, private=args.private, backend=args.backend)
-    except PushError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except PushError as error:  # what was uploaded and what failed, after the one error line
+        described = describe_error(error)
+        print(f"error: {described.message}", file=sys.stderr)
         report = getattr(error, "report", None)
         if report is not None:
             print_json(report.to_dict())
-        return 1
+        return described.exit_code
     print_json(report.to_dict())
     return 0

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from starlette.background import BackgroundTask
 
+from deepsynth.training.boundary import describe_error
 from deepsynth.web.fields import job_request_model
 from deepsynth.web.http import (
     HUB_ID_PATTERN, SSE_EVENT, error, errors, import_libraries, links, sse, whole_numbers_as_ints,
@@ -168,9 +169,10 @@ def push_job(job_id: str, body: PushRequest, jobs: JobManager = Depends(jobs_of)
     folder, _ = jobs.adapter_dir(job_id)
     try:
         report = push_adapter(folder, body.repo_id, private=body.private)
-    except PushError as exc:
+    except PushError as exc:  # described as the CLI describes it, with what was uploaded and what failed
+        described = describe_error(exc, paths=False)
         report = getattr(exc, "report", None)
-        return error(502, str(exc), report=report.to_dict() if report is not None else None)
+        return error(described.http_status, described.message, report=report.to_dict() if report is not None else None)
     return JSONResponse(report.to_dict())
 
 
