@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepsynth.cli import _train_config, build_parser, flag_overrides, main, plan_train, train_flags
+from deepsynth.cli import main
+from deepsynth.cli.flags import flag_overrides, train_flags
+from deepsynth.cli.parser import build_parser
+from deepsynth.cli.train import plan_train, train_config
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.recommend import recommend
 
@@ -36,7 +39,7 @@ def test_train_prints_before_after_and_writes_an_adapter(adapter_dir, capsys):
 
 def _config(argv: list[str]) -> TrainerConfig:
     args = build_parser().parse_args(argv)
-    return _train_config(args, flag_overrides(args))[0]
+    return train_config(args, flag_overrides(args))[0]
 
 
 # The train flags of the CLI before they were generated from TrainerConfig's metadata: tests, docs

@@ -2,9 +2,9 @@
 that interface's short, commented list of exclusions.
 
 Each interface is a function that sets a few fields the way a user does and returns the config it
-builds: the CLI (flags), the API (a job request, read back from the queued job) and the UI (the job
-form as app.js sends it: every field of ``GET /api/trainer/fields`` at its served default, the
-edited ones changed).
+builds: the CLI (flags) and the API (a job request, read back from the queued job). The web form is
+driven in a real page by tests/web/test_web_form_fields.py (every field set in its input, the job
+started with the page's button, the queued job's config compared).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from deepsynth.cli import _train_config, build_parser, flag_overrides, train_flags
+from deepsynth.cli.flags import flag_overrides, train_flags
+from deepsynth.cli.parser import build_parser
+from deepsynth.cli.train import train_config
 from deepsynth.training.config import config_fields
 from deepsynth.web.app import create_app
 
-STATIC = Path(__file__).resolve().parents[1] / "src" / "deepsynth" / "web" / "static"
 TOKEN = "field-reachability-token-0123456789"
 
 FIELDS = {info.name: info for info in config_fields()}
@@ -70,7 +71,7 @@ def through_cli(values: dict[str, Any]) -> dict[str, Any]:
         else:
             argv += [flag, str(value)]
     args = build_parser().parse_args(argv)
-    config = _train_config(args, flag_overrides(args))[0].to_dict()
+    config = train_config(args, flag_overrides(args))[0].to_dict()
     return {**config, **config.pop("optimizer")}
 
 
@@ -99,31 +100,16 @@ def through_api(values: dict[str, Any]) -> dict[str, Any]:
     return submitted_config(values)
 
 
-def ui_fields() -> list[dict[str, Any]]:
-    return web_client().get("/api/trainer/fields").json()["fields"]
-
-
-def through_ui(values: dict[str, Any]) -> dict[str, Any]:
-    """What app.js sends: every served field at its served default (the preset select: custom), some edited."""
-    form = {info["name"]: info["default"] for info in ui_fields()}
-    return submitted_config({**form, "preset": None, **values})
-
-
 def api_names() -> set[str]:
     return set(web_client().app.openapi()["components"]["schemas"]["JobRequest"]["properties"]) - {"optimizer"}
-
-
-def ui_names() -> set[str]:
-    return {info["name"] for info in ui_fields()}
 
 
 # interface → (set some fields and return the resulting config, flat; the field names it offers).
 INTERFACES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], Callable[[], set[str]]]] = {
     "cli": (through_cli, cli_names),
     "api": (through_api, api_names),
-    "ui": (through_ui, ui_names),
 }
-# Set by the server, never by a client (web/jobs.py SERVER_FIELDS says why to the client too).
+# Set by the server, never by a client (web/jobs/requests.py SERVER_FIELDS says why to the client too).
 _SERVER_OWNED = {
     "output_dir": "server-owned: each job writes to its own folder under the state folder",
     "data_path": "server-owned: from dataset_id (uploads go through /api/datasets)",
@@ -138,7 +124,6 @@ EXCLUDED: dict[str, dict[str, str]] = {
         "hub_token": "secret: from HF_TOKEN, never a flag",
     },
     "api": dict(_SERVER_OWNED),
-    "ui": dict(_SERVER_OWNED),
 }
 
 
@@ -168,11 +153,3 @@ def test_no_flag_takes_the_hub_token(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--hub-token", "hf_x"])
     assert "unrecognized arguments: --hub-token" in capsys.readouterr().err
-
-
-def test_the_page_types_no_field_of_its_own():
-    """The form's inputs are built from GET /api/trainer/fields; index.html and app.js list none."""
-    assert 'id="f-' not in (STATIC / "index.html").read_text(encoding="utf-8")
-    script = (STATIC / "app.js").read_text(encoding="utf-8")
-    assert "/api/trainer/fields" in script
-    assert not any(f"{name}:" in script for name in ("lora_rank", "batch_size", "learning_rate", "max_new_tokens"))

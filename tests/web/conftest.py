@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 # Make the helper module of this folder importable whatever pytest's import mode is.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from web_support import ACCESS_TOKEN, AUTH, LiveServer, ServeProcess  # noqa: E402
+from web_support import ACCESS_TOKEN, AUTH, BROWSER_ARGS, CHROMIUM, LiveServer, ServeProcess  # noqa: E402
 
 from deepsynth.web.app import create_app  # noqa: E402
 
@@ -54,3 +54,17 @@ def live_server(state_dir: Path) -> Callable[..., LiveServer]:
 def serve_process(state_dir: Path) -> Callable[..., ServeProcess]:
     """Factory: ``with serve_process(*serve_flags, env=...) as server:`` (`deepsynth serve` in a process)."""
     return lambda *args, **options: ServeProcess(state_dir, *args, **options)
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (playwright); the test is skipped where Debian's chromium is not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()

@@ -22,7 +22,7 @@ from deepsynth.training.config import OptimizerConfig, TrainerConfig
 from deepsynth.training.lora_config import LORA_PRESETS, PRESET_DESCRIPTIONS, AdapterSettings, get_lora_preset
 from deepsynth.training.targets import count_trainable_params
 from deepsynth.web.app import create_app
-from deepsynth.web.jobs import train_command
+from deepsynth.web.jobs.processes import train_command
 
 V1 = "deepseek-ai/DeepSeek-OCR"
 # Any URL but the SVG namespace name (an identifier, never fetched).
@@ -148,6 +148,26 @@ def test_estimate_is_exact_for_custom_settings(idle):
     expected = get_lora_preset("router_focused")
     expected.rank = 4
     assert response.json()["trainable"] == count_trainable_params(None, expected).trainable
+
+
+def test_the_estimate_takes_every_lora_field_of_the_form(idle):
+    """The estimate request is the form's LoRA fields under their preset names: LoRA off is counted as
+    the run trains it (every weight but the vision path), and a 4/8-bit base is accepted."""
+    from deepsynth.models.families import family_names
+    from deepsynth.models.resolver import resolve_config
+
+    names = {info["lora_name"] for info in idle.get("/api/trainer/fields").json()["fields"] if info["lora_name"]}
+    assert names == {f.name for f in fields(AdapterSettings)}
+    on = idle.post("/api/lora/estimate", json={"rank": 4, "quantization": "4bit"})
+    off = idle.post("/api/lora/estimate", json={"rank": 4, "enabled": False})
+    assert on.status_code == 200 and off.status_code == 200, (on.text, off.text)
+    resolved = resolve_config(None)
+    frozen = family_names(resolved.family).frozen_prefixes
+    unfrozen = sum(p.numel() for name, p in resolved.build_on_meta().named_parameters() if not name.startswith(frozen))
+    assert off.json()["trainable"] == unfrozen > on.json()["trainable"]
+    # The 4-bit base is estimated as `deepsynth inspect` shows it (what the loader holds in 4 bits).
+    assert on.json()["quantization"]["method"] and off.json()["quantization"] is None
+    assert_error(idle.post("/api/lora/estimate", json={"enabled": "no"}), 422, "enabled")
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -453,7 +473,7 @@ def _finished_job(client: TestClient, state_dir: Path) -> tuple[str, Path]:
     )
     with jobs._lock:
         jobs._refresh_progress(job["id"])
-        jobs._update(job["id"], status="running")
+        jobs.store.update(job["id"], status="running")
         jobs._finish(job["id"], exit_code=0)
     return job["id"], output
 

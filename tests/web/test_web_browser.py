@@ -12,31 +12,17 @@ import os
 from pathlib import Path
 
 import pytest
-from web_support import ACCESS_TOKEN, HUB_TOKEN, JSONL_ROWS, files_containing
+from web_support import ACCESS_TOKEN, CHROMIUM, HUB_TOKEN, JSONL_ROWS, files_containing
 
 from deepsynth.training.lora_config import AdapterSettings
 from deepsynth.training.recommend import recommend
 from deepsynth.training.targets import count_trainable_params
 
-CHROMIUM = Path("/usr/bin/chromium")
 # The docs screenshot is refreshed on request only, so a test run never dirties the checkout:
 # DEEPSYNTH_UPDATE_SCREENSHOT=1 python -m pytest tests/web/test_web_browser.py
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "web-ui.png"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
-
-
-@pytest.fixture
-def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BROWSER_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 def value(page, name: str) -> str:

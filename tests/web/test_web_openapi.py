@@ -10,7 +10,7 @@ from web_support import assert_error
 
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.errors import ConfigError
-from deepsynth.web.routes.jobs import FIELD_RULES
+from deepsynth.web.fields import FIELD_RULES
 
 
 def _request_schema(schema: dict, path: str) -> dict:

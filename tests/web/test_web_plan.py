@@ -64,3 +64,30 @@ def test_fields_are_the_configs_metadata(idle):
         assert field["default"] == default, info.name
     assert served["scheduler_type"]["choices"] == ["cosine", "linear", "constant", "none"]
     assert TrainerConfig().num_epochs == served["num_epochs"]["default"]
+
+
+def test_one_request_makes_one_config_through_the_cli_the_job_and_the_plan(idle, tmp_path):
+    """The same settings (a preset, a whole optimizer object with a flat field over it, a warmup in
+    steps) give the same config from `deepsynth train`, POST /api/jobs and POST /api/trainer/plan."""
+    from deepsynth.cli.flags import flag_overrides
+    from deepsynth.cli.parser import build_parser
+    from deepsynth.cli.train import train_config
+
+    request = {"optimizer": {"learning_rate": 1e-3, "weight_decay": 0.05}, "learning_rate": 2e-4,
+               "warmup_steps": 1, "num_epochs": 2, "lora_rank": 4}
+    job = idle.post("/api/jobs", json={"dataset_id": "sample", "preset": "balanced", **request})
+    assert job.status_code == 201, job.text
+    from_job = idle.get(f"/api/jobs/{job.json()['id']}").json()["config"]
+    planned = idle.post("/api/trainer/plan", json={"dataset_id": "sample", "preset": "balanced", "recommend": False,
+                                                   "overrides": request})
+    assert planned.status_code == 200, planned.text
+    args = build_parser().parse_args(["train", "--preset", "balanced", "--learning-rate", "2e-4", "--weight-decay",
+                                      "0.05", "--warmup-steps", "1", "--epochs", "2", "--lora-rank", "4"])
+    from_cli = train_config(args, flag_overrides(args))[0].to_dict()
+    server_set = ("output_dir", "data_path", "eval_data_path")
+    for config in (from_job, planned.json()["config"], from_cli):
+        for name in server_set:
+            config.pop(name, None)
+    assert from_job == planned.json()["config"] == from_cli
+    assert from_cli["optimizer"]["learning_rate"] == 2e-4 and from_cli["optimizer"]["warmup_ratio"] is None
+    assert from_cli["preset"] == "balanced" and from_cli["lora_rank"] == 4

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from web_support import FAST_JOB, assert_error
 
-from deepsynth.web.jobs import process_alive
+from deepsynth.web.jobs.processes import process_alive
 
 CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

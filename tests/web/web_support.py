@@ -31,6 +31,11 @@ FAST_JOB: dict[str, Any] = {
 # A long one (to cancel, queue behind, or restart around): a checkpoint after every update.
 SLOW_JOB: dict[str, Any] = {**FAST_JOB, "num_epochs": 500, "checkpoint_every_updates": 1, "save_total_limit": 1}
 
+# Debian's headless Chromium, driven by playwright in the browser tests (skipped where it is missing).
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]
+
 # Distinctive values that must never appear in any file or response.
 HUB_TOKEN = "hf_webLeakCanary7Qz9XpL2mN4vB8rT"
 # The access token of the in-process test apps; scripts send it as a bearer header.

@@ -174,9 +174,10 @@ class UnifiedProductionTrainer:
         return loaded  # a task the model lacks was refused by the plan (its model facts)
 
     def setup_adapter(self, loaded: LoadedModel) -> tuple[torch.nn.Module, ResolvedTargets]:
-        """Resolve the LoRA targets on the model and make it trainable (:func:`deepsynth.training.targets.make_trainable`)."""
-        targets = resolve_targets(loaded.model, self.config.lora_config(), loaded.family)
-        return make_trainable(loaded.model, targets, loaded.family, self.config.use_lora), targets
+        """Resolve the LoRA targets on the model and apply them (or unfreeze all but the frozen path)."""
+        lora = self.config.lora_config()
+        targets = resolve_targets(loaded.model, lora, loaded.family)
+        return make_trainable(loaded.model, lora, targets, loaded.family), targets
 
     def setup_pages(self, loaded: LoadedModel, examples: Examples) -> dict[str, Any]:
         """Encode every train and eval page once, then let the frozen vision path go; returns the cache's

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
+from deepsynth.training.boundary import describe_error
 from deepsynth.training.errors import DiskFullError
 
 LOGGER = logging.getLogger("deepsynth")
@@ -177,16 +178,15 @@ _RECORDED = "_deepsynth_progress_recorded"
 def error_event(error: BaseException) -> Error:
     """The ``error`` event of ``error``; a disk-full one says where and how much.
 
-    Bad input (a ``ValueError``: ConfigError, DataError) reads as the CLI prints it after ``error:``;
-    anything else is prefixed with its type (``KeyboardInterrupt: ``, ``RuntimeError: ...``).
+    The message and field are :func:`deepsynth.training.boundary.describe_error`'s, as the CLI prints
+    them after ``error:``: a bug is prefixed with its type (``KeyboardInterrupt: ``, ``RuntimeError: ...``).
     """
     name = type(error).__name__
+    described = describe_error(error)
     if isinstance(error, DiskFullError):
-        return Error(message=str(error), error_type=name, kind="disk_full", path=str(error.path),
+        return Error(message=described.message, error_type=name, kind="disk_full", path=str(error.path),
                      needed_bytes=error.needed, free_bytes=error.free)
-    message = str(error) if isinstance(error, ValueError) else f"{name}: {error}"
-    setting = getattr(error, "field", None)
-    return Error(message=message, error_type=name, field=setting if isinstance(setting, str) else None)
+    return Error(message=described.message, error_type=name, field=described.field)
 
 
 def record_error(writer: ProgressWriter, error: BaseException) -> None:

@@ -259,6 +259,17 @@ def apply_lora(model: nn.Module, targets: ResolvedTargets) -> PeftModel:
     return peft_model
 
 
+def make_trainable(model: nn.Module, lora: AdapterSettings, targets: ResolvedTargets, family: str) -> nn.Module:
+    """What a run trains, the one rule (the trainer and the estimates): LoRA on ``targets``, or with LoRA
+    off every weight but the family's frozen path (the vision encoder), in full."""
+    if lora.enabled:
+        return apply_lora(model, targets)
+    frozen = family_names(family).frozen_prefixes
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not name.startswith(frozen))
+    return model
+
+
 @dataclass
 class ParamReport:
     """Exact trainable parameters of a LoRA setting on one model, split per group."""
@@ -269,6 +280,8 @@ class ParamReport:
     trainable: int
     by_group: dict[str, int]
     targets: ResolvedTargets
+    # A QLoRA setting: what the loader holds in 4/8 bits (deepsynth.models.quantization.report.estimate_quantization).
+    quantization: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -286,17 +299,6 @@ def count_by_group(model: nn.Module, family: str) -> dict[str, int]:
     return counts
 
 
-def make_trainable(model: nn.Module, targets: ResolvedTargets, family: str, use_lora: bool) -> nn.Module:
-    """What trains, the one rule (the trainer and the parameter counts): with LoRA the resolved adapter
-    (:func:`apply_lora`, the base frozen); without it every weight but the family's frozen vision path."""
-    if use_lora:
-        return apply_lora(model, targets)
-    frozen = family_names(family).frozen_prefixes
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(not name.startswith(frozen))
-    return model
-
-
 def count_trainable_params(model_name: str | None, lora: AdapterSettings, *,
                            resolved: ResolvedConfig | None = None) -> ParamReport:
     """Exact trainable-parameter counts of ``lora`` on ``model_name``, built on the meta device.
@@ -307,7 +309,12 @@ def count_trainable_params(model_name: str | None, lora: AdapterSettings, *,
     resolved = resolved if resolved is not None else resolve_config(model_name)
     model = resolved.build_on_meta()
     total = sum(p.numel() for p in model.parameters())
+    quantized = None
+    if lora.quantization:  # counted on the plain model, as the loader quantizes it
+        from deepsynth.models.quantization.report import estimate_quantization
+
+        quantized = estimate_quantization(model, resolved.family, lora.quantization)
     targets = resolve_targets(model, lora, resolved.family)
-    model = make_trainable(model, targets, resolved.family, lora.enabled)
+    model = make_trainable(model, lora, targets, resolved.family)
     by_group = count_by_group(model, resolved.family)
-    return ParamReport(resolved.name, resolved.family, total, sum(by_group.values()), by_group, targets)
+    return ParamReport(resolved.name, resolved.family, total, sum(by_group.values()), by_group, targets, quantized)

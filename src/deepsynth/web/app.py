@@ -25,7 +25,8 @@ from deepsynth.training.errors import ConfigError
 from deepsynth.web.auth import Guard
 from deepsynth.web.datasets_store import DatasetStore
 from deepsynth.web.http import add_error_handlers, import_libraries, openapi
-from deepsynth.web.jobs import CommandBuilder, JobManager, train_command
+from deepsynth.web.jobs.processes import CommandBuilder, train_command
+from deepsynth.web.jobs.supervisor import JobManager
 from deepsynth.web.model_policy import ModelPolicy
 from deepsynth.web.routes import datasets, jobs as job_routes, lora, server, trainer
 from deepsynth.web.routes.server import STATIC_DIR, version

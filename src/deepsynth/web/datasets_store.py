@@ -58,6 +58,8 @@ class DatasetRequestError(ValueError):
 class DatasetNotFound(KeyError):
     """No dataset with that id."""
 
+    status_code = 404
+
     def __str__(self) -> str:  # KeyError quotes its argument
         return str(self.args[0]) if self.args else "dataset not found"
 

@@ -17,9 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from deepsynth.errors import ModelNotFoundError
-from deepsynth.training.errors import ConfigError
+from deepsynth.training.boundary import describe_error
 from deepsynth.web.datasets_store import DatasetNotFound, DatasetRequestError
-from deepsynth.web.jobs import JobError
+from deepsynth.web.jobs.store import JobError
 from deepsynth.web.model_policy import ModelNotAllowed
 
 logger = logging.getLogger("deepsynth.web.app")
@@ -80,9 +80,13 @@ def whole_numbers_as_ints(data: dict[str, Any]) -> dict[str, Any]:
 class ModelNotFound(Exception):
     """A well-formed model name that names no model here (not on the Hub, offline, no such folder): 404."""
 
+    status_code = 404
+
 
 class UploadTooLarge(Exception):
-    pass
+    """A body or upload over the server's limit: 413."""
+
+    status_code = 413
 
 
 class ErrorBody(BaseModel):
@@ -176,11 +180,14 @@ def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-async def _on_os_error(request: Request, exc: OSError):
-    if is_disk_full(exc):  # writing a job's folder, an artifact zip, a dataset: nothing half-written is kept
+async def _on_error(request: Request, exc: Exception):
+    """Any error, as :func:`deepsynth.training.boundary.describe_error` reads it (the CLI's reading too)."""
+    described = describe_error(exc, paths=False)  # the server's folders are no business of a client
+    if described.kind == "internal":
+        return await _on_unexpected(request, exc)
+    if described.kind == "disk_full":  # a job's folder, an artifact zip, a dataset: nothing half-written is kept
         logger.warning("disk full on %s %s: %s", request.method, request.url.path, exc)
-        return error(507, "disk: the server's disk is full; nothing was kept (free space on the server and retry)")
-    return await _on_unexpected(request, exc)
+    return error(described.http_status, described.message)
 
 
 def import_libraries() -> None:
@@ -243,26 +250,15 @@ async def _on_unexpected(request: Request, exc: Exception):
     return error(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
-def _reply(status_and_message):
-    async def handler(request: Request, exc: Exception):
-        return error(*status_and_message(exc))
-    return handler
-
-
 def add_error_handlers(app: FastAPI) -> None:
     """Every error becomes ``{"error": ...}``: a 4xx for what a client sent, 500 (logged) otherwise."""
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(ModelNotAllowed, _reply(lambda e: (e.status_code, str(e))))
-    app.add_exception_handler(DatasetRequestError, _reply(lambda e: (e.status_code, str(e))))
-    app.add_exception_handler(DatasetNotFound, _reply(lambda e: (404, str(e))))
-    app.add_exception_handler(JobError, _reply(lambda e: (e.status_code, str(e))))
-    app.add_exception_handler(UploadTooLarge, _reply(lambda e: (413, str(e))))
-    app.add_exception_handler(ModelNotFound, _reply(lambda e: (404, str(e))))
-    app.add_exception_handler(ModelNotFoundError, _reply(lambda e: (404, str(e))))
-    app.add_exception_handler(OSError, _on_os_error)
-    # ConfigError, DataError and the library's other ValueErrors.
-    app.add_exception_handler(ValueError, _reply(lambda e: (422, str(e))))
+    # Each described by the boundary: the web's own errors say their status; ConfigError, DataError and the
+    # library's other ValueErrors are 422; a full disk 507.
+    for kind in (ModelNotAllowed, DatasetRequestError, DatasetNotFound, JobError, UploadTooLarge, ModelNotFound,
+                 ModelNotFoundError, OSError, ValueError):
+        app.add_exception_handler(kind, _on_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

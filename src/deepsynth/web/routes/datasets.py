@@ -12,7 +12,8 @@ from starlette.datastructures import UploadFile
 
 from deepsynth.web.datasets_store import DatasetStore, human_size
 from deepsynth.web.http import DATASET_ID_PATTERN, UploadTooLarge, error, errors, import_libraries, links
-from deepsynth.web.jobs import JobError, JobManager
+from deepsynth.web.jobs.store import JobError
+from deepsynth.web.jobs.supervisor import JobManager
 
 router = APIRouter(tags=["datasets"])
 # The id form, in the schema only: the store checks it itself (400 naming dataset_id).

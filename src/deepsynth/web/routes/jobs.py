@@ -8,22 +8,21 @@ import uuid
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from dataclasses import fields as dataclass_fields
-from typing import Any, get_type_hints
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from starlette.background import BackgroundTask
 
-from deepsynth.training.config import OptimizerConfig, TrainerConfig
+from deepsynth.training.boundary import describe_error
+from deepsynth.web.fields import job_request_model
 from deepsynth.web.http import (
-    COMMON_TARGETS, DATASET_ID_PATTERN, HUB_ID_PATTERN, SSE_EVENT, error, errors, import_libraries, links, sse,
-    whole_numbers_as_ints,
+    HUB_ID_PATTERN, SSE_EVENT, error, errors, import_libraries, links, sse, whole_numbers_as_ints,
 )
-from deepsynth.web.routes.trainer import CHOICES
-from deepsynth.web.jobs import TERMINAL, JobError, JobManager, trainer_fields
+from deepsynth.web.jobs.store import TERMINAL, JobError
+from deepsynth.web.jobs.supervisor import JobManager
 from deepsynth.web.model_policy import ModelPolicy
 from deepsynth.web.routes.datasets import jobs_of
 from deepsynth.web.routes.lora import models_of
@@ -42,94 +41,7 @@ class PushRequest(BaseModel):
     private: StrictBool = False
 
 
-# What TrainerConfig.validate (and OptimizerConfig's, AdapterSettings') accept, as JSON Schema, so that
-# the schema says what the server accepts (schemathesis' positive_data_acceptance, ST202, checks it;
-# tests/web/test_web_openapi.py checks each bound against TrainerConfig itself).
-_POSITIVE = {"minimum": 1}
-_UNIT = {"minimum": 0, "exclusiveMaximum": 1}
-_NAMES = {"minItems": 1, "items": {"type": "string", "enum": COMMON_TARGETS}}  # the server takes more
-FIELD_RULES: dict[str, dict[str, Any]] = {
-    **dict.fromkeys(("batch_size", "num_epochs", "gradient_accumulation_steps", "save_total_limit", "max_new_tokens",
-                     "expert_dropout_min_keep", "lora_rank", "max_train_samples", "max_eval_samples",
-                     "holdout_samples", "max_length", "checkpoint_every_updates", "eval_every_updates",
-                     "early_stopping_patience"), _POSITIVE),
-    **dict.fromkeys(("gate_dropout_rate", "expert_dropout_rate", "lora_dropout", "warmup_ratio"), _UNIT),
-    **dict.fromkeys(("router_aux_loss_coef", "no_repeat_ngram_size", "weight_decay", "warmup_steps"), {"minimum": 0}),
-    "learning_rate": {"exclusiveMinimum": 0}, "lora_alpha": {"exclusiveMinimum": 0},
-    "lora_target_modules": _NAMES, "lora_modules_to_save": {"items": _NAMES["items"]},
-    # The schema names Hub ids (the embedded deepsynth/tiny-ocr2 is one); the server also takes its --model
-    # names and folders under its state folder.
-    "model_name": {"pattern": HUB_ID_PATTERN},
-    "hub_model_id": {"pattern": HUB_ID_PATTERN},
-}
-
-
-# Nullable by type, refused as null: no LoRA target at all (LoRA on, nothing to save) is an error.
-NOT_NULL = {"lora_target_modules"}
-
-
-def _present(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": [name], "properties": {name: schema}}
-
-
-# Rules between fields (TrainerConfig.validate, OptimizerConfig.validate): "if A is set, B must be".
-CROSS_FIELD_RULES = [
-    {"if": _present("early_stopping_patience", {"type": "integer"}),
-     "then": _present("eval_every_updates", {"type": "integer"})},
-    {"if": _present("push_to_hub", {"const": True}), "then": _present("hub_model_id", {"type": "string"})},
-    {"if": _present("lora_quantization", {"type": "string"}), "then": {"properties": {"use_lora": {"const": True}}}},
-    {"if": _present("warmup_steps", {"type": "integer"}), "then": {"properties": {"warmup_ratio": {"type": "null"}}}},
-]
-
-
-def _field_schema(name: str, hint: Any) -> dict[str, Any]:
-    """The JSON type of one field (from its annotation), its choices and its bounds."""
-    kind = TypeAdapter(hint).json_schema()
-    if name in CHOICES:
-        kind = {"enum": list(CHOICES[name])}
-    if name in NOT_NULL and "anyOf" in kind:  # null is its type's, but validation refuses it (see NOT_NULL)
-        kind = next(option for option in kind["anyOf"] if option.get("type") != "null")
-    rules = FIELD_RULES.get(name)
-    if rules is None:
-        return kind
-    if "anyOf" in kind:  # a nullable field: the bounds apply to its non-null kind
-        return {"anyOf": [{**option, **rules} if option.get("type") != "null" else option for option in kind["anyOf"]]}
-    return {**kind, **rules}
-
-
-def _optimizer_schema(hints: dict[str, Any]) -> dict[str, Any]:
-    names = [f.name for f in dataclass_fields(OptimizerConfig)]
-    return {"type": "object", "additionalProperties": False,
-            "properties": {name: _field_schema(name, hints[name]) for name in names},
-            "allOf": [rule for rule in CROSS_FIELD_RULES if "warmup_steps" in rule["if"]["required"]]}
-
-
-def _job_request_model() -> type[BaseModel]:
-    """Documents every TrainerConfig field in OpenAPI; validation itself is TrainerConfig.from_dict's.
-
-    Each field's JSON type comes from TrainerConfig's (or OptimizerConfig's) annotation, its choices
-    and bounds from CHOICES and FIELD_RULES (what validation accepts); an unknown field is refused
-    (422, naming it), which the schema says with ``additionalProperties: false``.
-    """
-    defaults = TrainerConfig().to_dict()
-    hints = {**get_type_hints(OptimizerConfig), **get_type_hints(TrainerConfig)}
-    attrs: dict[str, Any] = {
-        "dataset_id": (StrictStr, Field(..., description="id from GET /api/datasets ('sample': the bundled set)",
-                                        examples=["sample"], pattern=DATASET_ID_PATTERN)),
-        "eval_dataset_id": (StrictStr | None, Field(None, description="held-out dataset id (optional)",
-                                                    pattern=DATASET_ID_PATTERN)),
-    }
-    for name in trainer_fields():
-        default = defaults.get(name, defaults["optimizer"].get(name) if name != "optimizer" else None)
-        kind = _optimizer_schema(hints) if name == "optimizer" else _field_schema(name, hints[name])
-        attrs[name] = (Any, Field(None, description=f"TrainerConfig.{name} (default {default!r})",
-                                  json_schema_extra=kind))
-    config = ConfigDict(extra="allow", protected_namespaces=(),
-                        json_schema_extra={"additionalProperties": False, "allOf": CROSS_FIELD_RULES})
-    return create_model("JobRequest", __config__=config, **attrs)
-
-
-JobRequest = _job_request_model()
+JobRequest = job_request_model()
 
 
 @router.get("/api/jobs", responses=errors())
@@ -257,9 +169,10 @@ def push_job(job_id: str, body: PushRequest, jobs: JobManager = Depends(jobs_of)
     folder, _ = jobs.adapter_dir(job_id)
     try:
         report = push_adapter(folder, body.repo_id, private=body.private)
-    except PushError as exc:
+    except PushError as exc:  # described as the CLI describes it, with what was uploaded and what failed
+        described = describe_error(exc, paths=False)
         report = getattr(exc, "report", None)
-        return error(502, str(exc), report=report.to_dict() if report is not None else None)
+        return error(described.http_status, described.message, report=report.to_dict() if report is not None else None)
     return JSONResponse(report.to_dict())
 
 

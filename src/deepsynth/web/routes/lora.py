@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from deepsynth.training.lora_config import BIAS_CHOICES, LORA_PRESETS, QUANTIZATION_CHOICES
-
-from deepsynth.web.http import COMMON_TARGETS, HUB_ID_PATTERN, errors, import_libraries, model_call, whole_int
+from deepsynth.training.errors import ConfigError
+from deepsynth.training.lora_config import FLAT_FIELDS, LORA_PRESETS
+from deepsynth.web.fields import estimate_fields, estimate_request_model
+from deepsynth.web.http import (
+    HUB_ID_PATTERN, errors, import_libraries, model_call, whole_int, whole_numbers_as_ints,
+)
 from deepsynth.web.model_policy import ModelPolicy
 
 router = APIRouter(tags=["lora"])
@@ -17,8 +20,6 @@ router = APIRouter(tags=["lora"])
 # takes its own --model names and state-folder paths, which ModelPolicy checks (400 when refused).
 MODEL_SCHEMA = {"pattern": HUB_ID_PATTERN}
 MAX_SAMPLES = 10_000_000  # deepsynth.training.recommend.MAX_SAMPLES (that module imports torch; a test compares)
-# The schema's names are those every model has; the server also takes a model's own (its router...).
-TARGET_NAME = WithJsonSchema({"type": "string", "enum": COMMON_TARGETS})
 MODEL_HELP = ("a Hub model id (org/name); the server also accepts its `--model` names and model folders in its "
               "state folder; null: the embedded model")
 
@@ -44,28 +45,10 @@ class RecommendRequest(BaseModel):
         "guide's (the recommendation's notes say which and why)")
 
 
-def _nullable_number(**bounds: float) -> dict[str, Any]:
-    return {"anyOf": [{"type": "number", **bounds}, {"type": "null"}], "default": None}
-
-
-class EstimateRequest(BaseModel):
-    """Body of ``POST /api/lora/estimate``: LoRA settings (unset ones come from ``preset`` or AdapterSettings)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: StrictStr | None = Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)
-    preset: Literal[tuple(LORA_PRESETS)] | None = Field(None, description="start from this preset's settings")  # type: ignore[valid-type]
-    rank: whole_int(1) | None = None  # type: ignore[valid-type]
-    alpha: Annotated[StrictInt | StrictFloat | None, WithJsonSchema(_nullable_number(exclusiveMinimum=0))] = Field(
-        None, gt=0)
-    dropout: Annotated[StrictInt | StrictFloat | None, WithJsonSchema(_nullable_number(minimum=0, exclusiveMaximum=1))] = (
-        Field(None, ge=0, lt=1))
-    target_modules: list[Annotated[StrictStr, StringConstraints(pattern=r"\S"), TARGET_NAME]] | None = Field(
-        None, min_length=1)
-    modules_to_save: list[Annotated[StrictStr, StringConstraints(pattern=r"\S"), TARGET_NAME]] | None = None
-    include_routed_experts: StrictBool | None = None
-    bias: Literal[BIAS_CHOICES] | None = None  # type: ignore[valid-type]
-    enabled: StrictBool | None = None
-    quantization: Literal[tuple(q for q in QUANTIZATION_CHOICES if q)] | None = None  # type: ignore[valid-type]
+EstimateRequest = estimate_request_model(
+    (StrictStr | None, Field(None, max_length=500, description=MODEL_HELP, json_schema_extra=MODEL_SCHEMA)),
+    (Literal[tuple(LORA_PRESETS)] | None, Field(None, description="start from this preset's settings")),  # type: ignore[valid-type]
+)
 
 
 @router.get("/api/lora/presets", responses=errors())
@@ -98,5 +81,19 @@ def estimate(body: EstimateRequest, models: ModelPolicy = Depends(models_of)) ->
     from deepsynth.training.targets import count_trainable_params
 
     model = models.check(body.model, "model")
-    lora = adapter_settings(body.preset, body.model_dump(exclude_none=True, exclude={"model", "preset"}))
+    lora = adapter_settings(body.preset, _estimate_settings(body.model_dump(exclude={"model", "preset"})))
     return model_call(model, count_trainable_params, model, lora).to_dict()
+
+
+def _estimate_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The LoRA settings an estimate request sets (null: the preset's), checked by kind as a job's are:
+    ConfigError naming the request's field."""
+    from deepsynth.training.config import check_value_kinds
+
+    flat_names = estimate_fields()
+    flat = whole_numbers_as_ints({flat_names[name]: value for name, value in values.items() if value is not None})
+    try:
+        check_value_kinds(dict(flat))
+    except ConfigError as error:
+        raise ConfigError(FLAT_FIELDS.get(error.field, error.field), error.value, error.expected) from None
+    return {FLAT_FIELDS[name]: value for name, value in flat.items()}

@@ -5,9 +5,12 @@
 const $ = (id) => document.getElementById(id);
 
 // Form fields come from the server (GET /api/trainer/fields: TrainerConfig's field metadata): name →
-// {kind, optional, default, help, choices, group}. None is typed here.
+// {kind, optional, default, help, choices, group, lora_name}. None is typed here.
 const FIELDS = {};
 const loraField = (name) => FIELDS[name] && FIELDS[name].group === "lora";
+// The LoRA fields (the form's name → a preset's and the estimate request's name, e.g. lora_rank → rank):
+// from each field's lora_name, so that the map is the server's (deepsynth.training.boundary).
+const loraNames = () => Object.values(FIELDS).filter((info) => info.lora_name).map((info) => [info.name, info.lora_name]);
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 
 const state = {
@@ -133,14 +136,12 @@ function describePreset() {
 }
 
 function applyLoraSettings(settings) {
-  setField("lora_rank", settings.rank);
-  setField("lora_alpha", settings.alpha);
-  setField("lora_dropout", settings.dropout);
-  setField("lora_target_modules", settings.target_modules);
-  setField("lora_modules_to_save", settings.modules_to_save);
-  setField("lora_bias", settings.bias);
-  setField("lora_include_routed_experts", settings.include_routed_experts);
-  setField("lora_quantization", settings.quantization);
+  for (const [name, loraName] of loraNames()) setField(name, settings[loraName]);
+}
+
+// The form's LoRA settings under their preset names (what the estimate request takes).
+function loraSettings() {
+  return Object.fromEntries(loraNames().map(([name, loraName]) => [loraName, readField(name)]));
 }
 
 function onPresetChosen() {
@@ -318,12 +319,7 @@ function scheduleEstimate(delay = 350) {
 
 async function runEstimate() {
   const seq = ++state.estimateSeq;
-  const body = {
-    model: readField("model_name"), rank: readField("lora_rank"), alpha: readField("lora_alpha"),
-    dropout: readField("lora_dropout"), target_modules: readField("lora_target_modules"),
-    modules_to_save: readField("lora_modules_to_save") || [], bias: readField("lora_bias"),
-    include_routed_experts: readField("lora_include_routed_experts"),
-  };
+  const body = { model: readField("model_name"), ...loraSettings() };
   $("trainable-params").dataset.pending = "1";
   try {
     const report = await api("/api/lora/estimate", { method: "POST", json: body });
@@ -333,6 +329,10 @@ async function runEstimate() {
     const warnings = (report.targets && report.targets.warnings) || [];
     $("trainable-by-group").textContent = `(${groups.join(", ") || "none"} · ${fmtNum(100 * report.trainable / report.total_params, 3)}% of ${fmtInt(report.total_params)})`;
     $("estimate-warnings").replaceChildren(...warnings.map((w) => el("li", {}, w)));
+    // A 4/8-bit base (lora_quantization): what the loader holds in 4/8 bits, as `deepsynth inspect` says it.
+    $("estimate-quantization").hidden = !report.quantization;
+    $("estimate-quantization").textContent = report.quantization
+      ? `base weights (${report.quantization.method}): ${report.quantization.description}` : "";
     $("estimate-status").textContent = "";
   } catch (error) {
     if (seq !== state.estimateSeq) return;
@@ -351,12 +351,9 @@ function onFieldEdited(event) {
   // Hand edits that leave the preset's values make the settings custom.
   const preset = state.presets.find((p) => p.name === $("preset-select").value);
   if (preset && name !== "model_name") {
-    const s = preset.settings;
-    const same = readField("lora_rank") === s.rank && readField("lora_alpha") === s.alpha &&
-      readField("lora_dropout") === s.dropout &&
-      JSON.stringify(readField("lora_target_modules")) === JSON.stringify(s.target_modules) &&
-      JSON.stringify(readField("lora_modules_to_save") || []) === JSON.stringify(s.modules_to_save) &&
-      readField("lora_include_routed_experts") === s.include_routed_experts;
+    const form = loraSettings();
+    const same = Object.entries(form).every(([key, value]) =>
+      JSON.stringify(value ?? (Array.isArray(preset.settings[key]) ? [] : null)) === JSON.stringify(preset.settings[key]));
     if (!same) { $("preset-select").value = "custom"; describePreset(); }
   }
   scheduleEstimate();
