@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "deepsynth"
 MAX_FUNCTION_LINES = 60
@@ -187,21 +186,11 @@ def test_every_module_opens_with_a_line_saying_its_role():
     assert not missing, f"modules without a docstring whose first line says their role: {missing}"
 
 
-def test_no_function_over_80_lines():
-    # The limit before issue 22, kept strict while other files are split; the 60-line test below replaces it.
-    lengths = function_lengths()
-    assert len(lengths) > 500 and lengths["deepsynth.training.production_trainer.UnifiedProductionTrainer.train"] > 5
-    too_long = {name: lines for name, lines in lengths.items() if lines > 80}
-    assert not too_long, f"functions over 80 lines (split them): {too_long}"
-
-
-@pytest.mark.xfail(strict=False, reason="issue 22: other files are being split")
 def test_no_function_over_60_lines():
     too_long = {name: lines for name, lines in function_lengths().items() if lines > MAX_FUNCTION_LINES}
     assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines (split them): {too_long}"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 22: other files are being split")
 def test_no_source_file_over_450_lines():
     lengths = file_lengths()
     assert lengths["deepsynth.data.loading"] > 50, "the walk found the package"

@@ -64,14 +64,16 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from deepsynth.training.lora_config import get_lora_preset
+    from deepsynth.training.model_facts import model_facts
     from deepsynth.training.targets import count_trainable_params
 
     lora = get_lora_preset(args.preset)
     if args.include_routed_experts:
         lora.include_routed_experts = True
-    report = count_trainable_params(args.model, lora)
+    facts = model_facts(args.model, args.image_mode)  # the model resolved once, its pages' cost with it
+    report = count_trainable_params(args.model, lora, resolved=facts.resolved)
     quantized = report.quantization
-    pages = _vision_tokens(args.model, args.image_mode)
+    pages = facts.vision_tokens
     if args.json:
         print_json({**report.to_dict(),
                     "vision_tokens": pages.to_dict() if pages else None})
@@ -94,14 +96,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for warning in targets.warnings:
         print(f"warning: {warning}")
     return 0
-
-
-def _vision_tokens(model: str | None, image_mode: str | None):
-    """Vision tokens per page of ``model`` in ``image_mode`` (None for a text model); no weights are read."""
-    from deepsynth.models.image_modes import mode_for_model, vision_tokens_per_page
-
-    resolved, mode = mode_for_model(model, image_mode)
-    return None if mode is None else vision_tokens_per_page(resolved.family, mode, resolved.config)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

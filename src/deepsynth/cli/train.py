@@ -93,7 +93,7 @@ def _train(args: argparse.Namespace, plan) -> int:
         print(plan.text() + "\n", flush=True)
     if args.dry_run:
         return 0
-    metrics, paths = UnifiedProductionTrainer(plan.config).train()
+    metrics, paths = UnifiedProductionTrainer.from_plan(plan).train()  # the data planned is the data run
     if not metrics:
         return 0  # a non-main process of a distributed run: rank 0 reports and writes
     print()
