@@ -227,11 +227,20 @@ def user_commands(replica: Path, data: Path, work: Path, family: str, preset: st
     }
 
 
-def train_figures(adapter: Path) -> dict[str, Any]:
-    """What the run's metrics.json says of the training loop: updates, seconds per update, the cache."""
+def step_peaks(log: Path) -> dict[str, float]:
+    """Each step's own peak RSS (MiB) as the run logged it (models/memory.log_memory): which step sets the peak."""
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    return {step: float(peak) for step, peak in
+            re.findall(r"memory after (.+?): \d+ MiB resident, peak during it (\d+) MiB", text)}
+
+
+def train_figures(adapter: Path, log: Path) -> dict[str, Any]:
+    """What the run's metrics.json and log say of the training loop: updates, seconds per update, the cache,
+    each step's peak (``fit`` is the training loop's)."""
     path = adapter / "metrics.json"
     if not path.is_file():
         return {}
+    peaks = step_peaks(log)
     metrics = json.loads(path.read_text(encoding="utf-8"))
     updates, seconds = metrics.get("optimizer_updates") or 0, metrics["train"]["runtime_seconds"]
     cache = metrics.get("feature_cache") or {}
@@ -239,7 +248,8 @@ def train_figures(adapter: Path) -> dict[str, Any]:
             "seconds_per_update": round(seconds / updates, 2) if updates else None,
             "vision_tokens_per_page": (metrics.get("image_mode") or {}).get("most"),
             "vision_released_mib": round(cache.get("vision_released_bytes", 0) / 2**20, 1),
-            "quantized_fraction": (metrics.get("quantization") or {}).get("quantized_fraction")}
+            "quantized_fraction": (metrics.get("quantization") or {}).get("quantized_fraction"),
+            "step_peak_rss_mib": peaks, "train_loop_peak_rss_mib": peaks.get("fit")}
 
 
 def plain_script_peak(family: str, work: Path, tiny: bool) -> dict[str, Any]:
@@ -270,10 +280,14 @@ def run_cases(args) -> dict[str, Any]:
             commands = user_commands(replica, data, work / family, family, preset, args.tiny)
             (work / family).mkdir(parents=True, exist_ok=True)
             for name in args.commands:
+                if name == "export":  # export refuses a non-empty folder: an earlier run's merged model goes
+                    shutil.rmtree(work / family / f"merged-{preset}", ignore_errors=True)
                 record = {"family": family, "preset": preset, "command": name, "argv": commands[name][1:],
                           **measured(commands[name], work / family / f"{preset}-{name}.log")}
                 if name == "train":
-                    record.update(train_figures(work / family / f"adapter-{preset}"))
+                    record.update(train_figures(work / family / f"adapter-{preset}", Path(record["log"])))
+                    loop = record.get("train_loop_peak_rss_mib")
+                    record["process_peak_over_loop_peak"] = round(record["peak_rss_mib"] / loop, 3) if loop else None
                 reference = (plain.get(family) or {}).get("peak_rss_mib")
                 record["plain_script_peak_rss_mib"] = reference
                 record["peak_rss_ratio"] = round(record["peak_rss_mib"] / reference, 3) if reference else None
@@ -310,18 +324,19 @@ def smoke(work: Path, everything: bool = False) -> int:
 
 def markdown_table(result: dict[str, Any]) -> str:
     """The docs' table: every case with its peak RSS, ratio to the plain script, wall and CPU seconds."""
-    lines = ["| family | preset | command | completed | peak RSS MiB | × plain script | wall s | CPU s | s / update |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | preset | command | completed | peak RSS MiB | × plain script | loop's peak MiB | wall s | CPU s "
+             "| s / update |", "|---|---|---|---|---|---|---|---|---|---|"]
     order = {name: index for index, name in enumerate(COMMANDS)}
     for case in sorted(result["cases"], key=lambda c: (c["family"], c["preset"], order.get(c["command"], 99))):
         ratio = f"{case['peak_rss_ratio']:.3f}" if case.get("peak_rss_ratio") else "–"
         update = case.get("seconds_per_update") or "–"
+        loop = f"{case['train_loop_peak_rss_mib']:,.0f}" if case.get("train_loop_peak_rss_mib") else "–"
         lines.append(f"| {case['family']} | {case['preset']} | {case['command']} | {'yes' if case['completed'] else 'NO'} "
-                     f"| {case['peak_rss_mib']:,.0f} | {ratio} | {case['wall_seconds']:,.0f} | {case['cpu_seconds']:,.0f} "
+                     f"| {case['peak_rss_mib']:,.0f} | {ratio} | {loop} | {case['wall_seconds']:,.0f} | {case['cpu_seconds']:,.0f} "
                      f"| {update} |")
     for family, plain in result.get("plain_script", {}).items():
         lines.append(f"| {family} | plain Trainer + PEFT script | train (in memory, fp32) | "
-                     f"{'yes' if plain['completed'] else 'NO'} | {plain['peak_rss_mib']:,.0f} | 1 | "
+                     f"{'yes' if plain['completed'] else 'NO'} | {plain['peak_rss_mib']:,.0f} | 1 | – | "
                      f"{plain['wall_seconds']:,.0f} | {plain['cpu_seconds']:,.0f} | – |")
     return "\n".join(lines)
 

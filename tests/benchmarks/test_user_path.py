@@ -62,6 +62,10 @@ def test_user_path_tiny_runs_the_users_commands_from_replica_folders(tmp_path):
     train = next(c for c in result["cases"] if c["command"] == "train" and c["family"] == "deepseek-ocr")
     assert train["optimizer_updates"] == 2 and train["peak_rss_mib"] > 0 and train["cpu_seconds"] > 0
     assert train["vision_released_mib"] > 0 and train["quantized_fraction"] > 0
+    # Each step's own peak is read from the run's log: the table can say which step sets the run's peak.
+    assert {"setup_pages", "fit", "the final evaluation"} <= set(train["step_peak_rss_mib"])
+    assert 0 < train["train_loop_peak_rss_mib"] <= train["peak_rss_mib"] + 1
+    assert train["process_peak_over_loop_peak"] >= 1
     assert "| deepseek-ocr | qlora_4bit | train | yes |" in user_path.markdown_table(result)
     # The merged v1 QLoRA model generates from `deepsynth generate --model`.
     log = next(c["log"] for c in result["cases"] if c["command"] == "generate_model")

@@ -8,6 +8,7 @@ families, bf16 shards in the Hub's layout) through DeepSynth's own loader.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -164,3 +165,29 @@ def test_loading_keeps_no_shard_resident_beside_the_model(tmp_path):
     # 104 MiB checkpoint: every shard read stays resident); with pread by 19 MiB (the fp32 weights reuse
     # what the warm-up load freed).
     assert growth < file_bytes / 2, (growth, weights, file_bytes)
+
+
+def test_each_step_logs_its_own_peak_so_a_run_says_which_step_sets_it():
+    # A 300 MB transient inside one step: that step's peak shows it, the next step's does not, and
+    # the process's peak (what wait4 reports to the benchmarks) is still the kernel's, never reset.
+    script = textwrap.dedent("""
+        import logging, sys, time, torch
+        from deepsynth.models.memory import log_memory
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+        log_memory("start")
+        transient = torch.ones(75_000_000)
+        time.sleep(0.2)
+        del transient
+        log_memory("transient")
+        time.sleep(0.1)
+        log_memory("quiet")
+    """)
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    lines = {m[0]: (float(m[1]), float(m[2]), float(m[3])) for m in re.findall(
+        r"memory after (\w+): (\d+) MiB resident, peak during it (\d+) MiB, peak so far (\d+) MiB", output)}
+    assert set(lines) == {"start", "transient", "quiet"}, output
+    (resident, _, _), (_, transient_peak, so_far), (_, quiet_peak, _) = (
+        lines["start"], lines["transient"], lines["quiet"])
+    assert transient_peak >= resident + 250, output
+    assert quiet_peak < transient_peak - 250, output
+    assert so_far >= transient_peak, output

@@ -115,18 +115,21 @@ def unmerged_warning(adapter_dir: str | Path) -> str | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def merge_adapter(adapter_dir: str | Path, *, model_name: str | None = None):
-    """(merged model in fp32 on the CPU, LoadedModel, the run's RunSettings, quantization dequantized or None).
+def merge_adapter(adapter_dir: str | Path, *, model_name: str | None = None, dtype: torch.dtype = torch.float32):
+    """(merged model in ``dtype`` on the CPU, LoadedModel, the run's RunSettings, quantization dequantized or None).
 
     A QLoRA run's base is loaded quantized exactly as it trained, then dequantized, then merged.
+    ``export`` merges in the dtype it writes (the base's own, bf16 for DeepSeek-OCR): the whole model is then
+    never held in fp32 (19 GB at DeepSeek-OCR's size, docs/performance.md), and each merged weight is
+    peft's ``w + Δ`` rounded in that dtype, as a merge on a bf16 GPU would be.
     """
     from deepsynth.models.quantization.dequantize import dequantize_model
 
     training_config = read_adapter_settings(adapter_dir)
     base = model_name if model_name is not None else training_config.model_name
     quantization = training_config.lora_quantization
-    loaded = load_model_and_processor(base, dtype="float32", device="cpu", quantization=quantization)
-    model = dequantize_model(loaded.model) if quantization else loaded.model
+    loaded = load_model_and_processor(base, dtype=dtype, device="cpu", quantization=quantization)
+    model = dequantize_model(loaded.model, dtype) if quantization else loaded.model
     merged = attach_adapter(model, adapter_dir).merge_and_unload()
     merged.eval()
     loaded.model = merged
@@ -138,7 +141,7 @@ def export_merged(adapter_dir: str | Path, output_dir: str | Path, *, model_name
     """Merge the adapter into its base and write a standalone model (+ processor) to ``output_dir``.
 
     ``dtype``: of the written weights; default the base checkpoint's own (bf16 for DeepSeek-OCR and
-    DeepSeek-OCR-2, fp32 for the embedded tiny model). The merge itself is done in fp32.
+    DeepSeek-OCR-2, fp32 for the embedded tiny model); the merge is done in that dtype.
     Written into a temporary sibling folder and renamed at the end: an interrupted export never
     leaves a half-written model behind. ``output_dir`` must not exist or be empty.
     """
@@ -146,8 +149,9 @@ def export_merged(adapter_dir: str | Path, output_dir: str | Path, *, model_name
     target = _DTYPES[dtype] if dtype else None
     if dtype and target is None:
         raise ValueError(f"export dtype: got {dtype!r}, expected one of {', '.join(n for n in _DTYPES if n)}")
-    merged, loaded, _, quantization = merge_adapter(adapter_dir, model_name=model_name)
-    target = target or base_dtype(loaded.name)
+    base = model_name if model_name is not None else read_adapter_settings(adapter_dir).model_name
+    target = target or base_dtype(base)
+    merged, loaded, _, quantization = merge_adapter(adapter_dir, model_name=model_name, dtype=target)
     report = ExportReport(str(output_dir), True, "", loaded.name, loaded.family, str(target).removeprefix("torch."),
                           dequantized_base=quantization, parameter_targets=parameter_targets(adapter_dir))
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
