@@ -69,9 +69,6 @@ def test_a_run_on_a_pdf_folder_renders_each_page_once(tmp_path, monkeypatch):
     assert renders == {text: 1 for text in PAGES}  # planning, training and both evaluations included
 
 
-@pytest.mark.xfail(strict=True, reason="deepsynth.data.splits.load_splits reads a file whose columns are not "
-                                       "known before its rows (JSON lines) or that has a split column once per split "
-                                       "(train, then eval), validating, so rendering, every row each time")
 @pytest.mark.parametrize("targets, splits", [("targets.jsonl", None), ("targets.csv", ("train", "train", "eval"))])
 def test_planning_a_pdf_folder_read_per_split_renders_each_page_once(tmp_path, monkeypatch, targets, splits):
     renders = _count_renders(monkeypatch)

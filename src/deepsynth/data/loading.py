@@ -36,7 +36,7 @@ from .sources import open_source
 from .table import DataError, Table
 from .validate import ValidRow, check_header, resolve_mapping, valid_rows
 
-__all__ = ["DocumentCounts", "FEATURES", "FileReferences", "SAMPLE_DATA_PATH", "check_documents", "load_documents",
+__all__ = ["DocumentCounts", "DocumentSplits", "FEATURES", "FileReferences", "SAMPLE_DATA_PATH", "check_documents", "load_documents",
            "load_sample_dataset", "referenced_files"]
 
 #: Schema of every dataset this module returns.
@@ -114,8 +114,7 @@ def load_documents(
             limit (:data:`MAX_LINE_BYTES`, :data:`MAX_TEXT_BYTES`, :data:`MAX_ROWS`,
             :data:`MAX_IMAGE_BYTES`, :data:`MAX_IMAGE_PIXELS`) a file goes over.
     """
-    if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}")
+    _check_max_samples(max_samples)
     table, mapping = _prepare(source, column_mapping, split, base_dir, image_root, page_size)
     kept = _select(table, mapping, split if table.split_column_ok else None, max_samples)
     return _canonical_dataset(kept)
@@ -134,18 +133,31 @@ def _select(table: Table, mapping: dict[str, str], split: str | None, max_sample
     """The valid rows of ``split`` (all when None), the first ``max_samples`` of them."""
     if split not in (None, "train") and table.columns is not None and "split" not in table.columns:
         raise _no_split_column(table, split)  # say so before reading every row
-    kept: list[ValidRow] = []
+    kept, splits_seen = _gather(table, mapping, {split: max_samples})
+    return _chosen(table, split, kept[split], splits_seen)
+
+
+def _gather(table: Table, mapping: dict[str, str],
+            limits: Mapping[str | None, int | None]) -> tuple[dict[str | None, list[ValidRow]], set[str]]:
+    """One pass over the valid rows: the first rows of each split in ``limits`` (split -> max), and the splits seen."""
+    kept: dict[str | None, list[ValidRow]] = {split: [] for split in limits}
     splits_seen: set[str] = set()
     for row in valid_rows(table, mapping):
         if row.split is not None:
             splits_seen.add(row.split)
-            if split is not None and row.split != split:
+        for split, max_samples in limits.items():
+            if split is not None and row.split is not None and row.split != split:
                 continue
-        if max_samples is not None and len(kept) >= max_samples:
-            if table.whole:
-                continue  # validated, not kept: a bad row anywhere in a file is reported
-            break
-        kept.append(row)
+            if max_samples is not None and len(kept[split]) >= max_samples:
+                if table.whole:
+                    continue  # validated, not kept: a bad row anywhere in a file is reported
+                return kept, splits_seen  # a Dataset or Hub split is read for one split only, as far as needed
+            kept[split].append(row)
+    return kept, splits_seen
+
+
+def _chosen(table: Table, split: str | None, kept: list[ValidRow], splits_seen: set[str]) -> list[ValidRow]:
+    """``kept``, the rows of ``split``; DataError when the data has no such split or no rows."""
     if split not in (None, "train") and not splits_seen:
         raise _no_split_column(table, split)
     if not kept:
@@ -154,6 +166,36 @@ def _select(table: Table, mapping: dict[str, str], split: str | None, max_sample
             raise DataError(f"no rows with split {split!r} (splits found: {found})", source=table.label, column="split")
         raise DataError("no rows: expected at least one document with a summary", source=table.label)
     return kept
+
+
+class DocumentSplits:
+    """Several splits of one source, each as ``load_documents(source, split=..., max_samples=...)`` returns it.
+
+    A local file or folder is validated whole whichever split is asked for, so it is read once for all
+    the splits in ``limits`` (split -> max_samples): each PDF page is rendered once, not once per split.
+    A DatasetDict or Hub dataset holds its splits apart, and a Dataset is read only as far as needed,
+    so those are read per split, when it is asked for.
+    """
+
+    def __init__(self, source: Any, limits: Mapping[str, int | None], *,
+                 column_mapping: Mapping[str, str] | None = None, page_size: PageSize = DEFAULT_PAGE_SIZE) -> None:
+        self._source, self._limits = source, dict(limits)
+        self._column_mapping, self._page_size = column_mapping, page_size
+        self._read: tuple[Table, dict[str | None, list[ValidRow]], set[str]] | None = None
+
+    def dataset(self, split: str) -> datasets.Dataset:
+        """The rows of ``split`` (one of ``limits``); DataError / ValueError as :func:`load_documents` raises them."""
+        max_samples = self._limits[split]
+        _check_max_samples(max_samples)
+        if self._read is None:
+            table, mapping = _prepare(self._source, self._column_mapping, split, None, None, self._page_size)
+            if not (table.whole and table.split_column_ok):
+                return _canonical_dataset(_select(table, mapping, split if table.split_column_ok else None, max_samples))
+            if split != "train" and table.columns is not None and "split" not in table.columns:
+                raise _no_split_column(table, split)  # as _select: said before reading every row
+            self._read = (table, *_gather(table, mapping, self._limits))
+        table, kept, splits_seen = self._read
+        return _canonical_dataset(_chosen(table, split, kept[split], splits_seen))
 
 
 def check_documents(
@@ -197,6 +239,11 @@ def _prepare(source: Any, column_mapping: Mapping[str, str] | None, split: str |
     table.page_size = page_size
     check_header(table, mapping)
     return table, mapping
+
+
+def _check_max_samples(max_samples: int | None) -> None:
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}")
 
 
 def _no_split_column(table: Table, split: str) -> DataError:

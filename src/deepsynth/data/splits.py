@@ -14,7 +14,7 @@ from typing import Any
 
 import datasets
 
-from deepsynth.data.loading import load_documents, load_sample_dataset
+from deepsynth.data.loading import DocumentSplits, load_documents, load_sample_dataset
 from deepsynth.data.table import DataError
 from deepsynth.data.pdf import DEFAULT_PAGE_SIZE, PageSize
 from deepsynth.data.transcription import load_transcription_samples
@@ -96,14 +96,17 @@ def load_splits(
         if eval_source is not None:
             return PreparedData(train, _load(eval_source, column_mapping, None, max_eval_samples, page_size), False)
         return PreparedData(train, bundled("eval", max_samples=max_eval_samples), False, eval_from=EVAL_SPLIT)
-    train = _load(source, column_mapping, "train", max_train_samples, page_size)
+    # One read of a file for both splits: validating a row renders its PDF page.
+    looks_for_eval = eval_source is None and not isinstance(source, datasets.Dataset)
+    limits = {"train": max_train_samples, **({"eval": max_eval_samples} if looks_for_eval else {})}
+    splits = DocumentSplits(source, limits, column_mapping=column_mapping, page_size=page_size)
+    train = splits.dataset("train")
     if eval_source is not None:
         return PreparedData(train, _load(eval_source, column_mapping, None, max_eval_samples, page_size), False)
     no_eval_split = None
-    if not isinstance(source, datasets.Dataset):
+    if looks_for_eval:
         try:
-            return PreparedData(train, _load(source, column_mapping, "eval", max_eval_samples, page_size), False,
-                                eval_from=EVAL_SPLIT)
+            return PreparedData(train, splits.dataset("eval"), False, eval_from=EVAL_SPLIT)
         except DataError as error:
             no_eval_split = _why_no_eval_split(error)
     shown = min(len(train), max_eval_samples or len(train))
