@@ -32,17 +32,27 @@ def replicas(tmp_path_factory):
     return {family: user_path.write_replica(family, root / family, tiny=True)["folder"] for family in user_path.FAMILIES}
 
 
+def _tensors_in_fp32(model) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer (non-persistent ones too), floating ones cast to fp32 (exact from bf16)."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return {name: t.detach().float() if t.is_floating_point() else t for name, t in tensors.items()}
+
+
 @pytest.mark.parametrize("family", ["deepseek-ocr", "deepseek-ocr-2"])
-def test_a_staged_upcast_gives_the_weights_of_a_direct_fp32_load(replicas, family):
-    direct = load_model_and_processor(replicas[family], dtype="float32")
+def test_a_fp32_load_of_a_bf16_checkpoint_holds_its_exact_values_directly_or_staged(replicas, family):
+    # The reference: transformers' read of the weights as stored (bf16), each value widened exactly.
+    expected = _tensors_in_fp32(load_model_and_processor(replicas[family], dtype="bfloat16").model)
+    direct = load_model_and_processor(replicas[family], dtype="float32")  # read as stored, upcast one by one
     staged = load_model_and_processor(replicas[family], dtype="float32", staged_upcast=True)
     assert staged.model.dtype == torch.bfloat16 and staged.dtype == torch.float32  # loaded as stored
     assert upcast(staged.model, torch.float32, staged.family) > 0  # the vision path first
     assert staged.finish_upcast() > 0
-    expected, got = direct.model.state_dict(), staged.model.state_dict()
-    assert expected.keys() == got.keys()
-    for name, tensor in expected.items():
-        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    assert direct.model.dtype == torch.float32
+    for loaded in (direct, staged):
+        got = {**dict(loaded.model.named_parameters()), **dict(loaded.model.named_buffers())}
+        assert got.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
 
 
 def _page_inputs(loaded):

@@ -37,7 +37,7 @@ from deepsynth.models import tiny
 from deepsynth.models.device import resolve_device, resolve_dtype, set_experts_implementation
 from deepsynth.models.families import CAUSAL_LM, DEEPSEEK_OCR2, family_names
 from deepsynth.models.image_modes import ImageMode, checkpoint_settings, mode_of_resolved
-from deepsynth.models.memory import shards_read_without_mmap, storage_dtype
+from deepsynth.models.memory import return_freed_memory, shards_read_without_mmap, storage_dtype, upcast
 from deepsynth.models.processors import apply_image_mode, build_deepseek_ocr_processor
 from deepsynth.models.quantization.load import (
     from_pretrained_kwargs,
@@ -338,9 +338,14 @@ def _load_base(resolved: ResolvedConfig, mode: ImageMode | None, dtype: torch.dt
         return model, processor, info
     processor = _ocr_processor(resolved, mode)
     _align_image_token(resolved, processor)
-    stored = storage_dtype(resolved.local_dir) if staged_upcast and quantization is None else None
+    stored = storage_dtype(resolved.local_dir) if quantization is None else None
     narrower = stored is not None and torch.finfo(stored).bits < torch.finfo(dtype).bits
     model, info = _load_weights(resolved, stored if narrower else dtype, extra, quantization)
+    if narrower and not staged_upcast:
+        # Loaded as stored, then cast one tensor at a time (exact for bf16 → fp32): a direct fp32 load
+        # peaked ~7 GB above the fp32 model at DeepSeek-OCR's size (generate/eval, docs/performance.md).
+        upcast(model, dtype)
+        return_freed_memory()
     return model, processor, info
 
 
