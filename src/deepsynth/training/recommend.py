@@ -287,7 +287,7 @@ def recommend(
     (None: the model's own). ``learning_rates``: ``"evidence"`` (the rates our full-length runs
     support, :data:`RECIPES`) or ``"guide"`` (the design guide's); the choice and its reason are a note.
     """
-    _check_request(num_samples, num_train_tokens, has_eval_data)
+    _check_request(num_samples, num_train_tokens, has_eval_data, world_size)
     if learning_rates not in LEARNING_RATES:
         raise ConfigError("learning_rates", learning_rates, f"one of {', '.join(LEARNING_RATES)}")
     warnings: list[str] = []
@@ -339,7 +339,7 @@ def _vision_tokens(model: str | None, image_mode: str | None) -> dict[str, Any] 
     return None if mode is None else vision_tokens_per_page(resolved.family, mode, resolved.config).to_dict()
 
 
-def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any) -> None:
+def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any, world_size: Any = 1) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 0 < num_samples <= MAX_SAMPLES:
         raise ConfigError("num_samples", num_samples, f"an integer between 1 and {MAX_SAMPLES:,}")
     if num_train_tokens is not None and (isinstance(num_train_tokens, bool) or not isinstance(num_train_tokens, int)
@@ -347,6 +347,8 @@ def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any) 
         raise ConfigError("num_train_tokens", num_train_tokens, "null or an integer > 0")
     if not isinstance(has_eval_data, bool):
         raise ConfigError("has_eval_data", has_eval_data, "true or false")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ConfigError("world_size", world_size, "an integer >= 1 (training processes)")
 
 
 def _evaluation(num_samples: int, has_eval_data: bool, num_train_tokens: int | None,
