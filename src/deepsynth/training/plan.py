@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -134,6 +135,7 @@ def plan_run(
                           f"it with {names.get('recommend_settings', 'recommend_settings')} only (the guide's rates "
                           f"are the recommendation's); set {names.get('learning_rate', 'learning_rate')} for a rate "
                           "of your own")
+    _check_resume(config.resume_from_checkpoint, names)
     label = data_label or config.data_path or (TRANSCRIPTION_SAMPLES if config.task == "transcribe" else BUNDLED_DATA)
     notes: list[str] = []
     pages, reads_pages = _vision_tokens(config, notes)  # a mode the model lacks fails here, before the data loads
@@ -166,6 +168,14 @@ def _load(config: TrainerConfig, rows: Any, eval_rows: Any, holdout: int | None)
         max_eval_samples=config.max_eval_samples, holdout_samples=holdout, seed=config.seed, samples=config.task,
         page_size=run_page_size(config),
     )
+
+
+def _check_resume(choice: str | None, names: Mapping[str, str]) -> None:
+    """An explicit checkpoint folder to resume from must be one: refused here, before the model loads and
+    the run folder is made (the trainer checks it again when it resumes)."""
+    if choice not in (None, "auto", "never") and not (Path(choice) / "trainer_state.json").is_file():
+        raise ConfigError(names.get("resume_from_checkpoint", "resume_from_checkpoint"), choice,
+                          "'auto', 'never' or a checkpoint-* directory (a folder with trainer_state.json)")
 
 
 def _vision_tokens(config: TrainerConfig, notes: list[str]) -> tuple[VisionTokens | None, bool | None]:
