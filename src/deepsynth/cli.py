@@ -394,7 +394,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from deepsynth.publishing import PushError, push_adapter
+    from deepsynth.publishing import PushArgumentError, PushError, push_adapter
 
     try:
         report = push_adapter(args.adapter, args.repo_id, private=args.private, backend=args.backend)
@@ -403,7 +403,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         report = getattr(error, "report", None)
         if report is not None:
             _print_json(report.to_dict())
-        return 1
+        return 2 if isinstance(error, PushArgumentError) else 1  # 2: bad input, nothing was sent
     _print_json(report.to_dict())
     return 0
 
