@@ -1,4 +1,4 @@
-"""Bad inputs to the ``deepsynth`` console script, each in a fresh process and folder: exit code, error lines, leftovers.
+"""Bad inputs to the ``deepsynth`` console script, each in a fresh process and folder: exit code, errors, leftovers.
 
 Every case runs ``deepsynth ARGS…`` exactly as a user types it (relative paths, the console script of
 this environment) in a fresh temporary folder holding the same hand-made files (an empty CSV, a PDF
@@ -109,7 +109,8 @@ CASES: tuple[Case, ...] = (
     _c("eval_adapter_not_an_adapter", "eval --adapter not_adapter", "not_adapter"),
     _c("eval_adapter_missing", "eval --adapter missing_adapter", "missing_adapter"),
     _c("eval_data_missing", "eval --adapter adapter --data missing.csv", "missing.csv", True),
-    _c("eval_max_eval_samples_zero", "eval --adapter adapter --max-eval-samples 0", "max.eval.samples", True),
+    _c("eval_max_eval_samples_zero", "eval --adapter adapter --data good.jsonl --max-eval-samples 0",
+       "max.eval.samples", True),
     _c("export_adapter_not_an_adapter", "export --adapter not_adapter --out exported", "not_adapter"),
     _c("export_merge_into_non_empty_folder", "export --adapter adapter --merge existing", "existing", True),
     _c("export_merge_onto_a_file", "export --adapter adapter --merge page.png", "page.png", True),

@@ -10,7 +10,7 @@ import cli_bad_inputs  # noqa: E402
 
 # Cases that fail before torch is imported (a fresh process each): the whole run stays a few seconds.
 FAST = ("train_epochs_text", "generate_neither_image_nor_text", "recommend_num_samples_text", "unknown_command",
-        "serve_max_upload_zero")
+        "serve_max_upload_zero", "serve_max_concurrent_jobs_zero", "push_adapter_not_an_adapter")
 
 
 def test_the_sweep_has_enough_cases_with_unique_names():
