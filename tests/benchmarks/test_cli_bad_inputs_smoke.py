@@ -1,4 +1,4 @@
-"""Smoke run of benchmarks/cli_bad_inputs.py: a handful of its fast cases, each one error line and exit 2."""
+"""Smoke run of benchmarks/cli_bad_inputs.py (fast cases: one error line, exit 2) and its first run's findings."""
 
 import json
 import sys
@@ -31,3 +31,25 @@ def test_fast_cases_give_one_error_line_and_exit_2(tmp_path, capsys):
         assert not result["traceback"], result
         assert result["error_lines"] + result["argparse_error_lines"] == 1, result
         assert result["names_field"] and not result["left"] and result["ok"], result
+
+
+# What the sweep's first run found, checked in this process (no model loads: each is refused first).
+FOUND = {
+    "world_size": ["recommend", "--num-samples", "10", "--world-size", "0"],
+    "hub_model_id": ["train", "--dry-run", "--push-to-hub", "--hub-model-id", "not a repo"],
+    "--resume": ["train", "--dry-run", "--resume", "missing_checkpoint"],
+    "max_new_tokens": ["generate", "--adapter", "missing_adapter", "--text", "hi", "--max-new-tokens", "0"],
+    "max_eval_samples": ["eval", "--adapter", "missing_adapter", "--max-eval-samples", "0"],
+    "max_shard_size": ["export", "--adapter", "missing_adapter", "--merge", "merged", "--max-shard-size", "huge"],
+}
+
+
+def test_what_the_first_sweep_found_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from deepsynth.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for field, argv in FOUND.items():
+        assert main(argv) == 2, argv
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: {field}: "), (argv, errors)
+    assert not list(tmp_path.iterdir())  # no run folder, no merged folder
