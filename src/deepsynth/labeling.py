@@ -115,16 +115,18 @@ def draft_labels(
     page_size = page_size_for(drafter.processor)
     from tqdm.auto import tqdm  # transformers' own progress bars
 
-    with out.open("a", encoding="utf-8") as handle, tqdm(total=len(todo), unit="page", desc="drafting",
-                                                           disable=None if progress is None else not progress) as bar:
+    with tqdm(total=len(todo), unit="page", desc="drafting", disable=None if progress is None else not progress) as bar:
         for batch in _chunks(todo, batch_size):
             images = [_read(page, page_size) for page in batch]
-            for page, generation in zip(batch, generate_batch(drafter, images)):
-                reference = page.reference(out.parent)
-                handle.write(json.dumps({"image": reference, "summary": str(generation)}, ensure_ascii=False) + "\n")
-                report.add(reference, generation)
-            handle.flush()  # a kill from here on loses nothing of this batch
-            bar.update(len(batch))
+            generations = list(generate_batch(drafter, images))
+            # Opened once a batch is drafted: a page that cannot be read leaves no empty drafts file.
+            with out.open("a", encoding="utf-8") as handle:
+                for page, generation in zip(batch, generations):
+                    reference = page.reference(out.parent)
+                    line = json.dumps({"image": reference, "summary": str(generation)}, ensure_ascii=False)
+                    handle.write(line + "\n")
+                    report.add(reference, generation)
+            bar.update(len(batch))  # closed (flushed): a kill from here on loses nothing of this batch
     return report
 
 

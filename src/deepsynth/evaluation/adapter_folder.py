@@ -35,6 +35,7 @@ from typing import Any
 from peft import PeftModel
 
 from deepsynth.data.collate import encode_rows, task_instruction
+from deepsynth.errors import ConfigError
 from deepsynth.evaluation.compare import Generation, evaluate_model, generate_text, sample_record
 from deepsynth.evaluation.metrics import normalisation_words
 from deepsynth.evaluation.pages import page_size_for_model
@@ -327,6 +328,9 @@ def evaluate_adapter(
     the mode the pages were read in, in words (:func:`mode_read`). ``progress``: a progress bar of samples
     scored on stderr (None: shown; False: not).
     """
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples <= 0):
+        raise ConfigError("max_eval_samples", max_samples, "null (every eval row) or an integer > 0")
     settings = read_adapter_settings(adapter_dir)
     # The data is checked before the model loads: a bad file fails in a second, not after a minute.
     chosen = adapter_eval_rows(adapter_dir, settings, data, max_samples, image_mode)
@@ -364,8 +368,7 @@ def generate_from_adapter(
     a :class:`~deepsynth.evaluation.compare.Generation`: the text, how generation ended, and the mode
     the page was read in (``image_mode``, :func:`mode_read`).
     """
-    if (image is None) == (text is None):
-        raise ValueError("generate: give exactly one of image or text")
+    _check_generation_request(image, text, max_new_tokens)
     settings = read_adapter_settings(adapter_dir)
     page = _open_page(image, settings, image_mode) if image is not None else None  # fails before the model loads
     adapted = load_adapted_model(adapter_dir, settings=settings, image_mode=image_mode)
@@ -384,8 +387,7 @@ def generate_from_model(
     settings come from it, as from an adapter folder; any other model reads its own mode and the
     summary task.
     """
-    if (image is None) == (text is None):
-        raise ValueError("generate: give exactly one of image or text")
+    _check_generation_request(image, text, max_new_tokens)
     recorded = Path(model_dir) / TRAINING_CONFIG_FILE
     data = _read_json_object(recorded) if recorded.is_file() else {}
     try:
@@ -399,6 +401,15 @@ def generate_from_model(
     mode = loaded.image_mode
     generation.image_mode = f"{mode.name} ({mode.views()})" if mode is not None else None
     return generation
+
+
+def _check_generation_request(image: Any, text: str | None, max_new_tokens: Any) -> None:
+    """Exactly one of image or text, and a token limit > 0 if one is given: checked before anything loads."""
+    if (image is None) == (text is None):
+        raise ValueError("generate: give exactly one of image or text")
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                       or max_new_tokens <= 0):
+        raise ConfigError("max_new_tokens", max_new_tokens, "null (the adapter's setting) or an integer > 0")
 
 
 def _generate(model: Any, loaded: Any, settings: RunSettings, page: Any, text: str | None,

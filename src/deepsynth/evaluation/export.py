@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from deepsynth.errors import ConfigError
 from deepsynth.evaluation.adapter_folder import read_adapter_settings
 from deepsynth.models.adapters import attach_adapter
 from deepsynth.models.resolver import ARCHITECTURES_DIR, KNOWN_ARCHITECTURES
@@ -145,6 +146,7 @@ def export_merged(adapter_dir: str | Path, output_dir: str | Path, *, model_name
     Written into a temporary sibling folder and renamed at the end: an interrupted export never
     leaves a half-written model behind. ``output_dir`` must not exist or be empty.
     """
+    _check_shard_size(max_shard_size)  # before the output folder and the model: one clear error
     output_dir = _check_output_dir(output_dir)
     target = _DTYPES[dtype] if dtype else None
     if dtype and target is None:
@@ -222,6 +224,19 @@ def base_dtype(name: str | None) -> torch.dtype:
     except (OSError, ValueError):
         return torch.bfloat16
     return _DTYPES.get(str(data.get("dtype") or data.get("torch_dtype") or "bfloat16"), torch.bfloat16)
+
+
+def _check_shard_size(max_shard_size: str | int) -> int:
+    """``max_shard_size`` in bytes ("5GB", "500MB" or a number of bytes > 0), else a ConfigError naming it."""
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    try:
+        size = parse_size_to_int(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
+    except (TypeError, ValueError):
+        size = 0
+    if size <= 0:
+        raise ConfigError("max_shard_size", max_shard_size, "a size such as 5GB or 500MB, or a number of bytes > 0")
+    return size
 
 
 def _check_output_dir(output_dir: str | Path) -> Path:

@@ -98,18 +98,24 @@ class PushError(RuntimeError):
         self.report = report
 
 
-def fail(report: PushReport, message: str, files: list[str] | None = None, *, detail: str = "") -> PushError:
+class PushArgumentError(PushError):
+    """A push refused before anything was sent: a bad argument (repo id, adapter folder, backend)."""
+
+
+def fail(report: PushReport, message: str, files: list[str] | None = None, *, detail: str = "",
+         invalid: bool = False) -> PushError:
     """Complete ``report`` for a failure and build the error to raise.
 
     ``files`` not uploaded yet are marked failed with ``message``; ``detail`` only goes into the
-    exception text (the report already holds it per file).
+    exception text (the report already holds it per file). ``invalid``: a bad argument
+    (:class:`PushArgumentError`).
     """
     report.error = message
     for path in files or []:
         if path not in report.uploaded:
             report.failed.setdefault(path, message)
     text = f"push to {report.repo_id} failed: {message}" + (f"; {detail}" if detail else "")
-    return PushError(text, report)
+    return (PushArgumentError if invalid else PushError)(text, report)
 
 
 def scrub(text: str, secret: str | None) -> str:

@@ -159,18 +159,18 @@ def push_adapter(
 def _check_arguments(report: PushReport, repo_id: str, folder: Path, max_retries: int) -> None:
     """The backend name, the repository id, the adapter folder and ``max_retries``; PushError naming the bad one."""
     if report.backend not in BACKENDS:
-        raise fail(report, f"backend: unknown {report.backend!r}; expected one of {', '.join(BACKENDS)}")
+        raise fail(report, f"backend: unknown {report.backend!r}; expected one of {', '.join(BACKENDS)}", invalid=True)
     try:
         validate_hub_repo_id(repo_id)
     except ValueError as exc:
-        raise fail(report, str(exc)) from None
+        raise fail(report, str(exc), invalid=True) from None
     if not folder.is_dir():
-        raise fail(report, f"adapter_dir: {str(folder)!r} is not a directory")
+        raise fail(report, f"adapter_dir: {str(folder)!r} is not a directory", invalid=True)
     if not (folder / "adapter_config.json").is_file():
         message = f"adapter_dir: {str(folder)!r} has no adapter_config.json (not a PEFT adapter folder)"
-        raise fail(report, message)
+        raise fail(report, message, invalid=True)
     if max_retries < 0:
-        raise fail(report, f"max_retries: must be >= 0, got {max_retries}")
+        raise fail(report, f"max_retries: must be >= 0, got {max_retries}", invalid=True)
 
 
 def _check_tools(report: PushReport, remote_url: str | None) -> None:

@@ -125,6 +125,8 @@ def describe_error(error: BaseException, *, paths: bool = True, folder: str | Pa
         where = f" writing {place}" if paths and place else ""
         message = f"disk full{where}: the disk is full ({error.strerror}); nothing was kept: free some space and retry"
         return ErrorDescription(message, None, 507, FAILED_EXIT, "disk_full")
+    if _is_push_error(error, "PushArgumentError"):  # refused before anything was sent: the user's input
+        return ErrorDescription(str(error), field, 422, BAD_INPUT_EXIT, "bad_input")
     if _is_push_error(error):  # the run's files are written; the upload is what failed
         return ErrorDescription(f"push failed: {error}", None, 502, FAILED_EXIT, "push_failed")
     if isinstance(error, ValueError):  # ConfigError, DataError and the library's other bad-input errors
@@ -132,8 +134,8 @@ def describe_error(error: BaseException, *, paths: bool = True, folder: str | Pa
     return ErrorDescription(f"{type(error).__name__}: {error}", field, 500, None, "internal")
 
 
-def _is_push_error(error: BaseException) -> bool:
+def _is_push_error(error: BaseException, kind: str = "PushError") -> bool:
     # A PushError exists only once its module is imported: looked up there, so that reading an error
     # never imports huggingface_hub (the progress writer and the CLI's start stay light).
     common = sys.modules.get("deepsynth.publishing.common")
-    return common is not None and isinstance(error, common.PushError)
+    return common is not None and isinstance(error, getattr(common, kind))

@@ -262,6 +262,7 @@ class TrainerConfig:
             raise ConfigError("preset", self.preset, f"null or one of {', '.join(LORA_PRESETS)}")
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("hub_model_id", self.hub_model_id, "a repo id (org/name) when push_to_hub is true")
+        _check_hub_model_id(self.hub_model_id)
         if self.lora_quantization is not None and not self.use_lora:
             raise ConfigError("lora_quantization", self.lora_quantization,
                               "null when use_lora is false (a 4/8-bit base is frozen: QLoRA trains LoRA adapters)")
@@ -360,6 +361,18 @@ def config_fields() -> list[FieldInfo]:
 # Fields never serialised (metadata ``secret``).
 SECRET_FIELDS = tuple(f.name for f in fields(TrainerConfig) if f.metadata.get("secret"))
 _OPTIMIZER_FIELDS = tuple(f.name for f in fields(OptimizerConfig))
+
+
+def _check_hub_model_id(repo_id: str | None) -> None:
+    """``org/name`` Hub repo id, checked with the settings, not after the run trained and its push failed."""
+    if repo_id is None:
+        return
+    from deepsynth.publishing.hub import validate_hub_repo_id
+
+    try:
+        validate_hub_repo_id(repo_id)
+    except ValueError:
+        raise ConfigError("hub_model_id", repo_id, "null or a Hub repo id 'org/name'") from None
 
 
 def build_config(

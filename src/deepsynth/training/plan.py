@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -145,6 +146,7 @@ def plan_run(
     """
     names = dict(names or {})
     _check_learning_rates(learning_rates, recommend_settings, names)
+    _check_resume(config.resume_from_checkpoint, names)
     notes: list[str] = []
     facts = _model_facts(config, notes)  # a mode or task the model lacks fails here, before the data loads
     data = _load(config, facts, rows, eval_rows, holdout=None if recommend_settings else config.holdout_samples)
@@ -196,6 +198,14 @@ def _model_facts(config: TrainerConfig, notes: list[str]) -> ModelFacts:
         raise ConfigError("task", config.task, "summarise for a text causal LM (transcription reads page "
                                                "images: use a DeepSeek-OCR-family model)")
     return facts
+
+
+def _check_resume(choice: str | None, names: Mapping[str, str]) -> None:
+    """An explicit checkpoint folder to resume from must be one: refused here, before the model loads and
+    the run folder is made (the trainer checks it again when it resumes)."""
+    if choice not in (None, "auto", "never") and not (Path(choice) / "trainer_state.json").is_file():
+        raise ConfigError(names.get("resume_from_checkpoint", "resume_from_checkpoint"), choice,
+                          "'auto', 'never' or a checkpoint-* directory (a folder with trainer_state.json)")
 
 
 def _count_tokens(facts: ModelFacts, summaries: list[str], notes: list[str]) -> int | None:

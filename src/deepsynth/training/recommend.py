@@ -223,7 +223,7 @@ def recommend(
     ``learning_rates``: ``"evidence"`` (the rates our runs support, :data:`deepsynth.training.recipes.RECIPES`)
     or ``"guide"`` (the design guide's); the choice and its reason are a note.
     """
-    _check_request(num_samples, num_train_tokens, has_eval_data, learning_rates)
+    _check_request(num_samples, num_train_tokens, has_eval_data, learning_rates, world_size)
     facts = facts if facts is not None else model_facts(model, image_mode)
     warnings: list[str] = []
     held_out, num_train_tokens = _evaluation(num_samples, has_eval_data, num_train_tokens, warnings)
@@ -272,7 +272,8 @@ def _estimates(estimate: UpdateEstimate, recipe: Recipe, trainable: int, tokens:
     }
 
 
-def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any, learning_rates: Any) -> None:
+def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any, learning_rates: Any,
+                   world_size: Any = 1) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 0 < num_samples <= MAX_SAMPLES:
         raise ConfigError("num_samples", num_samples, f"an integer between 1 and {MAX_SAMPLES:,}")
     if num_train_tokens is not None and (isinstance(num_train_tokens, bool) or not isinstance(num_train_tokens, int)
@@ -282,6 +283,8 @@ def _check_request(num_samples: Any, num_train_tokens: Any, has_eval_data: Any, 
         raise ConfigError("has_eval_data", has_eval_data, "true or false")
     if learning_rates not in LEARNING_RATES:
         raise ConfigError("learning_rates", learning_rates, f"one of {', '.join(LEARNING_RATES)}")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ConfigError("world_size", world_size, "an integer >= 1 (training processes)")
 
 
 def _evaluation(num_samples: int, has_eval_data: bool, num_train_tokens: int | None,

@@ -259,6 +259,8 @@ def run_serve(args: argparse.Namespace) -> int:
     """``deepsynth serve`` command: returns the exit status."""
     if args.max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb", args.max_upload_mb, "a number > 0")
+    if args.max_concurrent_jobs < 1:  # before the state folder is made
+        raise ConfigError("--max-concurrent-jobs", args.max_concurrent_jobs, "an integer >= 1")
     token = read_token_file(args.token_file) if args.token_file else None
     serve(args.host, args.port, args.state_dir, access_token=token, allowed_models=args.model,
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_concurrent_jobs=args.max_concurrent_jobs,
