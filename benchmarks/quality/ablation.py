@@ -101,10 +101,17 @@ def lr_and_flat(config: str) -> tuple[float, bool]:
     return {"recommended_hlr": (10.0, False), "recommended_flat": (1.0, True)}.get(config, (1.0, False))
 
 
+def preset_applied(config, preset: str):
+    """``config`` with all of ``preset``'s LoRA fields (the CLI's ``--preset``: training.config.build_config)."""
+    from deepsynth.training.config import build_config
+
+    return build_config(config.to_dict(), preset)
+
+
 def legacy_config(base):
     from deepsynth.training.config import TrainerConfig
 
-    data = base.with_preset("standard").to_dict()
+    data = preset_applied(base, "standard").to_dict()
     data.update(LEGACY)
     return TrainerConfig.from_dict(data), {"unscaled_epochs": 1}
 
@@ -140,9 +147,9 @@ def recommended_config(model_name, n: int, config: str, base, args: argparse.Nam
     info["lr_multiplier"] = multiplier
     cfg = TrainerConfig.from_dict(data)
     if config == "alternative":
-        cfg = cfg.with_preset(NEXT_LARGER[rec.preset_name])
+        cfg = preset_applied(cfg, NEXT_LARGER[rec.preset_name])
     if config == "router_focused":  # isolates the router target where recommend says tiny_data (n < 10)
-        cfg = cfg.with_preset("router_focused")
+        cfg = preset_applied(cfg, "router_focused")
     return cfg, info
 
 
