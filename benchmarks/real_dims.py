@@ -233,7 +233,7 @@ def merge_and_export(reloaded, family: str, quantization: str | None, folder: Pa
     import torch
 
     from deepsynth.models.adapters import attach_adapter
-    from deepsynth.evaluation.export import deepseek_vl_v2_config, iter_deepseek_ocr_tensors, write_safetensors_shards
+    from deepsynth.evaluation.deepseek_ocr_layout import deepseek_vl_v2_config, iter_deepseek_ocr_tensors, write_safetensors_shards
     from deepsynth.models.quantization.dequantize import dequantize_model
 
     adapter = folder / "adapter"

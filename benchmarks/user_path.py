@@ -109,7 +109,7 @@ def write_replica(family: str, out: Path, tiny: bool = False) -> dict[str, Any]:
     from transformers import DeepseekOcr2Processor
     from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
 
-    from deepsynth.evaluation.export import DEEPSEEK_OCR_UNUSED_TENSOR, deepseek_vl_v2_config, write_safetensors_shards
+    from deepsynth.evaluation.deepseek_ocr_layout import DEEPSEEK_OCR_UNUSED_TENSOR, deepseek_vl_v2_config, write_safetensors_shards
     from deepsynth.models import tiny as embedded
     from deepsynth.models.resolver import ARCHITECTURES_DIR, model_class_of
 

@@ -17,7 +17,7 @@ from deepsynth.data import load_sample_dataset
 from deepsynth.data.collate import DataCollator, build_example
 from deepsynth.evaluation.adapter_folder import load_adapted_model
 from deepsynth.models.resolver import resolve_config, unlimited_ocr_config_from_deepseek_vl_v2
-from deepsynth.evaluation.export import DEEPSEEK_OCR_UNUSED_TENSOR, deepseek_ocr_state_dict, deepseek_vl_v2_config
+from deepsynth.evaluation.deepseek_ocr_layout import DEEPSEEK_OCR_UNUSED_TENSOR, deepseek_ocr_state_dict, deepseek_vl_v2_config
 from deepsynth.models.loading import load_model_and_processor
 from deepsynth.training.config import TrainerConfig
 from deepsynth.training.lora_config import get_lora_preset

@@ -21,7 +21,7 @@ import user_path  # noqa: E402
 
 
 def test_the_v1_replica_has_the_reference_checkpoints_names_shapes_and_size():
-    from deepsynth.evaluation.export import DEEPSEEK_OCR_UNUSED_TENSOR
+    from deepsynth.evaluation.deepseek_ocr_layout import DEEPSEEK_OCR_UNUSED_TENSOR
     from deepsynth.models.resolver import model_class_of
 
     reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
