@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -74,6 +75,7 @@ def test_pdfs_outside_the_upload_are_refused_alike_whether_they_exist_or_not(cli
         archive = zip_of({"targets.csv": f"image,summary\n{reference},Vol.\n".encode(), "report.pdf": REPORT})
         response = upload(client, archive)
         assert response.status_code == 422, response.text
-        messages.append(response.json()["error"].replace(reference.split("#")[0], "PATH"))
+        # The quoted path is shortened past a length (a long temporary folder): compare without it.
+        messages.append(re.sub(r"image path '[^']*'", "image path 'PATH'", response.json()["error"]))
         assert "outside the uploaded dataset" in messages[-1] and no_dataset_kept(client, state_dir)
     assert messages[0] == messages[3]  # an existing server file and a missing one get the same answer
