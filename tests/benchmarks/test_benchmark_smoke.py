@@ -39,6 +39,7 @@ COVERED = {
     "user_path.py": "tests/benchmarks/test_user_path.py",
     "fsdp_real_dims.py": "test_gpu_check_sh_fsdp_tiny",
     "peers.py": "tests/benchmarks/test_peers_smoke.py", "web_faults.py": "tests/benchmarks/test_web_faults_smoke.py",
+    "cli_bad_inputs.py": "tests/benchmarks/test_cli_bad_inputs_smoke.py",
 }
 
 
