@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepsynth.errors import ConfigError, ModelNotFoundError
+from deepsynth.errors import ModelNotFoundError
 from deepsynth.training.config import FieldInfo, TrainerConfig, build_config, check_value_kinds, config_fields
 from deepsynth.training.errors import DiskFullError
 from deepsynth.training.lora_config import FLAT_FIELDS
