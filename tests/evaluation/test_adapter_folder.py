@@ -9,8 +9,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
 
 from deepsynth.cli import main
 from deepsynth.evaluation.adapter_folder import (
@@ -21,7 +19,6 @@ from deepsynth.evaluation.adapter_folder import (
     read_adapter_settings,
 )
 from deepsynth.evaluation.run_settings import RunSettings
-from deepsynth.models.loading import load_model_and_processor
 from deepsynth.training.config import TrainerConfig
 
 # training_config.json as the first DeepSynth version that trained (commit 3db2a6a) wrote it: it has
@@ -30,14 +27,10 @@ OLD_TRAINING_CONFIG = Path(__file__).parent / "data" / "training_config_3db2a6a.
 
 
 @pytest.fixture(scope="module")
-def bare_adapter(tmp_path_factory) -> Path:
-    """A PEFT adapter on the embedded base (LoRA B not zero, so it changes the outputs); no training_config.json."""
-    folder = tmp_path_factory.mktemp("adapter") / "bare"
-    torch.manual_seed(0)
-    model = load_model_and_processor(None).model
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained(folder)
-    return folder
+def bare_adapter(lora_weights) -> Path:
+    """A PEFT adapter on the embedded base (LoRA B not zero, so it changes the outputs); no training_config.json
+    (conftest's, one per module)."""
+    return lora_weights
 
 
 def _folder_with(bare_adapter: Path, tmp_path: Path, training_config: str | None) -> Path:
